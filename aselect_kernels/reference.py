@@ -1,0 +1,123 @@
+r"""Reference statistics: the definition of record of every per-sample statistic (pure PyTorch).
+
+A tapped tensor ``X`` has shape ``[N, L, C]``: N samples (images x timesteps), L image tokens on an
+``h x w`` patch grid in row-major order, C channels.  For each sample (indices ``l`` token, ``c`` channel):
+
+``mean``
+    :math:`\frac{1}{LC}\sum_{l,c} x_{lc}` (raw first moment).
+``mean_sq``
+    :math:`\frac{1}{LC}\sum_{l,c} x_{lc}^2` (raw second moment).
+``token_var``
+    mean over channels of the *unbiased* variance across tokens:
+    :math:`\frac{1}{C}\sum_c \frac{1}{L-1}\sum_l (x_{lc}-\mu_c)^2`, with :math:`\mu_c=\frac1L\sum_l x_{lc}`.
+``chan_entropy``
+    mean over tokens of the Shannon entropy, in nats (natural log), of the softmax over channels:
+    :math:`\frac1L\sum_l -\sum_c p_{lc}\ln p_{lc}`, :math:`p_{lc}=e^{x_{lc}}/\sum_{c'}e^{x_{lc'}}`.
+    Equivalently :math:`\frac1L\sum_l (\mathrm{logsumexp}_c x_{lc} - \sum_c p_{lc}x_{lc})`.
+``hfr``
+    high-frequency energy ratio :math:`E_{high}/E_{total}` of the token signal, the per-channel mean kept.
+    :math:`X_{kc}` is the DFT of :math:`x_{\cdot c}` along the tokens (1-D) or over the ``h x w`` grid (2-D);
+    :math:`E_{total}=\sum_{c,k}|X_{kc}|^2`, :math:`E_{high}=\sum_c\sum_{k: r(k)>\text{cutoff}}|X_{kc}|^2`, with
+    ``r`` the normalized frequency of :mod:`aselect_kernels.frequency` (a fraction of Nyquist, radial in 2-D).
+``hfr_centered``
+    the same ratio after removing each channel's token mean :math:`\mu_c` (the DC term); then
+    :math:`E_{total}=L\sum_c\sum_l(x_{lc}-\mu_c)^2`.
+
+The two ratios behave differently: on the embedded Fashion-MNIST DiT, ``hfr`` falls with t while
+``hfr_centered`` rises.  A sample whose ``E_total`` is 0 gets NaN (and is flagged by the scorer).
+
+Statistics are computed in float32 by default (``compute_dtype=torch.float64`` for tests), whatever the
+input dtype (fp32, fp16, bf16).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .frequency import check_grid, high_frequency_mask, warn_if_degenerate
+
+#: Every statistic, in the order of the columns of a stats tensor ``[N, len(STAT_NAMES)]``.
+STAT_NAMES: tuple[str, ...] = ("mean", "mean_sq", "token_var", "chan_entropy", "hfr", "hfr_centered")
+
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+@dataclass(frozen=True)
+class StatsConfig:
+    """How the frequency statistics are taken.
+
+    Attributes:
+        cutoff: high/low boundary as a fraction of Nyquist (A-SelecT's config: 0.15).
+        hfr_dims: 1 = DFT along the token order; 2 = DFT over the ``h x w`` patch grid (radial frequency).
+        grid: ``(h, w)``; inferred as square from L when ``None`` and ``hfr_dims == 2``.
+    """
+
+    cutoff: float = 0.15
+    hfr_dims: int = 1
+    grid: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if not (0.0 < self.cutoff):
+            raise ValueError(f"hfr cutoff must be > 0 (a fraction of Nyquist), got {self.cutoff}")
+        if self.hfr_dims not in (1, 2):
+            raise ValueError(f"hfr_dims must be 1 or 2, got {self.hfr_dims!r}")
+
+    def resolve_grid(self, length: int) -> tuple[int, int] | None:
+        """The grid the DFT runs over for ``length`` tokens (``None`` in 1-D); raises if h*w != L."""
+        return check_grid(length, self.hfr_dims, self.grid)
+
+
+def check_features(x: torch.Tensor) -> None:
+    """Raise a ``ValueError``/``TypeError`` naming the problem if ``x`` is not a valid ``[N, L, C]`` tap."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"tapped feature must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 3:
+        raise ValueError(f"tapped feature must have rank 3 [N, L, C], got shape {tuple(x.shape)}")
+    if x.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"tapped feature dtype {x.dtype} is not supported (fp32, fp16, bf16, fp64)")
+    if x.shape[1] < 2:
+        raise ValueError(f"need at least 2 tokens for token_var, got L={x.shape[1]}")
+    if x.shape[2] < 1 or x.shape[0] < 1:
+        raise ValueError(f"empty tapped feature of shape {tuple(x.shape)}")
+
+
+def _hfr(x: torch.Tensor, grid: tuple[int, int] | None, cutoff: float) -> torch.Tensor:
+    n, length, c = x.shape
+    if grid is None:
+        power = torch.fft.fft(x, dim=1).abs().square()  # [N, L, C]
+        high = high_frequency_mask(length, None, cutoff).to(x.device)
+        e_high = power[:, high].sum(dim=(1, 2))
+    else:
+        power = torch.fft.fft2(x.reshape(n, grid[0], grid[1], c), dim=(1, 2)).abs().square()
+        high = high_frequency_mask(length, grid, cutoff).to(x.device)
+        e_high = power[:, high].sum(dim=(1, 2))
+    e_total = power.flatten(1).sum(dim=1)
+    return torch.where(e_total > 0, e_high / e_total, torch.full_like(e_total, float("nan")))
+
+
+def reference_stats(
+    x: torch.Tensor, config: StatsConfig = StatsConfig(), compute_dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """All statistics of :data:`STAT_NAMES` for each sample of ``x`` ``[N, L, C]`` -> ``[N, 6]``.
+
+    The formulas are in this module's docstring.  ``compute_dtype`` is float32 by default; tests use float64.
+    """
+    check_features(x)
+    grid = config.resolve_grid(x.shape[1])
+    warn_if_degenerate(x.shape[1], grid, config.cutoff)
+    xf = x.to(compute_dtype)
+    mean = xf.mean(dim=(1, 2))
+    mean_sq = xf.square().mean(dim=(1, 2))
+    token_var = xf.var(dim=1, unbiased=True).mean(dim=1)
+    logp = torch.log_softmax(xf, dim=2)
+    chan_entropy = -(logp.exp() * logp).sum(dim=2).mean(dim=1)
+    hfr = _hfr(xf, grid, config.cutoff)
+    hfr_centered = _hfr(xf - xf.mean(dim=1, keepdim=True), grid, config.cutoff)
+    return torch.stack([mean, mean_sq, token_var, chan_entropy, hfr, hfr_centered], dim=1)
+
+
+def stats_dict(stats: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Split a ``[N, 6]`` stats tensor into named columns."""
+    return {name: stats[:, i] for i, name in enumerate(STAT_NAMES)}
