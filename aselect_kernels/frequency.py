@@ -8,7 +8,8 @@ A tapped tensor holds L tokens.  Its token signal is transformed either
 The *normalized frequency* of a DFT index is its distance from DC as a fraction of Nyquist:
 
 * 1-D: ``r(k) = min(k, L - k) / (L / 2)``, in ``[0, 1]``;
-* 2-D: ``r(ky, kx) = sqrt((min(ky, h - ky) / (h / 2))**2 + (min(kx, w - kx) / (w / 2))**2)``, radial, in ``[0, sqrt 2]``.
+* 2-D: ``r(ky, kx) = sqrt((min(ky, h - ky) / (h / 2))**2 + (min(kx, w - kx) / (w / 2))**2)``, radial,
+  in ``[0, sqrt 2]``.
 
 A frequency is *high* when ``r > cutoff`` and *low* otherwise (DC, ``r = 0``, is always low).
 """

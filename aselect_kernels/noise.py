@@ -1,0 +1,137 @@
+"""Noising at a timestep, through diffusers' schedulers, and the package's one timestep convention.
+
+**Convention: t counts noise from clean.** ``t = 0`` is the cleanest candidate and larger t is noisier.
+
+* ``"ddpm"``: integer ``t`` in ``[0, num_train_timesteps)``; ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps``
+  (``DDPMScheduler.add_noise``).  The model is called with ``timestep = t``.
+* ``"flow"`` (rectified flow, SD3 / Flux): integer ``t`` in ``[0, num_train_timesteps]``; ``x_t = sigma eps +
+  (1 - sigma) x0`` with ``sigma`` the scheduler's sigma for training timestep t
+  (``FlowMatchEulerDiscreteScheduler.scale_noise``; ``sigma = t / 1000`` when ``shift = 1``).  ``t = 0`` is the
+  clean image itself (``sigma = 0``), which the scheduler's training table does not list.
+
+Inference-time conventions index ``scheduler.timesteps``, which runs from noisy to clean.  With 1000 inference
+steps, index ``i`` is ``t = 999 - i`` for DDPM and ``t = 1000 - i`` for flow matching: the official A-SelecT
+code's "1000 - t".  :func:`timestep_from_index` converts for any scheduler.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+NOISE_FAMILIES = ("ddpm", "flow")
+
+
+def parse_timesteps(spec: str | Sequence[int] | torch.Tensor) -> list[int]:
+    """Parse ``"0:1000:50"`` (start:stop:step, stop exclusive), ``"10,50,100"`` or a sequence of ints."""
+    if isinstance(spec, str):
+        text = spec.strip()
+        try:
+            if ":" in text:
+                parts = [int(p) for p in text.split(":")]
+                if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] <= 0):
+                    raise ValueError
+                values = list(range(*parts))
+            else:
+                values = [int(p) for p in text.split(",") if p.strip()]
+        except ValueError:
+            raise ValueError(f"cannot parse timesteps {spec!r}: use start:stop:step or a comma list") from None
+    else:
+        values = [int(v) for v in (spec.tolist() if isinstance(spec, torch.Tensor) else spec)]
+    if not values:
+        raise ValueError(f"timesteps {spec!r} give an empty list")
+    return values
+
+
+@dataclass
+class Noiser:
+    """Noise clean images at integer timesteps with a diffusers scheduler (see the module docstring).
+
+    Args:
+        family: ``"ddpm"`` or ``"flow"``.
+        scheduler: a diffusers ``DDPMScheduler`` / ``FlowMatchEulerDiscreteScheduler``; a default one is built
+            when ``None`` (``num_train_timesteps=1000``; flow uses ``shift``).
+        shift: flow-matching sigma shift of the default scheduler (SD3 uses 3.0).
+    """
+
+    family: str = "ddpm"
+    scheduler: object | None = None
+    shift: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.family not in NOISE_FAMILIES:
+            raise ValueError(f"noise family must be one of {NOISE_FAMILIES}, got {self.family!r}")
+        if self.scheduler is None:
+            from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
+
+            self.scheduler = (
+                DDPMScheduler(num_train_timesteps=1000) if self.family == "ddpm"
+                else FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=self.shift)
+            )
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.scheduler.config.num_train_timesteps)
+
+    @property
+    def t_range(self) -> tuple[int, int]:
+        """Inclusive range of valid t."""
+        t_max = self.num_train_timesteps - 1 if self.family == "ddpm" else self.num_train_timesteps
+        return 0, t_max
+
+    def check(self, timesteps: Sequence[int]) -> list[int]:
+        """Validate a candidate list: non-empty, integers, in range, no duplicates."""
+        ts = [int(t) for t in timesteps]
+        if not ts:
+            raise ValueError("the timestep list is empty")
+        lo, hi = self.t_range
+        bad = [t for t in ts if t < lo or t > hi]
+        if bad:
+            raise ValueError(f"timesteps {bad[:5]} out of range [{lo}, {hi}] for the {self.family} scheduler")
+        if len(set(ts)) != len(ts):
+            raise ValueError(f"duplicate timesteps in {ts}")
+        return ts
+
+    def _flow_table_index(self, t: torch.Tensor) -> torch.Tensor:
+        # The training table runs noisy -> clean: entry i is our t = N - i (t = 1 .. N).
+        return (self.num_train_timesteps - t.clamp(min=1)).to(torch.long).cpu()
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """``x_t`` for clean ``x0`` ``[n, ...]``, noise of the same shape and integer ``t`` ``[n]``."""
+        if self.family == "ddpm":
+            return self.scheduler.add_noise(x0, noise, t.to(torch.long))
+        table_t = self.scheduler.timesteps[self._flow_table_index(t)]
+        noisy = self.scheduler.scale_noise(x0, table_t, noise)
+        mask = (t == 0).to(x0.device).reshape(-1, *([1] * (x0.dim() - 1)))
+        return torch.where(mask, x0, noisy)
+
+    def model_timestep(self, t: torch.Tensor) -> torch.Tensor:
+        """The ``timestep`` argument the model expects for our t (DDPM: t; flow: sigma * 1000)."""
+        if self.family == "ddpm":
+            return t.to(torch.long)
+        return self.sigma(t) * self.num_train_timesteps
+
+    def sigma(self, t: torch.Tensor) -> torch.Tensor:
+        """Noise level: DDPM ``sqrt(1 - abar_t)``; flow the scheduler's sigma (0 at t = 0)."""
+        if self.family == "ddpm":
+            abar = self.scheduler.alphas_cumprod.to(t.device)[t.to(torch.long)]
+            return torch.sqrt(1 - abar)
+        sig = self.scheduler.sigmas[self._flow_table_index(t)].to(device=t.device, dtype=torch.float32)
+        return torch.where(t == 0, torch.zeros_like(sig), sig)
+
+
+def timestep_from_index(index: int, scheduler: object) -> int:
+    """Our t for position ``index`` of ``scheduler.timesteps`` (which runs noisy -> clean).
+
+    DDPM schedulers list training timesteps directly; flow-matching ones list ``sigma * 1000``, which is our t
+    when ``shift = 1``.
+    """
+    return int(round(float(scheduler.timesteps[index])))
+
+
+def sample_noise(shape: Sequence[int], seed: int, device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
+    """Seeded standard normal noise, identical on every device (drawn on the CPU, then moved)."""
+    gen = torch.Generator().manual_seed(int(seed))
+    return torch.randn(tuple(shape), generator=gen, dtype=torch.float32).to(device=device, dtype=dtype)

@@ -1,0 +1,167 @@
+"""Selection and extraction: the package's top-level API.
+
+:func:`select_timestep` scores every (timestep, tap) in one batched multi-timestep run and picks the best;
+:func:`extract_features` returns the features at a chosen (t, tap) for downstream probes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .forward import Conditioning, RunInfo, model_device_dtype, run_multi_timestep
+from .noise import Noiser, parse_timesteps
+from .reference import STAT_NAMES, StatsConfig
+from .result import SelectionResult
+from .scorers import DEFAULT_SCORER, Moments, Scorer, get_scorer, list_scorers
+from .taps import TapSet, TapSpec, resolve_taps
+
+
+def _noiser(noise: str | Noiser) -> Noiser:
+    return noise if isinstance(noise, Noiser) else Noiser(noise)
+
+
+def select_timestep(
+    model: nn.Module,
+    images: torch.Tensor,
+    timesteps: str | Sequence[int] = "0:1000:50",
+    taps: str | Sequence[str] = "query",
+    scorer: str | Scorer = DEFAULT_SCORER,
+    direction: str | None = None,
+    extra_scorers: Sequence[str | Scorer] | None = None,
+    noise: str | Noiser = "ddpm",
+    conditioning: Conditioning | None = None,
+    config: StatsConfig = StatsConfig(),
+    backend: str = "auto",
+    seed: int = 0,
+    shared_noise: bool = True,
+    chunk_size: int | None = None,
+    memory_budget: int | None = None,
+    progress: bool = True,
+    call=None,
+) -> SelectionResult:
+    """Score (timestep x tap) with label-free statistics and select the best.
+
+    Args:
+        model: a diffusers transformer or a plain DiT ``nn.Module`` (eval mode is the caller's choice).
+        images: clean inputs ``[B, ...]`` in the model's input range, on the model's device.
+        timesteps: ``"start:stop:step"``, a comma list or ints; t counts noise from clean (:mod:`.noise`).
+        taps: preset names (``query``, ``attn_out``, ``mlp_out``, ``block_out``, ``all``, ``attn_mlp``, with
+            optional ``:blocks``) or module paths (:mod:`.taps`).
+        scorer: the primary scorer (registered name or :class:`Scorer`); ``direction`` overrides its direction.
+        extra_scorers: more scorers for the table; every registered statistic scorer is included by default.
+        noise: ``"ddpm"``, ``"flow"`` or a :class:`Noiser` wrapping a diffusers scheduler.
+        config: frequency settings of the statistics (cutoff, 1-D/2-D, grid).
+        backend: ``"auto"`` (fused Triton kernel on CUDA, reference on CPU), ``"triton"`` or ``"torch"``.
+        chunk_size / memory_budget: samples per forward, or the bytes a chunk may use.
+    """
+    primary = get_scorer(scorer)
+    if direction is not None:
+        primary = Scorer(primary.name, direction, primary.stat, primary.feature_fn, primary.doc)
+    others = [get_scorer(s) for s in extra_scorers] if extra_scorers is not None else [
+        s for s in list_scorers() if s.stat is not None]
+    scorers = [primary] + [s for s in others if s.name != primary.name]
+    noiser = _noiser(noise)
+    ts = noiser.check(parse_timesteps(timesteps))
+    specs = resolve_taps(model, taps)
+    n_img = images.shape[0]
+    feature_fns = {s.name: s.feature_fn for s in scorers if s.feature_fn is not None}
+    start = time.perf_counter()
+    with TapSet(model, specs, n_img * len(ts), feature_fns=feature_fns, config=config, backend=backend) as tapset:
+        info = run_multi_timestep(
+            model, images, ts, noiser, on_chunk=lambda rows: setattr(tapset, "rows", rows),
+            conditioning=conditioning, seed=seed, shared_noise=shared_noise, chunk_size=chunk_size,
+            memory_budget=memory_budget, progress=progress, call=call,
+        )
+        collected = tapset.collect()
+    columns = tapset.columns
+    # per-sample scores [B, T, P, S]: the only host transfer of the run
+    values = np.stack([
+        np.stack([collected[spec.name][:, columns.index(s.stat or s.name)].numpy() for s in scorers], axis=-1)
+        for spec in specs
+    ], axis=1).reshape(n_img, len(ts), len(specs), len(scorers))
+    moments = Moments.from_samples(values, axis=0)
+    result = SelectionResult(
+        timesteps=ts, taps=[s.name for s in specs], scorers=[s.name for s in scorers],
+        directions={s.name: s.direction for s in scorers}, moments=moments, primary=primary.name,
+        meta=_meta(model, images, noiser, config, backend, info, time.perf_counter() - start, seed, shared_noise),
+    )
+    result.per_sample = values  # [B, T, P, S], not serialized
+    return result
+
+
+def _meta(model: nn.Module, images: torch.Tensor, noiser: Noiser, config: StatsConfig, backend: str,
+          info: RunInfo, wall: float, seed: int, shared_noise: bool) -> dict:
+    device, dtype = model_device_dtype(model)
+    return {
+        "model": type(model).__name__, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
+        "images": int(images.shape[0]), "image_shape": list(images.shape[1:]), "noise": noiser.family,
+        "cutoff": config.cutoff, "hfr_dims": config.hfr_dims, "grid": list(config.grid) if config.grid else None,
+        "backend": backend, "stats": list(STAT_NAMES), "samples": info.samples, "chunks": info.chunks,
+        "chunk_size": info.chunk_size, "forward_s": round(info.wall_s, 4), "wall_s": round(wall, 4),
+        "seed": seed, "shared_noise": shared_noise,
+    }
+
+
+def extract_features(
+    model: nn.Module,
+    images: torch.Tensor,
+    t: int,
+    tap: str,
+    noise: str | Noiser = "ddpm",
+    conditioning: Conditioning | None = None,
+    grid: tuple[int, int] | None = None,
+    seed: int = 0,
+    chunk_size: int | None = None,
+    memory_budget: int | None = None,
+    progress: bool = True,
+    call=None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features of ``images`` noised at ``t`` at one ``tap``.
+
+    Returns ``(pooled [N, C], grid_features [N, C, h, w])``, float32 on the CPU.  Pooled is the mean over tokens;
+    the grid is the tokens in row-major order, ``grid`` inferred as square when ``None``.
+    """
+    (spec,) = resolve_taps(model, [tap]) if not isinstance(tap, TapSpec) else (tap,)
+    noiser = _noiser(noise)
+    n = images.shape[0]
+    store: dict[str, torch.Tensor] = {}
+    rows_box: list[torch.Tensor | None] = [None]
+
+    def hook(module: nn.Module, args: object, output: object) -> None:
+        rows = rows_box[0]
+        if rows is None:
+            return
+        x = spec.select(output).float()
+        if "grid" not in store:
+            store["grid"] = torch.empty(n, x.shape[1], x.shape[2])
+        store["grid"][rows.cpu()] = x.cpu()
+
+    handle = model.get_submodule(spec.path).register_forward_hook(hook)
+    try:
+        run_multi_timestep(model, images, [t], noiser, on_chunk=lambda rows: rows_box.__setitem__(0, rows),
+                           conditioning=conditioning, seed=seed, chunk_size=chunk_size,
+                           memory_budget=memory_budget, progress=progress, call=call)
+    finally:
+        handle.remove()
+    tokens = store["grid"]  # [N, L, C]
+    length = tokens.shape[1]
+    if grid is None:
+        side = math.isqrt(length)
+        if side * side != length:
+            raise ValueError(f"tap {tap!r} has {length} tokens, not a square: pass grid=(h, w)")
+        grid = (side, side)
+    if grid[0] * grid[1] != length:
+        raise ValueError(f"grid h*w must equal the token count L: got grid={grid}, L={length}")
+    pooled = tokens.mean(dim=1)
+    grid_features = tokens.transpose(1, 2).reshape(n, tokens.shape[2], grid[0], grid[1])
+    return pooled, grid_features
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

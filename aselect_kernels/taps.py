@@ -1,0 +1,237 @@
+"""Taps: per-sample statistics of any module's output, computed inside the forward.
+
+A tap is named by a dotted module path with optional selectors:
+
+* ``path@k``: element ``k`` of a tuple output (SD3's ``JointTransformerBlock`` returns
+  ``(context, image)``: its image tokens are ``transformer_blocks.9@1``);
+* ``path[q]`` / ``[k]`` / ``[v]``: the first / second / third part of a fused qkv projection's channels
+  (facebookresearch DiT's ``blocks.9.attn.qkv[q]``).
+
+Without ``@k`` a tuple output gives its first tensor (SD3's joint attention returns ``(image, context)``: only image
+tokens are scored).  A 4-D output ``[N, C, H, W]`` is read as ``[N, H*W, C]``.
+
+What each diffusers tap sees: ``attn1.to_q`` the query projection of the adaLN-modulated tokens; ``attn1``
+(``attn`` in SD3) the attention output after ``to_out``, **before** the adaLN-Zero gate and the residual add;
+``ff`` the MLP output, also before its gate; the block path the block's output, i.e. the residual stream after the
+block.  In a plain DiT (``blocks.i.attn`` / ``blocks.i.mlp``) the same holds for its gates.
+
+:class:`TapSet` is a context manager: hooks are removed when it exits, even on error, and keep nothing but the
+statistics (``[n, 6]`` per tap and chunk, written into a device buffer: no host synchronisation).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .reference import STAT_NAMES, StatsConfig
+
+_SPEC = re.compile(r"^(?P<path>[A-Za-z0-9_.]+?)(?:@(?P<index>\d+))?(?:\[(?P<part>[qkv])\])?$")
+
+#: Per-block tap templates of each model family (``{i}`` is the block index).
+PRESETS: dict[str, dict[str, str]] = {
+    "diffusers-dit": {  # DiTTransformer2DModel and PixArtTransformer2DModel (BasicTransformerBlock)
+        "query": "transformer_blocks.{i}.attn1.to_q",
+        "attn_out": "transformer_blocks.{i}.attn1",
+        "mlp_out": "transformer_blocks.{i}.ff",
+        "block_out": "transformer_blocks.{i}",
+    },
+    "sd3": {  # SD3Transformer2DModel (JointTransformerBlock)
+        "query": "transformer_blocks.{i}.attn.to_q",
+        "attn_out": "transformer_blocks.{i}.attn",
+        "mlp_out": "transformer_blocks.{i}.ff",
+        "block_out": "transformer_blocks.{i}@1",
+    },
+    "plain-dit": {  # facebookresearch-style DiT: blocks[i].attn (fused qkv) and blocks[i].mlp
+        "query": "blocks.{i}.attn.qkv[q]",
+        "attn_out": "blocks.{i}.attn",
+        "mlp_out": "blocks.{i}.mlp",
+        "block_out": "blocks.{i}",
+    },
+}
+#: Preset names that expand to several kinds per block.
+GROUPS: dict[str, tuple[str, ...]] = {
+    "all": ("query", "attn_out", "mlp_out", "block_out"),
+    "attn_mlp": ("attn_out", "mlp_out"),
+}
+KINDS = ("query", "attn_out", "mlp_out", "block_out")
+
+
+@dataclass(frozen=True)
+class TapSpec:
+    """A parsed tap: module ``path``, tuple ``index`` and fused-qkv ``part``; ``name`` is the string given."""
+
+    name: str
+    path: str
+    index: int | None = None
+    part: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> TapSpec:
+        m = _SPEC.match(text.strip())
+        if not m:
+            raise ValueError(f"bad tap {text!r}: use a dotted module path, optionally with @k or [q|k|v]")
+        index = m.group("index")
+        return cls(text.strip(), m.group("path"), int(index) if index is not None else None, m.group("part"))
+
+    def select(self, output: object) -> torch.Tensor:
+        """The ``[N, L, C]`` tensor this tap scores, taken from a module's output."""
+        x = output
+        if isinstance(output, (tuple, list)):
+            if self.index is not None:
+                if self.index >= len(output):
+                    raise ValueError(f"tap {self.name!r}: output has {len(output)} elements, no @{self.index}")
+                x = output[self.index]
+            else:
+                x = next((o for o in output if isinstance(o, torch.Tensor)), None)
+        elif self.index is not None:
+            raise ValueError(f"tap {self.name!r}: @{self.index} given but the module returns a single tensor")
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"tap {self.name!r}: module output is {type(x).__name__}, not a tensor")
+        if x.dim() == 4:
+            x = x.flatten(2).transpose(1, 2)
+        if x.dim() != 3:
+            raise ValueError(f"tap {self.name!r}: output has rank {x.dim()} (shape {tuple(x.shape)}), need [N, L, C]")
+        if self.part is not None:
+            c = x.shape[-1]
+            if c % 3:
+                raise ValueError(f"tap {self.name!r}: [{self.part}] needs a fused qkv with 3*C channels, got {c}")
+            k = "qkv".index(self.part)
+            x = x[..., k * c // 3: (k + 1) * c // 3]
+        return x
+
+
+def model_family(model: nn.Module) -> str:
+    """The preset family of ``model``: ``diffusers-dit``, ``sd3`` or ``plain-dit``."""
+    name = type(model).__name__
+    if name.startswith("SD3") or (hasattr(model, "transformer_blocks") and "Joint" in type(
+            model.transformer_blocks[0]).__name__):
+        return "sd3"
+    if hasattr(model, "transformer_blocks"):
+        return "diffusers-dit"
+    if hasattr(model, "blocks"):
+        return "plain-dit"
+    raise ValueError(f"no tap preset for {name}: pass module paths (see model.named_modules())")
+
+
+def num_blocks(model: nn.Module) -> int:
+    blocks = getattr(model, "transformer_blocks", None) or getattr(model, "blocks", None)
+    return len(blocks) if blocks is not None else 0
+
+
+def resolve_taps(model: nn.Module, taps: str | Sequence[str]) -> list[TapSpec]:
+    """Expand preset names (``query``, ``attn_out``, ``mlp_out``, ``block_out``, ``all``, ``attn_mlp``; a suffix
+    ``:i,j`` limits the blocks, e.g. ``query:9``) and check every path exists in ``model``."""
+    items = [taps] if isinstance(taps, str) else list(taps)
+    if not items:
+        raise ValueError("no taps given")
+    specs: list[TapSpec] = []
+    for item in items:
+        base, _, blocks = item.partition(":")
+        kinds = GROUPS.get(base, (base,) if base in KINDS else None)
+        if kinds is None:
+            specs.append(TapSpec.parse(item))
+            continue
+        family = PRESETS[model_family(model)]
+        try:
+            idx = [int(b) for b in blocks.split(",")] if blocks else list(range(num_blocks(model)))
+        except ValueError:
+            raise ValueError(f"bad block list in tap preset {item!r}: use e.g. query:9 or all:0,4") from None
+        specs += [TapSpec.parse(family[k].format(i=i)) for i in idx for k in kinds]
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate taps in {names}")
+    for spec in specs:
+        try:
+            model.get_submodule(spec.path)
+        except AttributeError:
+            raise ValueError(
+                f"unknown tap path {spec.path!r}: {type(model).__name__} has no such submodule "
+                f"(list them with model.named_modules())"
+            ) from None
+    return specs
+
+
+FeatureFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+class TapSet:
+    """Hooks that compute statistics of tapped outputs while the model runs.
+
+    Args:
+        model: any ``nn.Module``.
+        taps: :class:`TapSpec` list (see :func:`resolve_taps`).
+        total: number of samples of the whole run (rows of the result buffers).
+        stat_fn: ``x [n, L, C] -> [n, k]`` statistics of one tapped output (the fused kernel by default).
+        feature_fns: extra per-sample scores computed from the raw tapped tensor (user scorers), name -> fn.
+
+    Before each chunk the caller sets :attr:`rows` (a device ``long`` tensor: the rows of this chunk's samples).
+    """
+
+    def __init__(
+        self, model: nn.Module, taps: Sequence[TapSpec], total: int,
+        stat_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        feature_fns: dict[str, FeatureFn] | None = None, config: StatsConfig = StatsConfig(), backend: str = "auto",
+    ) -> None:
+        from .stats import compute_stats
+
+        self.model = model
+        self.taps = list(taps)
+        self.total = total
+        self.stat_fn = stat_fn or (lambda x: compute_stats(x, config, backend))
+        self.feature_fns = dict(feature_fns or {})
+        self.columns = list(STAT_NAMES) + list(self.feature_fns)
+        self.buffers: dict[str, torch.Tensor] = {}
+        self.rows: torch.Tensor | None = None
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def _hook(self, spec: TapSpec) -> Callable:
+        def hook(module: nn.Module, args: object, output: object) -> None:
+            if self.rows is None:
+                return
+            x = spec.select(output)
+            if x.shape[0] != self.rows.shape[0]:
+                raise ValueError(
+                    f"tap {spec.name!r} saw batch {x.shape[0]} but the chunk has {self.rows.shape[0]} samples "
+                    "(does the model duplicate the batch, e.g. for guidance?)"
+                )
+            cols = [self.stat_fn(x)] + [fn(x).to(torch.float32).reshape(-1, 1) for fn in self.feature_fns.values()]
+            values = torch.cat(cols, dim=1) if len(cols) > 1 else cols[0]
+            buf = self.buffers.get(spec.name)
+            if buf is None:
+                buf = torch.full((self.total, values.shape[1]), float("nan"), device=values.device)
+                self.buffers[spec.name] = buf
+            buf.index_copy_(0, self.rows.to(buf.device), values.to(torch.float32))
+
+        return hook
+
+    def __enter__(self) -> TapSet:
+        try:
+            for spec in self.taps:
+                module = self.model.get_submodule(spec.path)
+                self._handles.append(module.register_forward_hook(self._hook(spec)))
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    def remove(self) -> None:
+        """Remove every hook (idempotent)."""
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self.rows = None
+
+    def collect(self) -> dict[str, torch.Tensor]:
+        """All statistics, moved to the host once: tap name -> ``[total, len(columns)]`` float32."""
+        missing = [s.name for s in self.taps if s.name not in self.buffers]
+        if missing:
+            raise RuntimeError(f"taps {missing} never fired: is the module used in the forward?")
+        return {name: buf.cpu() for name, buf in self.buffers.items()}
