@@ -1,4 +1,4 @@
-"""The ``aselect`` command line: ``demo`` (the main job), ``select``, ``train``.
+"""The ``aselect`` command line: ``demo`` (the main job), ``select``, ``probe``, ``validate``, ``train``.
 
 Bad arguments end with one line ``aselect: error: ...`` and exit status 2, never a traceback.
 """
@@ -21,6 +21,14 @@ DEMO_TIMESTEPS = "0:1000:50"
 
 class CliError(Exception):
     """A user error reported as one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line (``aselect: error: ...``, exit 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"aselect: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def _device(name: str) -> torch.device:
@@ -135,9 +143,70 @@ def cmd_train(args: argparse.Namespace) -> None:
     print({k: v for k, v in summary.items() if not isinstance(v, (list, dict))})
 
 
+def _validation_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="embedded", help="'embedded' or a diffusers folder (1x28x28 pixel DiT)")
+    p.add_argument("--dataset", default="fashion", choices=("fashion", "digits"))
+    p.add_argument("--n-train", type=int, default=2000)
+    p.add_argument("--n-test", type=int, default=1000)
+    p.add_argument("--timesteps", default=DEMO_TIMESTEPS)
+    p.add_argument("--taps", default="all")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def cmd_probe(args: argparse.Namespace) -> None:
+    import json
+
+    from .model import load_model
+    from .validate import _model_input, load_dataset, probe_grid
+
+    device = _device(args.device)
+    model = load_model(args.model, device=device)
+    (utr, ytr), (ute, yte), k = load_dataset(args.dataset, args.n_train, args.n_test, args.seed)
+    grid = probe_grid(model, (_model_input(utr, device), ytr), (_model_input(ute, device), yte), args.timesteps,
+                      args.taps, k, seed=args.seed, progress=not args.no_progress)
+    best = divmod(int(grid.metric.argmax()), len(grid.taps))
+    print(f"raw-pixel probe: {100 * grid.floor:.2f}%")
+    for p, tap in enumerate(grid.taps):
+        ti = int(grid.metric[:, p].argmax())
+        print(f"{tap:<40} best t {grid.timesteps[ti]:>4}  accuracy {100 * grid.metric[ti, p]:.2f}%")
+    print(f"grid best: t={grid.timesteps[best[0]]}, {grid.taps[best[1]]}: {100 * grid.metric.max():.2f}% "
+          f"({grid.forward_samples} forward samples, {grid.wall_s:.1f} s)")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "probe.json").write_text(json.dumps(grid.to_dict(), indent=1))
+    print(f"wrote {out / 'probe.json'}")
+
+
+def cmd_validate(args: argparse.Namespace) -> None:
+    import json
+
+    from .model import load_model
+    from .validate import plot_validation, run_validation, summary_lines
+
+    start = time.perf_counter()
+    model = load_model(args.model, device=_device(args.device))
+    report, selection, grid, dgrid = run_validation(
+        model, args.dataset, args.n_train, args.n_test, args.n_select, args.timesteps, args.taps,
+        dense=not args.no_dense, n_dense_train=args.n_dense_train, n_dense_test=args.n_dense_test,
+        seed=args.seed, progress=not args.no_progress,
+    )
+    report["wall_s"] = round(time.perf_counter() - start, 1)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"validation_{args.dataset}.json").write_text(json.dumps(report, indent=1))
+    selection.to_json(out / f"selection_{args.dataset}.json")
+    plot_validation(selection, grid, str(out / f"validation_{args.dataset}.png"))
+    if dgrid is not None:
+        plot_validation(selection, dgrid, str(out / f"validation_{args.dataset}_dense.png"))
+    print("\n".join(summary_lines(report)))
+    print(f"validate wall time {report['wall_s']:.1f} s; wrote {out}/validation_{args.dataset}.json and .png")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="aselect", description="Automatic timestep selection for DiT features")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="aselect", description="Automatic timestep selection for DiT features")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     demo = sub.add_parser("demo", help="score the embedded DiT on shipped Fashion-MNIST images (offline)")
     _selection_args(demo, "all")
@@ -151,6 +220,20 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--use-labels", action="store_true", help="condition on the file's labels (default: null)")
     _selection_args(sel, "query")
     sel.set_defaults(func=cmd_select)
+
+    pr = sub.add_parser("probe", help="exhaustive baseline: a linear probe per (t, tap) on real data")
+    _validation_data_args(pr)
+    pr.add_argument("--out", default="aselect_probe")
+    pr.set_defaults(func=cmd_probe)
+
+    va = sub.add_parser("validate", help="selection vs the exhaustive probe grid, with trivial rules")
+    _validation_data_args(va)
+    va.add_argument("--n-select", type=int, default=64, help="unlabeled images used by selection")
+    va.add_argument("--no-dense", action="store_true", help="skip the dense (segmentation) probe")
+    va.add_argument("--n-dense-train", type=int, default=200)
+    va.add_argument("--n-dense-test", type=int, default=100)
+    va.add_argument("--out", default="aselect_validation")
+    va.set_defaults(func=cmd_validate)
 
     tr = sub.add_parser("train", help="train the embedded Fashion-MNIST DiT")
     tr.add_argument("--out", required=True)

@@ -19,7 +19,7 @@ from .noise import Noiser, parse_timesteps
 from .reference import STAT_NAMES, StatsConfig
 from .result import SelectionResult
 from .scorers import DEFAULT_SCORER, Moments, Scorer, get_scorer, list_scorers
-from .taps import TapSet, TapSpec, resolve_taps
+from .taps import TapSet, resolve_taps
 
 
 def _noiser(noise: str | Noiser) -> Noiser:
@@ -108,6 +108,47 @@ def _meta(model: nn.Module, images: torch.Tensor, noiser: Noiser, config: StatsC
     }
 
 
+def capture_features(
+    model: nn.Module,
+    images: torch.Tensor,
+    timesteps: str | Sequence[int],
+    taps: str | Sequence[str],
+    pool: bool = True,
+    noise: str | Noiser = "ddpm",
+    conditioning: Conditioning | None = None,
+    seed: int = 0,
+    chunk_size: int | None = None,
+    memory_budget: int | None = None,
+    progress: bool = True,
+    call=None,
+) -> tuple[dict[str, torch.Tensor], RunInfo]:
+    """Tapped features of every (image, timestep) in one batched run, float32 on the CPU.
+
+    Returns ``{tap: [B, T, C]}`` (mean over tokens) when ``pool``, else ``{tap: [B, T, L, C]}``, and the run info.
+    """
+    noiser = _noiser(noise)
+    ts = noiser.check(parse_timesteps(timesteps))
+    specs = resolve_taps(model, taps)
+
+    def keep(x: torch.Tensor) -> torch.Tensor:
+        return x.float().mean(1) if pool else x.reshape(x.shape[0], -1)
+
+    n, n_t = images.shape[0], len(ts)
+    with TapSet(model, specs, n * n_t, stat_fn=keep) as tapset:
+        info = run_multi_timestep(
+            model, images, ts, noiser, on_chunk=lambda rows: setattr(tapset, "rows", rows),
+            conditioning=conditioning, seed=seed, chunk_size=chunk_size, memory_budget=memory_budget,
+            progress=progress, call=call,
+        )
+        flat = tapset.collect()
+    shapes = tapset.shapes
+    out = {}
+    for name, value in flat.items():
+        length, channels = shapes[name]
+        out[name] = value.reshape(n, n_t, channels) if pool else value.reshape(n, n_t, length, channels)
+    return out, info
+
+
 def extract_features(
     model: nn.Module,
     images: torch.Tensor,
@@ -127,40 +168,25 @@ def extract_features(
     Returns ``(pooled [N, C], grid_features [N, C, h, w])``, float32 on the CPU.  Pooled is the mean over tokens;
     the grid is the tokens in row-major order, ``grid`` inferred as square when ``None``.
     """
-    (spec,) = resolve_taps(model, [tap]) if not isinstance(tap, TapSpec) else (tap,)
-    noiser = _noiser(noise)
-    n = images.shape[0]
-    store: dict[str, torch.Tensor] = {}
-    rows_box: list[torch.Tensor | None] = [None]
+    feats, _ = capture_features(model, images, [t], [tap], pool=False, noise=noise, conditioning=conditioning,
+                                seed=seed, chunk_size=chunk_size, memory_budget=memory_budget, progress=progress,
+                                call=call)
+    (tokens,) = feats.values()
+    tokens = tokens[:, 0]  # [N, L, C]
+    return tokens.mean(dim=1), tokens_to_grid(tokens, grid)
 
-    def hook(module: nn.Module, args: object, output: object) -> None:
-        rows = rows_box[0]
-        if rows is None:
-            return
-        x = spec.select(output).float()
-        if "grid" not in store:
-            store["grid"] = torch.empty(n, x.shape[1], x.shape[2])
-        store["grid"][rows.cpu()] = x.cpu()
 
-    handle = model.get_submodule(spec.path).register_forward_hook(hook)
-    try:
-        run_multi_timestep(model, images, [t], noiser, on_chunk=lambda rows: rows_box.__setitem__(0, rows),
-                           conditioning=conditioning, seed=seed, chunk_size=chunk_size,
-                           memory_budget=memory_budget, progress=progress, call=call)
-    finally:
-        handle.remove()
-    tokens = store["grid"]  # [N, L, C]
-    length = tokens.shape[1]
+def tokens_to_grid(tokens: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
+    """``[N, L, C]`` row-major tokens -> ``[N, C, h, w]`` (``grid`` inferred as square when ``None``)."""
+    n, length, channels = tokens.shape
     if grid is None:
         side = math.isqrt(length)
         if side * side != length:
-            raise ValueError(f"tap {tap!r} has {length} tokens, not a square: pass grid=(h, w)")
+            raise ValueError(f"{length} tokens are not a square grid: pass grid=(h, w)")
         grid = (side, side)
     if grid[0] * grid[1] != length:
         raise ValueError(f"grid h*w must equal the token count L: got grid={grid}, L={length}")
-    pooled = tokens.mean(dim=1)
-    grid_features = tokens.transpose(1, 2).reshape(n, tokens.shape[2], grid[0], grid[1])
-    return pooled, grid_features
+    return tokens.transpose(1, 2).reshape(n, channels, grid[0], grid[1])
 
 
 def default_device() -> torch.device:

@@ -186,6 +186,7 @@ class TapSet:
         self.feature_fns = dict(feature_fns or {})
         self.columns = list(STAT_NAMES) + list(self.feature_fns)
         self.buffers: dict[str, torch.Tensor] = {}
+        self.shapes: dict[str, tuple[int, int]] = {}  # tap name -> (L, C) of its tapped tensor
         self.rows: torch.Tensor | None = None
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
@@ -199,6 +200,7 @@ class TapSet:
                     f"tap {spec.name!r} saw batch {x.shape[0]} but the chunk has {self.rows.shape[0]} samples "
                     "(does the model duplicate the batch, e.g. for guidance?)"
                 )
+            self.shapes[spec.name] = (x.shape[1], x.shape[2])
             cols = [self.stat_fn(x)] + [fn(x).to(torch.float32).reshape(-1, 1) for fn in self.feature_fns.values()]
             values = torch.cat(cols, dim=1) if len(cols) > 1 else cols[0]
             buf = self.buffers.get(spec.name)

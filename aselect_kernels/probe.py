@@ -1,0 +1,109 @@
+"""Linear probes: the exhaustive baseline that selection is validated against.
+
+* **Classification**: multinomial logistic regression on standardized pooled features ``[N, C]``, fitted full-batch
+  with L-BFGS in float64 on the features' device.  The L2 weight is fixed (:data:`L2`), chosen once and never
+  tuned on the test split; the seed fixes nothing random (the fit is deterministic) but is kept for API symmetry.
+* **Dense (segmentation)**: a per-token linear classifier on grid features ``[N, C, h, w]``, trained on per-patch
+  labels (the majority pixel label of each patch) and scored by mIoU at pixel resolution with the patch logits
+  upsampled bilinearly.
+
+The dense target of Fashion-MNIST/MNIST-style images is semantic: class 0 is background, and a pixel whose value
+exceeds :data:`FOREGROUND_THRESHOLD` (on the uint8 scale) gets its image's class + 1.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+#: L2 penalty on the probe weights (mean loss + L2 * ||W||^2), fixed a priori.
+L2 = 1e-3
+#: L-BFGS iterations of a probe fit.
+MAX_ITER = 200
+#: uint8 pixel value above which a pixel is foreground in the dense target.
+FOREGROUND_THRESHOLD = 32
+
+
+def standardize(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
+    """Scale by the training split's per-feature mean and std (std floor 1e-6)."""
+    mu = train.mean(0, keepdim=True)
+    sd = train.std(0, keepdim=True).clamp_min(1e-6)
+    return [(t - mu) / sd for t in (train, *others)]
+
+
+def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float = L2,
+                 max_iter: int = MAX_ITER) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multinomial logistic regression ``softmax(x W + b)`` by full-batch L-BFGS; returns ``(W [D, K], b [K])``.
+
+    Minimises ``mean cross-entropy + l2 * ||W||^2`` in float64.
+    """
+    if x.dim() != 2 or y.dim() != 1 or x.shape[0] != y.shape[0]:
+        raise ValueError(f"probe needs features [N, D] and labels [N], got {tuple(x.shape)} and {tuple(y.shape)}")
+    x = x.to(torch.float64)
+    y = y.to(device=x.device, dtype=torch.long)
+    w = torch.zeros(x.shape[1], num_classes, dtype=torch.float64, device=x.device, requires_grad=True)
+    b = torch.zeros(num_classes, dtype=torch.float64, device=x.device, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, tolerance_grad=1e-9, tolerance_change=1e-12,
+                            history_size=20, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(x @ w + b, y) + l2 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    return w.detach(), b.detach()
+
+
+def linear_probe_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
+                          test_y: torch.Tensor, num_classes: int, l2: float = L2) -> float:
+    """Test top-1 accuracy of a logistic-regression probe on standardized features."""
+    tr, te = standardize(train_x.to(torch.float64), test_x.to(torch.float64))
+    w, b = fit_logistic(tr, train_y, num_classes, l2)
+    pred = (te @ w + b).argmax(1)
+    return float((pred.cpu() == test_y.cpu()).to(torch.float64).mean())
+
+
+def dense_target(images_u8: torch.Tensor, labels: torch.Tensor, threshold: int = FOREGROUND_THRESHOLD) -> torch.Tensor:
+    """Pixel labels ``[N, H, W]``: 0 background, ``label + 1`` where the pixel exceeds ``threshold``."""
+    if images_u8.dim() == 4:
+        images_u8 = images_u8[:, 0]
+    fg = images_u8.to(torch.int64) > threshold
+    return torch.where(fg, labels.reshape(-1, 1, 1).to(torch.int64) + 1, torch.zeros_like(fg, dtype=torch.int64))
+
+
+def patch_labels(target: torch.Tensor, grid: tuple[int, int], num_classes: int) -> torch.Tensor:
+    """Majority pixel label of each patch: ``[N, H, W]`` -> ``[N, h, w]`` (ties go to the smaller label)."""
+    n, height, width = target.shape
+    ph, pw = height // grid[0], width // grid[1]
+    onehot = F.one_hot(target[:, : grid[0] * ph, : grid[1] * pw], num_classes).to(torch.float32)
+    counts = onehot.reshape(n, grid[0], ph, grid[1], pw, num_classes).sum(dim=(2, 4))
+    return counts.argmax(-1)
+
+
+def mean_iou(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> float:
+    """Mean over classes present in prediction or target of |pred ∩ target| / |pred ∪ target|."""
+    ious = []
+    for k in range(num_classes):
+        p, t = pred == k, target == k
+        union = (p | t).sum()
+        if union > 0:
+            ious.append(float((p & t).sum()) / float(union))
+    return sum(ious) / len(ious)
+
+
+def dense_probe_miou(train_grid: torch.Tensor, train_target: torch.Tensor, test_grid: torch.Tensor,
+                     test_target: torch.Tensor, num_classes: int, l2: float = L2) -> float:
+    """mIoU of a per-token linear classifier on grid features ``[N, C, h, w]`` against pixel targets
+    ``[N, H, W]``: trained on per-patch majority labels, evaluated with logits upsampled to ``H x W``."""
+    n, c, h, w = train_grid.shape
+    tr_tokens = train_grid.permute(0, 2, 3, 1).reshape(-1, c)
+    te_tokens = test_grid.permute(0, 2, 3, 1).reshape(-1, c)
+    tr_tokens, te_tokens = standardize(tr_tokens.to(torch.float64), te_tokens.to(torch.float64))
+    tr_labels = patch_labels(train_target, (h, w), num_classes).reshape(-1)
+    wt, b = fit_logistic(tr_tokens, tr_labels, num_classes, l2)
+    logits = (te_tokens @ wt + b).reshape(test_grid.shape[0], h, w, num_classes).permute(0, 3, 1, 2)
+    up = F.interpolate(logits, size=tuple(test_target.shape[1:]), mode="bilinear", align_corners=False)
+    return mean_iou(up.argmax(1).cpu(), test_target.cpu(), num_classes)

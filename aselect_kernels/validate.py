@@ -1,0 +1,359 @@
+"""Validation of label-free selection against the exhaustive probe grid, on real data.
+
+:func:`probe_grid` extracts features of every (timestep, tap) with the same batched multi-timestep machinery as
+selection and fits one linear probe per cell (classification accuracy; optionally dense mIoU).
+:func:`compare` then reads a :class:`~aselect_kernels.result.SelectionResult` against that grid, for every scorer
+and both directions, per tap and jointly over (t, tap), beside trivial rules that need no features:
+
+* ``smallest_t``: the smallest t of the grid;
+* ``t100``: the grid's t nearest 100 (DDAE's kind of default);
+* ``random``: a uniformly random t (its expected accuracy, exact, not sampled).
+
+For the joint choice a trivial rule also needs a tap without looking at features: it takes the *middle tap* of
+the tap set (the tap list's middle entry, e.g. the middle block); ``random`` takes a uniformly random (t, tap).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from .forward import Conditioning
+from .noise import Noiser, parse_timesteps
+from .probe import dense_probe_miou, dense_target, linear_probe_accuracy
+from .result import SelectionResult
+from .select import capture_features, tokens_to_grid
+
+TRIVIAL_RULES = ("smallest_t", "t100", "random")
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman rank correlation (average ranks for ties); NaN when either side is constant."""
+    ra, rb = _ranks(np.asarray(a, dtype=np.float64)), _ranks(np.asarray(b, dtype=np.float64))
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def _ranks(v: np.ndarray) -> np.ndarray:
+    order = np.argsort(v, kind="stable")
+    ranks = np.empty(len(v))
+    ranks[order] = np.arange(len(v), dtype=np.float64)
+    for value in np.unique(v):
+        tie = v == value
+        ranks[tie] = ranks[tie].mean()
+    return ranks
+
+
+@dataclass
+class ProbeGrid:
+    """Probe scores of every (timestep, tap): ``metric[T, P]`` (accuracy or mIoU) and its cost."""
+
+    timesteps: list[int]
+    taps: list[str]
+    metric: np.ndarray
+    metric_name: str
+    floor: float
+    forward_samples: int
+    wall_s: float
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"timesteps": self.timesteps, "taps": self.taps, "metric_name": self.metric_name,
+                "metric": self.metric.tolist(), "raw_pixel_floor": self.floor,
+                "forward_samples": self.forward_samples, "wall_s": round(self.wall_s, 3), **self.extra}
+
+
+def probe_grid(
+    model: nn.Module,
+    train: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor],
+    timesteps: str | Sequence[int],
+    taps: str | Sequence[str],
+    num_classes: int,
+    noise: str | Noiser = "ddpm",
+    conditioning: Conditioning | None = None,
+    seed: int = 0,
+    chunk_size: int | None = None,
+    progress: bool = True,
+) -> ProbeGrid:
+    """Linear-probe top-1 accuracy of pooled features for every (t, tap), and the raw-pixel floor.
+
+    ``train``/``test`` are ``(images [N, ...] in the model's range on its device, labels [N])``.  Train and test
+    images are run together (one batched run); features are the token mean of each tap.
+    """
+    (xtr, ytr), (xte, yte) = train, test
+    start = time.perf_counter()
+    feats, info = capture_features(model, torch.cat([xtr, xte]), timesteps, taps, pool=True, noise=noise,
+                                   conditioning=conditioning, seed=seed, chunk_size=chunk_size, progress=progress)
+    names = list(feats)
+    ts = parse_timesteps(timesteps)
+    n = xtr.shape[0]
+    acc = np.zeros((len(ts), len(names)))
+    for p, name in enumerate(names):
+        f = feats[name]  # [N, T, C]
+        for ti in range(len(ts)):
+            acc[ti, p] = linear_probe_accuracy(f[:n, ti], ytr.cpu(), f[n:, ti], yte.cpu(), num_classes)
+    floor = linear_probe_accuracy(xtr.flatten(1).cpu(), ytr.cpu(), xte.flatten(1).cpu(), yte.cpu(), num_classes)
+    return ProbeGrid(ts, names, acc, "accuracy", floor, info.samples, time.perf_counter() - start)
+
+
+def dense_probe_grid(
+    model: nn.Module,
+    train: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    timesteps: str | Sequence[int],
+    taps: str | Sequence[str],
+    num_classes: int,
+    noise: str | Noiser = "ddpm",
+    seed: int = 0,
+    chunk_size: int | None = None,
+    progress: bool = True,
+) -> ProbeGrid:
+    """Dense-probe mIoU of grid features for every (t, tap), and the raw-patch floor.
+
+    ``train``/``test`` are ``(images in the model's range, uint8 images [N, H, W], labels [N])``; the target is
+    :func:`~aselect_kernels.probe.dense_target` with ``num_classes + 1`` labels (background first).
+    """
+    (xtr, utr, ytr), (xte, ute, yte) = train, test
+    start = time.perf_counter()
+    feats, info = capture_features(model, torch.cat([xtr, xte]), timesteps, taps, pool=False, noise=noise,
+                                   seed=seed, chunk_size=chunk_size, progress=progress)
+    ts = parse_timesteps(timesteps)
+    n = xtr.shape[0]
+    k = num_classes + 1
+    ttr, tte = dense_target(utr, ytr), dense_target(ute, yte)
+    miou = np.zeros((len(ts), len(feats)))
+    for p, name in enumerate(feats):
+        tokens = feats[name]  # [N, T, L, C]
+        for ti in range(len(ts)):
+            grid = tokens_to_grid(tokens[:, ti])
+            miou[ti, p] = dense_probe_miou(grid[:n], ttr, grid[n:], tte, k)
+    h, w = grid.shape[2:]
+    pixels = xtr.shape[-1] // w
+    raw = torch.cat([xtr, xte]).cpu().float()
+    raw_grid = torch.nn.functional.pixel_unshuffle(raw, pixels)  # [N, C*p*p, h, w]: each patch's pixels
+    floor = dense_probe_miou(raw_grid[:n], ttr, raw_grid[n:], tte, k)
+    return ProbeGrid(ts, list(feats), miou, "mIoU", floor, info.samples, time.perf_counter() - start)
+
+
+def _rule_t(rule: str, timesteps: list[int]) -> int | None:
+    if rule == "smallest_t":
+        return 0
+    if rule == "t100":
+        return int(np.argmin(np.abs(np.asarray(timesteps) - 100)))
+    return None  # random: expectation
+
+
+def compare(selection: SelectionResult, grid: ProbeGrid, tap_sets: dict[str, list[str]] | None = None) -> dict:
+    """Score the selection against the grid: for each scorer x direction x tap set, the Spearman rho between score
+    and probe metric across t (mean over taps), the per-tap gap (best metric - metric at the selected t, in
+    points), and the joint (t, tap) gap; the same gaps for the trivial rules."""
+    if selection.timesteps != grid.timesteps:
+        raise ValueError("selection and probe grid use different timesteps")
+    missing = [t for t in grid.taps if t not in selection.taps]
+    if missing:
+        raise ValueError(f"taps {missing} of the probe grid were not scored by the selection")
+    cols = [selection.taps.index(t) for t in grid.taps]
+    metric = grid.metric * 100.0
+    tap_sets = tap_sets or {"all": list(grid.taps)}
+    out: dict = {"metric": grid.metric_name, "tap_sets": {}}
+    for set_name, members in tap_sets.items():
+        idx = [grid.taps.index(m) for m in members]
+        sub = metric[:, idx]
+        best_joint = float(sub.max())
+        per_tap_best = sub.max(0)
+        rows = {}
+        for s, scorer in enumerate(selection.scorers):
+            score = selection.mean[:, cols, s][:, idx]
+            for direction in ("max", "min"):
+                signed = score if direction == "max" else -score
+                safe = np.where(np.isfinite(signed), signed, -np.inf)
+                t_sel = safe.argmax(0)
+                gaps = per_tap_best - sub[t_sel, np.arange(len(idx))]
+                rhos = [spearman(signed[:, j], sub[:, j]) for j in range(len(idx))]
+                flat = int(np.argmax(safe))
+                ti, pj = divmod(flat, len(idx))
+                rows[f"{scorer}:{direction}"] = {
+                    "scorer": scorer, "direction": direction, "default_direction": selection.directions[scorer],
+                    "mean_rho": float(np.nanmean(rhos)), "mean_gap": float(gaps.mean()),
+                    "selected_t_per_tap": {members[j]: grid.timesteps[int(t_sel[j])] for j in range(len(idx))},
+                    "joint": {"t": grid.timesteps[ti], "tap": members[pj], "metric": float(sub[ti, pj]),
+                              "gap": best_joint - float(sub[ti, pj])},
+                }
+        trivial = {}
+        mid = len(idx) // 2
+        for rule in TRIVIAL_RULES:
+            ti = _rule_t(rule, grid.timesteps)
+            if ti is None:
+                per_tap = sub.mean(0)
+                joint = float(sub.mean())
+                joint_t, joint_tap = None, None
+            else:
+                per_tap = sub[ti]
+                joint = float(sub[ti, mid])
+                joint_t, joint_tap = grid.timesteps[ti], members[mid]
+            trivial[rule] = {"mean_gap": float((per_tap_best - per_tap).mean()),
+                             "joint": {"t": joint_t, "tap": joint_tap, "metric": joint, "gap": best_joint - joint}}
+        bt, bp = divmod(int(np.argmax(sub)), len(idx))
+        out["tap_sets"][set_name] = {
+            "best": {"t": grid.timesteps[bt], "tap": members[bp], "metric": best_joint},
+            "scorers": rows, "trivial": trivial,
+        }
+    return out
+
+
+def plot_validation(selection: SelectionResult, grid: ProbeGrid, path: str, scorers: Sequence[str] | None = None
+                    ) -> None:
+    """PNG: for each scorer, the probe metric (left axis) and the score (right axis) against t, at the tap the
+    scorer's joint choice selects."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(scorers or selection.scorers)
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        _, tap = selection.best(name)
+        if tap not in grid.taps:
+            tap = grid.taps[0]
+        p_grid, p_sel, s = grid.taps.index(tap), selection.taps.index(tap), selection.scorers.index(name)
+        ax.plot(grid.timesteps, grid.metric[:, p_grid] * 100, "k-o", ms=3, label=grid.metric_name)
+        ax.set_xlabel("t")
+        ax.set_ylabel(f"{grid.metric_name} (%)")
+        ax2 = ax.twinx()
+        ax2.plot(selection.timesteps, selection.mean[:, p_sel, s], "r-s", ms=3)
+        ax2.set_ylabel(f"{name} ({selection.directions[name]})", color="r")
+        ax.set_title(f"{name} @ {tap}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def load_dataset(name: str, n_train: int, n_test: int, seed: int = 0
+                 ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor], int]:
+    """``((uint8 train [N, 28, 28], labels), (uint8 test, labels), num_classes)`` of a real offline dataset.
+
+    ``fashion``: the Fashion-MNIST images shipped in the package (train and test splits).
+    ``digits``: scikit-learn's 8 x 8 handwritten digits (0..16), resized bilinearly to 28 x 28 and scaled to
+    0..255; a seeded stratified-by-shuffle split (the DiT never saw them: transfer without retraining).
+    """
+    if name == "fashion":
+        from .data import load_embedded_images
+
+        (xtr, ytr), (xte, yte) = load_embedded_images("train"), load_embedded_images("test")
+        xtr, ytr, xte, yte = (torch.as_tensor(np.asarray(a)) for a in (xtr, ytr, xte, yte))
+        num_classes = 10
+    elif name == "digits":
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        img = torch.from_numpy(d.images).float()[:, None] / 16.0
+        img = torch.nn.functional.interpolate(img, size=(28, 28), mode="bilinear", align_corners=False)[:, 0]
+        u8 = (img.clamp(0, 1) * 255).round().to(torch.uint8)
+        labels = torch.from_numpy(d.target).long()
+        perm = torch.randperm(len(u8), generator=torch.Generator().manual_seed(seed))
+        half = len(u8) - min(n_test, len(u8) // 2)
+        xtr, ytr, xte, yte = u8[perm[:half]], labels[perm[:half]], u8[perm[half:]], labels[perm[half:]]
+        num_classes = 10
+    else:
+        raise ValueError(f"unknown dataset {name!r}: use 'fashion' or 'digits'")
+    if n_train > len(xtr) or n_test > len(xte):
+        raise ValueError(f"{name} has {len(xtr)} train / {len(xte)} test images; asked {n_train} / {n_test}")
+    return (xtr[:n_train], ytr[:n_train].long()), (xte[:n_test], yte[:n_test].long()), num_classes
+
+
+def _model_input(u8: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return (u8.float() / 127.5 - 1.0)[:, None].to(device)
+
+
+def run_validation(
+    model: nn.Module,
+    dataset: str = "fashion",
+    n_train: int = 2000,
+    n_test: int = 1000,
+    n_select: int = 64,
+    timesteps: str = "0:1000:50",
+    taps: str = "all",
+    dense: bool = True,
+    n_dense_train: int = 200,
+    n_dense_test: int = 100,
+    dense_taps: str = "block_out",
+    seed: int = 0,
+    progress: bool = True,
+) -> tuple[dict, SelectionResult, ProbeGrid, ProbeGrid | None]:
+    """Selection on ``n_select`` unlabeled training images vs the exhaustive probe grid on ``n_train``/``n_test``
+    labeled images (and a dense grid), on the same model, timesteps and taps; returns the report and its parts."""
+    from .forward import model_device_dtype
+    from .select import select_timestep
+
+    device, _ = model_device_dtype(model)
+    (utr, ytr), (ute, yte), k = load_dataset(dataset, n_train, n_test, seed)
+    if n_select > n_train:
+        raise ValueError(f"n_select {n_select} exceeds the training images {n_train}")
+    xtr, xte = _model_input(utr, device), _model_input(ute, device)
+    start = time.perf_counter()
+    selection = select_timestep(model, xtr[:n_select], timesteps, taps, seed=seed, progress=progress)
+    select_s = time.perf_counter() - start
+    grid = probe_grid(model, (xtr, ytr), (xte, yte), timesteps, taps, k, seed=seed, progress=progress)
+    report: dict = {
+        "dataset": dataset, "n_train": n_train, "n_test": n_test, "n_select": n_select, "timesteps": timesteps,
+        "taps": taps, "seed": seed,
+        "cost": {"select_wall_s": round(select_s, 3), "select_forward_samples": selection.meta["samples"],
+                 "grid_wall_s": round(grid.wall_s, 3), "grid_forward_samples": grid.forward_samples,
+                 "wall_ratio": grid.wall_s / select_s,
+                 "forward_ratio": grid.forward_samples / selection.meta["samples"]},
+        "classification": {"grid": grid.to_dict(), **compare(selection, grid, _tap_sets(selection.taps))},
+    }
+    dgrid = None
+    if dense:
+        (dtr, dytr), (dte, dyte) = (utr[:n_dense_train], ytr[:n_dense_train]), (ute[:n_dense_test], yte[:n_dense_test])
+        dgrid = dense_probe_grid(model, (_model_input(dtr, device), dtr, dytr), (_model_input(dte, device), dte, dyte),
+                                 timesteps, dense_taps, k, seed=seed, progress=progress)
+        report["dense"] = {"grid": dgrid.to_dict(), "n_train": n_dense_train, "n_test": n_dense_test,
+                           **compare(selection, dgrid, {"dense_taps": dgrid.taps})}
+    return report, selection, grid, dgrid
+
+
+def _tap_sets(taps: list[str]) -> dict[str, list[str]]:
+    """``all`` plus one set per tap kind (query / attention-out / MLP-out / block-out) when they can be told apart."""
+    sets = {"all": list(taps)}
+    kinds = {"query": lambda t: t.endswith(("to_q", "[q]")), "attn_out": lambda t: t.endswith(("attn1", "attn")),
+             "mlp_out": lambda t: t.endswith(("ff", "mlp")),
+             "block_out": lambda t: t.rsplit(".", 1)[-1].split("@")[0].isdigit()}
+    for kind, test in kinds.items():
+        members = [t for t in taps if test(t)]
+        if 0 < len(members) < len(taps):
+            sets[kind] = members
+    return sets
+
+
+def summary_lines(report: dict) -> list[str]:
+    """A readable summary: per task and tap set, each scorer's rho / gaps beside the trivial rules."""
+    lines = [f"dataset {report['dataset']}: selection on {report['n_select']} images vs probes on "
+             f"{report['n_train']}/{report['n_test']}; compute ratio {report['cost']['wall_ratio']:.1f}x wall, "
+             f"{report['cost']['forward_ratio']:.1f}x forward samples"]
+    for task in ("classification", "dense"):
+        if task not in report:
+            continue
+        part = report[task]
+        g = part["grid"]
+        lines.append(f"[{task}] {part['metric']}: raw-pixel floor {100 * g['raw_pixel_floor']:.2f}")
+        for set_name, rep in part["tap_sets"].items():
+            b = rep["best"]
+            lines.append(f"  tap set {set_name}: grid best {b['metric']:.2f} at (t={b['t']}, {b['tap']})")
+            for key, row in rep["scorers"].items():
+                j = row["joint"]
+                tag = " (default dir)" if row["direction"] == row["default_direction"] else ""
+                lines.append(f"    {key:<20} rho {row['mean_rho']:+.2f}  per-tap gap {row['mean_gap']:5.2f}  "
+                             f"joint ({j['t']}, {j['tap']}) gap {j['gap']:5.2f}{tag}")
+            for rule, row in rep["trivial"].items():
+                lines.append(f"    {'rule ' + rule:<20}           per-tap gap {row['mean_gap']:5.2f}  "
+                             f"joint gap {row['joint']['gap']:5.2f}")
+    return lines

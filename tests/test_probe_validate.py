@@ -1,0 +1,138 @@
+"""Probes and the validation report against sklearn / scipy oracles and hand-computed cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import spearmanr
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import jaccard_score
+
+from aselect_kernels.probe import (
+    dense_probe_miou,
+    dense_target,
+    fit_logistic,
+    linear_probe_accuracy,
+    mean_iou,
+    patch_labels,
+    standardize,
+)
+from aselect_kernels.result import SelectionResult
+from aselect_kernels.scorers import Moments
+from aselect_kernels.validate import ProbeGrid, compare, dense_probe_grid, probe_grid, spearman
+
+from tiny_models import tiny_dit
+
+
+def test_logistic_matches_sklearn():
+    rng = np.random.default_rng(0)
+    n, d, k = 300, 7, 4
+    centers = rng.standard_normal((k, d)) * 1.5
+    y = rng.integers(0, k, n)
+    x = centers[y] + rng.standard_normal((n, d))
+    l2 = 1e-2
+    w, b = fit_logistic(torch.from_numpy(x), torch.from_numpy(y), k, l2=l2)
+    # sklearn minimises 0.5||W||^2 + C sum CE  <=>  mean CE + ||W||^2 / (2 C n):  C = 1 / (2 n l2)
+    sk = LogisticRegression(C=1 / (2 * n * l2), tol=1e-10, max_iter=5000).fit(x, y)
+    ours = torch.softmax(torch.from_numpy(x) @ w + b, 1).numpy()
+    np.testing.assert_allclose(ours, sk.predict_proba(x), atol=2e-4)
+
+
+def test_probe_accuracy_uses_train_statistics_only():
+    rng = np.random.default_rng(1)
+    xtr = torch.from_numpy(rng.standard_normal((200, 5)))
+    ytr = (xtr[:, 0] > 0).long()
+    xte = torch.from_numpy(rng.standard_normal((100, 5)))
+    yte = (xte[:, 0] > 0).long()
+    assert linear_probe_accuracy(xtr, ytr, xte, yte, 2) > 0.9
+    tr, te = standardize(xtr, xte + 100)
+    assert tr.mean().abs() < 1e-9 and te.mean() > 50  # the test split is scaled by the train statistics
+
+
+def test_dense_target_patch_labels_and_miou():
+    rng = np.random.default_rng(2)
+    u8 = torch.from_numpy(rng.integers(0, 256, (3, 6, 8)).astype(np.uint8))
+    labels = torch.tensor([0, 4, 9])
+    target = dense_target(u8, labels)
+    assert target.max() <= 10 and ((target == 0) == (u8 <= 32)).all()
+    assert (target[1][u8[1] > 32] == 5).all()
+    patches = patch_labels(target, (3, 4), 11)
+    manual = np.zeros((3, 3, 4), dtype=np.int64)
+    for i in range(3):
+        for a in range(3):
+            for b in range(4):
+                block = target[i, 2 * a:2 * a + 2, 2 * b:2 * b + 2].numpy().ravel()
+                manual[i, a, b] = np.bincount(block, minlength=11).argmax()
+    np.testing.assert_array_equal(patches.numpy(), manual)
+    pred = torch.from_numpy(rng.integers(0, 4, (50,)))
+    true = torch.from_numpy(rng.integers(0, 3, (50,)))
+    present = sorted(set(pred.tolist()) | set(true.tolist()))
+    expected = jaccard_score(true, pred, labels=present, average="macro")
+    assert mean_iou(pred, true, 11) == pytest.approx(expected)
+
+
+def test_dense_probe_learns_a_separable_grid():
+    rng = np.random.default_rng(3)
+    n, c, h, w = 20, 3, 4, 4
+    target = torch.from_numpy(rng.integers(0, 3, (n, 8, 8)))
+    patch = patch_labels(target, (h, w), 3)
+    grid = torch.nn.functional.one_hot(patch, c).permute(0, 3, 1, 2).double() * 4
+    grid = grid + 0.1 * torch.from_numpy(rng.standard_normal(grid.shape))
+    miou = dense_probe_miou(grid[:14], target[:14], grid[14:], target[14:], 3)
+    assert 0.3 < miou <= 1.0
+
+
+def test_spearman_matches_scipy():
+    rng = np.random.default_rng(4)
+    a, b = rng.standard_normal(12), rng.standard_normal(12)
+    assert spearman(a, b) == pytest.approx(spearmanr(a, b).statistic)
+    a[3] = a[5]  # ties
+    assert spearman(a, b) == pytest.approx(spearmanr(a, b).statistic)
+    assert np.isnan(spearman(np.ones(5), np.arange(5)))
+
+
+def _selection(ts, taps, score):
+    t, p = score.shape
+    m = Moments(np.ones((t, p, 1), dtype=np.int64), score[..., None].astype(float),
+                score[..., None].astype(float) ** 2, np.zeros((t, p, 1), dtype=np.int64))
+    return SelectionResult(ts, taps, ["s"], {"s": "max"}, m, "s")
+
+
+def test_compare_on_a_hand_built_grid():
+    ts, taps = [0, 100, 200, 300], ["a", "b", "c"]
+    acc = np.array([[0.80, 0.70, 0.60], [0.85, 0.72, 0.61], [0.82, 0.75, 0.62], [0.70, 0.65, 0.50]])
+    score = np.array([[1.0, 5.0, 0.0], [2.0, 4.0, 3.0], [3.0, 3.0, 1.0], [4.0, 2.0, 2.0]])
+    grid = ProbeGrid(ts, taps, acc, "accuracy", 0.5, 100, 1.0)
+    rep = compare(_selection(ts, taps, score), grid)["tap_sets"]["all"]
+    assert rep["best"] == {"t": 100, "tap": "a", "metric": pytest.approx(85.0)}
+    mx = rep["scorers"]["s:max"]
+    assert mx["selected_t_per_tap"] == {"a": 300, "b": 0, "c": 100}
+    assert mx["mean_gap"] == pytest.approx(((85 - 70) + (75 - 70) + (62 - 61)) / 3)
+    assert mx["joint"] == {"t": 0, "tap": "b", "metric": pytest.approx(70.0), "gap": pytest.approx(15.0)}
+    rho_a = spearmanr(score[:, 0], acc[:, 0]).statistic
+    rho_b = spearmanr(score[:, 1], acc[:, 1]).statistic
+    rho_c = spearmanr(score[:, 2], acc[:, 2]).statistic
+    assert mx["mean_rho"] == pytest.approx((rho_a + rho_b + rho_c) / 3)
+    assert rep["scorers"]["s:min"]["mean_rho"] == pytest.approx(-(rho_a + rho_b + rho_c) / 3)
+    triv = rep["trivial"]
+    assert triv["smallest_t"]["joint"] == {"t": 0, "tap": "b", "metric": pytest.approx(70.0),
+                                           "gap": pytest.approx(15.0)}
+    assert triv["t100"]["mean_gap"] == pytest.approx(((85 - 85) + (75 - 72) + (62 - 61)) / 3)
+    assert triv["random"]["joint"]["gap"] == pytest.approx(85 - acc.mean() * 100)
+
+
+def test_probe_grids_on_a_tiny_dit():
+    model = tiny_dit(sample=8)
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.arange(24) % 2
+    u8 = (torch.rand(24, 8, 8, generator=gen) * 60).to(torch.uint8)
+    u8[labels == 1, 2:6, 2:6] = 220  # class 1 has a bright square
+    x = (u8.float() / 127.5 - 1)[:, None]
+    grid = probe_grid(model, (x[:16], labels[:16]), (x[16:], labels[16:]), [0, 500], "block_out", 2,
+                      chunk_size=16, progress=False)
+    assert grid.metric.shape == (2, 2) and grid.forward_samples == 48
+    assert grid.floor == 1.0 and grid.metric[0].max() >= 0.75
+    dense = dense_probe_grid(model, (x[:16], u8[:16], labels[:16]), (x[16:], u8[16:], labels[16:]), [0, 500],
+                             "block_out:1", 2, chunk_size=48, progress=False)
+    assert dense.metric.shape == (2, 1) and 0 < dense.metric.max() <= 1 and 0 < dense.floor <= 1
