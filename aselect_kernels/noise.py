@@ -94,18 +94,22 @@ class Noiser:
             raise ValueError(f"duplicate timesteps in {ts}")
         return ts
 
-    def _flow_table_index(self, t: torch.Tensor) -> torch.Tensor:
-        # The training table runs noisy -> clean: entry i is our t = N - i (t = 1 .. N).
-        return (self.num_train_timesteps - t.clamp(min=1)).to(torch.long).cpu()
+    def _flow_sigma(self, t: torch.Tensor) -> torch.Tensor:
+        # The scheduler's training table runs noisy -> clean: entry i holds our t = N - i (t = 1 .. N); t = 0 is
+        # the clean end (sigma 0).  Gathered on the device: no host synchronisation per chunk.
+        table = getattr(self, "_sigma_table", None)
+        if table is None or table.device != t.device:
+            sig = self.scheduler.sigmas[: self.num_train_timesteps].to(device=t.device, dtype=torch.float32)
+            table = self._sigma_table = torch.cat([torch.zeros(1, device=t.device), sig.flip(0)])  # index = t
+        return table[t.to(torch.long)]
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """``x_t`` for clean ``x0`` ``[n, ...]``, noise of the same shape and integer ``t`` ``[n]``."""
         if self.family == "ddpm":
             return self.scheduler.add_noise(x0, noise, t.to(torch.long))
-        table_t = self.scheduler.timesteps[self._flow_table_index(t)]
-        noisy = self.scheduler.scale_noise(x0, table_t, noise)
-        mask = (t == 0).to(x0.device).reshape(-1, *([1] * (x0.dim() - 1)))
-        return torch.where(mask, x0, noisy)
+        # FlowMatchEulerDiscreteScheduler.scale_noise's interpolation, with its sigma table gathered on the device
+        sigma = self._flow_sigma(t).to(x0.dtype).reshape(-1, *([1] * (x0.dim() - 1)))
+        return sigma * noise + (1.0 - sigma) * x0
 
     def model_timestep(self, t: torch.Tensor) -> torch.Tensor:
         """The ``timestep`` argument the model expects for our t (DDPM: t; flow: sigma * 1000)."""
@@ -118,8 +122,7 @@ class Noiser:
         if self.family == "ddpm":
             abar = self.scheduler.alphas_cumprod.to(t.device)[t.to(torch.long)]
             return torch.sqrt(1 - abar)
-        sig = self.scheduler.sigmas[self._flow_table_index(t)].to(device=t.device, dtype=torch.float32)
-        return torch.where(t == 0, torch.zeros_like(sig), sig)
+        return self._flow_sigma(t)
 
 
 def timestep_from_index(index: int, scheduler: object) -> int:

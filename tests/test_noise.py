@@ -33,6 +33,10 @@ def test_flow_matches_closed_form(shift):
     torch.testing.assert_close(noiser.add_noise(x0, eps, t), s * eps + (1 - s) * x0, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(noiser.model_timestep(t), sigma * 1000, rtol=1e-5, atol=1e-3)
     assert torch.equal(noiser.add_noise(x0, eps, torch.zeros(4, dtype=torch.long)), x0)  # t = 0 is clean
+    # the scheduler's own scale_noise at the table entries of t = 1 .. 1000
+    sched = noiser.scheduler
+    table_t = sched.timesteps[1000 - t[1:]]
+    torch.testing.assert_close(noiser.add_noise(x0[1:], eps[1:], t[1:]), sched.scale_noise(x0[1:], table_t, eps[1:]))
 
 
 def test_scheduler_index_convention():

@@ -1,0 +1,43 @@
+"""``torch.ops.aselect.sample_stats``: the statistics as a PyTorch custom op, so ``torch.compile`` keeps one graph.
+
+CPU tensors run the reference (float32); CUDA tensors run the fused Triton kernel.  The grid travels as two
+ints, ``(0, 0)`` meaning ``None`` (square grid inferred in 2-D).  Importing this module registers the op; it
+needs no Triton until a CUDA tensor is scored.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..reference import STAT_NAMES, StatsConfig, reference_stats
+
+
+def config_from_args(cutoff: float, hfr_dims: int, grid_h: int, grid_w: int) -> StatsConfig:
+    """The :class:`StatsConfig` encoded by the op's scalar arguments."""
+    grid = None if grid_h == 0 and grid_w == 0 else (grid_h, grid_w)
+    return StatsConfig(cutoff=cutoff, hfr_dims=hfr_dims, grid=grid)
+
+
+def config_to_args(config: StatsConfig) -> tuple[float, int, int, int]:
+    """``(cutoff, hfr_dims, grid_h, grid_w)`` for the op, the inverse of :func:`config_from_args`."""
+    grid_h, grid_w = config.grid if config.grid is not None else (0, 0)
+    return float(config.cutoff), int(config.hfr_dims), int(grid_h), int(grid_w)
+
+
+@torch.library.custom_op("aselect::sample_stats", mutates_args=(), device_types="cpu")
+def sample_stats(x: torch.Tensor, cutoff: float, hfr_dims: int, grid_h: int, grid_w: int) -> torch.Tensor:
+    """Per-sample statistics ``[N, 6]`` float32 of a tapped tensor ``x`` ``[N, L, C]`` (reference on CPU)."""
+    return reference_stats(x, config_from_args(cutoff, hfr_dims, grid_h, grid_w), compute_dtype=torch.float32)
+
+
+@sample_stats.register_kernel("cuda")
+def _sample_stats_cuda(x: torch.Tensor, cutoff: float, hfr_dims: int, grid_h: int, grid_w: int) -> torch.Tensor:
+    from .fused_stats import fused_stats
+
+    return fused_stats(x, config_from_args(cutoff, hfr_dims, grid_h, grid_w))
+
+
+@sample_stats.register_fake
+def _sample_stats_fake(x: torch.Tensor, cutoff: float, hfr_dims: int, grid_h: int, grid_w: int) -> torch.Tensor:
+    torch._check(x.dim() == 3, lambda: f"tapped feature must have rank 3 [N, L, C], got {x.dim()}")
+    return x.new_empty((x.shape[0], len(STAT_NAMES)), dtype=torch.float32)

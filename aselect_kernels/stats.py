@@ -1,0 +1,94 @@
+"""Backend dispatch for the per-sample statistics: the fused Triton kernel on a GPU, the reference elsewhere.
+
+``backend="auto"`` runs the kernel on CUDA tensors (through ``torch.ops.aselect.sample_stats``, so
+``torch.compile`` does not break the graph) and the reference on the CPU.  A CUDA tensor the kernel cannot
+take (fp64, Triton missing) falls back to the reference with a one-time warning.  ``"triton"`` forces the
+kernel (CPU tensors too when ``TRITON_INTERPRET=1``); ``"torch"`` forces the reference.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+from functools import lru_cache
+
+import torch
+
+from .ops import custom_op
+from .reference import StatsConfig, check_features, reference_stats
+
+BACKENDS = ("auto", "triton", "torch")
+
+_DEFAULT_CONFIG = StatsConfig()
+_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_warned: set[str] = set()
+
+
+@lru_cache(maxsize=1)
+def triton_available() -> bool:
+    """Whether Triton can be imported (the kernel's only extra dependency)."""
+    if importlib.util.find_spec("triton") is None:
+        return False
+    try:
+        import triton.language  # noqa: F401
+    except (ImportError, RuntimeError, OSError):  # a broken install counts as missing
+        return False
+    return True
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def _on_gpu(x: torch.Tensor) -> bool:
+    return x.is_cuda
+
+
+def _kernel_unsupported(x: torch.Tensor) -> str | None:
+    """Why the fused kernel cannot score ``x`` (``None`` when it can)."""
+    if x.dtype not in _KERNEL_DTYPES:
+        return f"the fused stats kernel reads fp32/fp16/bf16, not {x.dtype}"
+    if not triton_available():
+        return "Triton is not importable"
+    return None
+
+
+def _run_op(x: torch.Tensor, config: StatsConfig) -> torch.Tensor:
+    return torch.ops.aselect.sample_stats(x, *custom_op.config_to_args(config))
+
+
+def compute_stats(
+    x: torch.Tensor, config: StatsConfig = _DEFAULT_CONFIG, backend: str = "auto",
+) -> torch.Tensor:
+    """Statistics of :data:`~aselect_kernels.reference.STAT_NAMES` for each sample of ``x`` ``[N, L, C]``.
+
+    Returns ``[N, 6]`` float32 on ``x``'s device.  ``backend`` is ``"auto"``, ``"triton"`` or ``"torch"``.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    check_features(x)
+    if backend == "torch":
+        return reference_stats(x, config)
+    if backend == "triton":
+        reason = _kernel_unsupported(x)
+        if reason is not None:
+            raise RuntimeError(f"backend='triton' unavailable: {reason}")
+        if _on_gpu(x):
+            return _run_op(x, config)
+        from .ops import fused_stats as fused_module
+
+        if x.device.type != "cpu" or not fused_module.INTERPRET:
+            raise RuntimeError(
+                f"backend='triton' needs a CUDA tensor, or a CPU tensor with TRITON_INTERPRET=1 set before "
+                f"Triton is imported (got a {x.device.type} tensor)"
+            )
+        return fused_module.fused_stats(x, config)
+    if not _on_gpu(x):
+        return reference_stats(x, config)
+    reason = _kernel_unsupported(x)
+    if reason is not None:
+        _warn_once(f"{reason}: falling back to the PyTorch reference statistics")
+        return reference_stats(x, config)
+    return _run_op(x, config)

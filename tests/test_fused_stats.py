@@ -1,0 +1,292 @@
+"""The fused Triton statistics kernel, its custom op and the backend dispatcher.
+
+By default (``conftest.py``) the kernel runs in the Triton interpreter on CPU tensors; on a GPU machine,
+``TRITON_INTERPRET=0 python -m pytest tests/test_fused_stats.py`` runs the same checks on CUDA tensors.
+Every check compares against the fp64 reference evaluated on the *same* input values (a low-precision input
+is upcast, not re-drawn), so the tolerances cover only the kernel's fp32 accumulation and its rounded basis.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import warnings
+
+import pytest
+import torch
+
+from aselect_kernels import stats
+from aselect_kernels.frequency import CutoffWarning, band_counts
+from aselect_kernels.ops import custom_op
+from aselect_kernels.reference import STAT_NAMES, StatsConfig, reference_stats
+
+fused = pytest.importorskip("aselect_kernels.ops.fused_stats", reason="triton is not installed")
+fused_stats = fused.fused_stats
+
+if not fused.INTERPRET and not torch.cuda.is_available():
+    pytest.skip("the kernel needs a CUDA device or TRITON_INTERPRET=1 (set by conftest.py)", allow_module_level=True)
+#: Where the kernel's inputs live: CPU tensors for the interpreter, else the GPU.
+DEVICE = torch.device("cpu") if fused.INTERPRET else torch.device("cuda")
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+#: fp32 unit roundoff: every sum in the kernel accumulates in fp32.
+U32 = 2.0**-24
+#: Relative error of the rounded low-frequency basis per input dtype: fp32 rounds B to 24 bits; fp16/bf16 split
+#: it into hi + lo halves of the input dtype (about 22 and 16 bits).  E_low is quadratic in B, hence the factor 4.
+BASIS_ERR = {torch.float32: 4 * 2.0**-24, torch.float16: 4 * 2.0**-21, torch.bfloat16: 4 * 2.0**-16}
+
+
+def tolerance(dtype: torch.dtype, length: int, channels: int) -> float:
+    """Relative tolerance: the basis error plus fp32 accumulation error over the L*C terms of a sample.
+
+    Blocked (tile-then-sum) reductions grow like sqrt(n) u in practice; 8 sqrt(n) u leaves a margin of about 10
+    over the errors observed, and stays far below what a wrong formula gives (1e-3 or more).
+    """
+    return BASIS_ERR[dtype] + 8 * U32 * math.sqrt(length * channels)
+
+
+def ref64(x: torch.Tensor, config: StatsConfig) -> torch.Tensor:
+    return reference_stats(x.cpu().double(), config, torch.float64)
+
+
+def assert_stats_close(out: torch.Tensor, ref: torch.Tensor, x: torch.Tensor, rtol: float) -> None:
+    """``|out - ref| <= rtol * scale`` per entry, NaN where the reference is NaN.
+
+    The scale is ``|ref|``, except for ``mean`` (which can be ~0 while its terms are not: scaled by the RMS of the
+    sample) and ``chan_entropy`` (an absolute quantity in nats: at least 1).
+    """
+    assert out.dtype == torch.float32 and out.shape == ref.shape == (x.shape[0], len(STAT_NAMES))
+    out, x = out.double().cpu(), x.cpu()
+    assert torch.equal(out.isnan(), ref.isnan()), f"NaN pattern differs:\n{out}\n{ref}"
+    scale = ref.abs().clone()
+    scale[:, 0] = torch.maximum(scale[:, 0], x.double().square().mean(dim=(1, 2)).sqrt())
+    scale[:, 3] = scale[:, 3].clamp(min=1.0)
+    err = (out - ref).abs()
+    bad = (err > rtol * scale + 1e-12) & ~ref.isnan()
+    assert not bad.any(), (
+        f"stats {[STAT_NAMES[j] for j in bad.nonzero()[:, 1].unique().tolist()]} off (rtol {rtol:.2e}):\n"
+        f"kernel {out}\nreference {ref}\nrelative error {err / scale}"
+    )
+
+
+def randn(shape: tuple[int, ...], dtype: torch.dtype, seed: int, offset: float = 0.0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(shape, generator=g) * 1.5 + offset).to(dtype=dtype, device=DEVICE)
+
+
+# (id, N, L, C, config): L and C mostly not powers of two; every config leaves >= 4 frequencies on each side.
+SHAPES = [
+    ("n1_l49_c200_1d", 1, 49, 200, StatsConfig()),
+    ("l100_c17_1d", 2, 100, 17, StatsConfig()),
+    ("grid6x8_c40", 2, 48, 40, StatsConfig(cutoff=0.4, hfr_dims=2, grid=(6, 8))),
+    ("grid5x7_c24", 2, 35, 24, StatsConfig(cutoff=0.6, hfr_dims=2, grid=(5, 7))),
+    ("square7x7_c33", 2, 49, 33, StatsConfig(cutoff=0.5, hfr_dims=2)),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize(("n", "length", "channels", "config"), [s[1:] for s in SHAPES], ids=[s[0] for s in SHAPES])
+def test_matches_reference(n: int, length: int, channels: int, config: StatsConfig, dtype: torch.dtype) -> None:
+    grid = config.resolve_grid(length)
+    assert min(band_counts(length, grid, config.cutoff)) >= 4  # a meaningful ratio, no CutoffWarning
+    x = randn((n, length, channels), dtype, seed=length * 1000 + channels)
+    out = fused_stats(x, config)
+    assert_stats_close(out, ref64(x, config), x, tolerance(dtype, length, channels))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_many_channel_and_basis_blocks(dtype: torch.dtype) -> None:
+    """Small forced blocks: 7 channel blocks (entropy states merged), 3 basis-row blocks, 4 token tiles."""
+    config = StatsConfig(cutoff=0.75)
+    x = randn((2, 64, 100), dtype, seed=7)
+    assert band_counts(64, None, 0.75) == (48, 15)  # K = 48 basis rows = 3 blocks of 16
+    out = fused_stats(x, config, block_l=16, block_c=16, block_k=16)
+    rtol = tolerance(dtype, 64, 100)
+    assert_stats_close(out, ref64(x, config), x, rtol)
+    assert_stats_close(fused_stats(x, config), ref64(x, config), x, rtol)  # default blocks agree too
+
+
+@pytest.mark.parametrize("channels", [1, 17])
+def test_few_channels(channels: int) -> None:
+    """C below one block (padded channels must not leak); C = 1 has zero entropy."""
+    x = randn((2, 40, channels), torch.float32, seed=channels)
+    out = fused_stats(x)
+    assert_stats_close(out, ref64(x, StatsConfig()), x, tolerance(torch.float32, 40, channels))
+    if channels == 1:
+        assert torch.equal(out[:, 3].cpu(), torch.zeros(2))
+
+
+def test_no_low_frequency() -> None:
+    """K = 0 (the cutoff is below the first non-DC frequency): hfr_centered is exactly 1."""
+    config = StatsConfig(cutoff=0.15)
+    x = randn((2, 6, 24), torch.float32, seed=3)
+    assert band_counts(6, None, 0.15)[0] == 0
+    with pytest.warns(CutoffWarning):
+        out = fused_stats(x, config)
+    with pytest.warns(CutoffWarning):
+        ref = ref64(x, config)
+    assert_stats_close(out, ref, x, tolerance(torch.float32, 6, 24))
+    assert torch.equal(out[:, 5].cpu(), torch.ones(2))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_non_contiguous_views(dtype: torch.dtype) -> None:
+    """Transposed (channel stride L) and sliced (token stride 2, offset) views are read in place."""
+    config = StatsConfig(cutoff=0.5, hfr_dims=2, grid=(6, 8))
+    transposed = randn((2, 40, 48), dtype, seed=11).transpose(1, 2)  # [2, 48, 40], stride (1920, 1, 48)
+    sliced = randn((2, 96, 45), dtype, seed=12)[:, ::2, 3:43]  # [2, 48, 40], stride (4320, 90, 1)
+    for view in (transposed, sliced):
+        assert not view.is_contiguous()
+        out = fused_stats(view, config)
+        assert_stats_close(out, ref64(view, config), view, tolerance(dtype, 48, 40))
+        assert torch.equal(out, fused_stats(view.contiguous(), config))
+
+
+@pytest.mark.parametrize(("dtype", "offset"), [(torch.float32, 1e3), (torch.float32, -3e4), (torch.bfloat16, 100.0)])
+def test_large_mean_offset(dtype: torch.dtype, offset: float) -> None:
+    """A mean far above the spread: token_var and hfr_centered stay accurate (no E[x^2] - E[x]^2 cancellation),
+    and hfr (now tiny, DC dominates) keeps its relative accuracy.  L = 49 is odd, so the rounded basis rows do
+    not sum to exactly 0 and the mean's leak into the projection must be subtracted (the rowsum correction)."""
+    config = StatsConfig(cutoff=0.3)
+    x = randn((2, 49, 48), dtype, seed=5, offset=offset)
+    out = fused_stats(x, config)
+    ref = ref64(x, config)
+    assert ref[:, 4].max() < 1e-3  # the test means something: E_high is a small part of E_total
+    assert_stats_close(out, ref, x, tolerance(dtype, 49, 48))
+
+
+def test_rounded_basis_mean_leak() -> None:
+    """bf16 input, odd L: the hi + lo bf16 basis rows sum to ~5e-5, not 0, so a mean of 1000 leaks ~0.05 into
+    every projection; with a low-frequency wave shared by all channels the leak adds coherently (~1e-3 error on
+    the ratios without the rowsum correction, ~2e-6 with it)."""
+    config = StatsConfig(cutoff=0.3)
+    tokens = torch.arange(49, dtype=torch.float64)
+    wave = 8 * torch.cos(2 * math.pi * 2 * tokens / 49)
+    noise = torch.randn(2, 49, 48, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    x = (1000 + wave[None, :, None] + 4 * noise).to(dtype=torch.bfloat16, device=DEVICE)
+    assert_stats_close(fused_stats(x, config), ref64(x, config), x, tolerance(torch.bfloat16, 49, 48))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_chunk_invariance(dtype: torch.dtype) -> None:
+    """A sample's stats do not depend on the batch it is scored in (bitwise), nor on the run."""
+    config = StatsConfig(cutoff=0.5, hfr_dims=2)
+    x = randn((5, 49, 40), dtype, seed=9)
+    full = fused_stats(x, config)
+    chunked = torch.cat([fused_stats(x[:2], config), fused_stats(x[2:3], config), fused_stats(x[3:], config)])
+    assert torch.equal(full, chunked)
+    assert torch.equal(full, fused_stats(x, config))
+
+
+def test_zero_and_constant_inputs() -> None:
+    """E_total = 0 gives NaN like the reference; per-channel constants give hfr = 0 and a NaN centred ratio."""
+    zeros = torch.zeros(2, 64, 8, device=DEVICE)
+    out = fused_stats(zeros)
+    assert_stats_close(out, ref64(zeros, StatsConfig()), zeros, 1e-6)
+    assert out[:, 4:].isnan().all() and torch.allclose(out[:, 3].cpu(), torch.full((2,), math.log(8)))
+
+    levels = torch.tensor([0.5, -2.0, 3.25, 0.0, 1.0])  # dyadic: the fp64 reference centres them exactly
+    const = levels.expand(2, 64, 5).contiguous().to(DEVICE)
+    out = fused_stats(const).cpu()
+    assert_stats_close(out, ref64(const, StatsConfig()), const, 1e-6)
+    assert torch.equal(out[:, 2], torch.zeros(2)) and torch.equal(out[:, 4], torch.zeros(2))
+    assert out[:, 5].isnan().all()
+
+
+def test_invalid_inputs() -> None:
+    with pytest.raises(TypeError, match="fp64"):
+        fused_stats(torch.zeros(1, 8, 4, dtype=torch.float64, device=DEVICE))
+    with pytest.raises(ValueError, match="rank 3"):
+        fused_stats(torch.zeros(8, 4, device=DEVICE))
+    with pytest.raises(ValueError, match="grid"):
+        fused_stats(torch.zeros(1, 12, 4, device=DEVICE), StatsConfig(hfr_dims=2, grid=(3, 5)))
+    with pytest.raises(ValueError, match="power of two"):
+        fused_stats(torch.zeros(1, 64, 4, device=DEVICE), block_c=24)
+
+
+# --- the custom op -------------------------------------------------------------------------------------------
+
+
+def test_custom_op_cpu_is_reference() -> None:
+    config = StatsConfig(cutoff=0.4, hfr_dims=2, grid=(6, 8))
+    x = randn((3, 48, 20), torch.float32, seed=1).cpu()
+    args = custom_op.config_to_args(config)
+    assert custom_op.config_from_args(*args) == config
+    assert custom_op.config_from_args(*custom_op.config_to_args(StatsConfig())) == StatsConfig()
+    out = torch.ops.aselect.sample_stats(x, *args)
+    assert torch.equal(out, reference_stats(x, config))
+    torch.library.opcheck(torch.ops.aselect.sample_stats.default, (x, *args))
+    if DEVICE.type == "cuda":  # the CUDA kernel registration is the fused kernel
+        assert torch.equal(torch.ops.aselect.sample_stats(x.to(DEVICE), *args), fused_stats(x.to(DEVICE), config))
+
+
+def _double_stats(x: torch.Tensor) -> torch.Tensor:
+    return torch.ops.aselect.sample_stats(x * 2.0, 0.15, 1, 0, 0).sum(dim=1)
+
+
+def test_custom_op_compiles_without_graph_break() -> None:
+    """fullgraph=True fails on any graph break; aot_eager traces the fake kernel without a C++ compiler."""
+    torch._dynamo.reset()
+    x = randn((2, 49, 16), torch.float32, seed=2)
+    compiled = torch.compile(_double_stats, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(x), _double_stats(x))
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None, reason="inductor needs a C++ compiler")
+def test_custom_op_inductor() -> None:
+    torch._dynamo.reset()
+    x = randn((2, 49, 16), torch.float32, seed=2)
+    compiled = torch.compile(_double_stats, fullgraph=True)
+    torch.testing.assert_close(compiled(x), _double_stats(x))
+
+
+# --- the dispatcher ------------------------------------------------------------------------------------------
+
+
+def test_compute_stats_backends() -> None:
+    config = StatsConfig(cutoff=0.5, hfr_dims=2)
+    x = randn((2, 49, 24), torch.bfloat16, seed=4)
+    ref32 = reference_stats(x, config)
+    assert torch.equal(stats.compute_stats(x, config, backend="torch"), ref32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "auto" is silent: the reference on a CPU, the kernel on a GPU
+        auto = stats.compute_stats(x, config)
+    assert torch.equal(auto, ref32 if DEVICE.type == "cpu" else fused_stats(x, config))
+    out = stats.compute_stats(x, config, backend="triton")  # on a CPU tensor: the interpreted kernel
+    assert torch.equal(out, fused_stats(x, config))
+    assert_stats_close(out, ref64(x, config), x, tolerance(torch.bfloat16, 49, 24))
+    assert stats.triton_available()
+    with pytest.raises(ValueError, match="backend"):
+        stats.compute_stats(x, config, backend="cuda")
+
+
+def test_compute_stats_triton_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    x = randn((1, 64, 8), torch.float32, seed=0).cpu()
+    with pytest.raises(RuntimeError, match="float64"):
+        stats.compute_stats(x.double(), backend="triton")
+    monkeypatch.setattr(fused, "INTERPRET", False)
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+        stats.compute_stats(x, backend="triton")
+    monkeypatch.setattr(stats, "triton_available", lambda: False)
+    with pytest.raises(RuntimeError, match="not importable"):
+        stats.compute_stats(x, backend="triton")
+
+
+def test_auto_fallback_warns_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU (simulated), "auto" sends what the kernel cannot take to the reference, warning once per reason."""
+    monkeypatch.setattr(stats, "_on_gpu", lambda x: True)
+    monkeypatch.setattr(stats, "_warned", set())
+    x = randn((2, 64, 8), torch.float64, seed=0).cpu()
+    with pytest.warns(RuntimeWarning, match="float64"):
+        out = stats.compute_stats(x)
+    assert torch.equal(out, reference_stats(x))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        stats.compute_stats(x)  # second time: silent
+
+    monkeypatch.setattr(stats, "triton_available", lambda: False)
+    x32 = x.float()
+    with pytest.warns(RuntimeWarning, match="not importable"):
+        out = stats.compute_stats(x32)
+    assert torch.equal(out, reference_stats(x32))
