@@ -176,6 +176,7 @@ class TapSet:
         self, model: nn.Module, taps: Sequence[TapSpec], total: int,
         stat_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
         feature_fns: dict[str, FeatureFn] | None = None, config: StatsConfig = StatsConfig(), backend: str = "auto",
+        nvtx: bool = False,
     ) -> None:
         from .stats import compute_stats
 
@@ -188,6 +189,7 @@ class TapSet:
         self.buffers: dict[str, torch.Tensor] = {}
         self.shapes: dict[str, tuple[int, int]] = {}  # tap name -> (L, C) of its tapped tensor
         self.rows: torch.Tensor | None = None
+        self.nvtx = nvtx
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def _hook(self, spec: TapSpec) -> Callable:
@@ -201,7 +203,12 @@ class TapSet:
                     "(does the model duplicate the batch, e.g. for guidance?)"
                 )
             self.shapes[spec.name] = (x.shape[1], x.shape[2])
+            mark = self.nvtx and x.is_cuda
+            if mark:
+                torch.cuda.nvtx.range_push(f"aselect.tap {spec.name}")
             cols = [self.stat_fn(x)] + [fn(x).to(torch.float32).reshape(-1, 1) for fn in self.feature_fns.values()]
+            if mark:
+                torch.cuda.nvtx.range_pop()
             values = torch.cat(cols, dim=1) if len(cols) > 1 else cols[0]
             buf = self.buffers.get(spec.name)
             if buf is None:
@@ -236,4 +243,8 @@ class TapSet:
         missing = [s.name for s in self.taps if s.name not in self.buffers]
         if missing:
             raise RuntimeError(f"taps {missing} never fired: is the module used in the forward?")
+        names = list(self.buffers)
+        same = len({(b.shape, b.dtype, b.device) for b in self.buffers.values()}) == 1
+        if same:  # one device-to-host transfer for the whole run
+            return dict(zip(names, torch.stack([self.buffers[n] for n in names]).cpu().unbind(0), strict=True))
         return {name: buf.cpu() for name, buf in self.buffers.items()}

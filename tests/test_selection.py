@@ -262,3 +262,25 @@ def test_bad_images(dit, images):
     with pytest.raises(ValueError, match="batch 2"):
         select_timestep(dit, images, TS, conditioning=Conditioning(class_labels=torch.tensor([1, 2])),
                         backend="torch", progress=False)
+
+
+def test_compiled_model_with_taps_has_no_graph_break():
+    """A torch.compile(fullgraph=True) model with taps on every attention and MLP output: the tap's statistics are
+    one opaque custom op, and the compiled run records the same statistics as the eager one."""
+    model = PlainDiT().eval()
+    specs = resolve_taps(model, "attn_mlp")
+    x, t, y = torch.randn(4, 1, 12, 12), torch.tensor([1, 50, 300, 900]), torch.tensor([1, 2, 3, 4])
+    with TapSet(model, specs, 4) as eager:
+        eager.rows = torch.arange(4)
+        with torch.no_grad():
+            model(x, t, y)
+        ref = {k: v.clone() for k, v in eager.buffers.items()}
+    with TapSet(model, specs, 4) as taps:
+        taps.rows = torch.arange(4)
+        with torch.no_grad():
+            explained = torch._dynamo.explain(model)(x, t, y)
+            torch.compile(model, fullgraph=True, backend="aot_eager")(x, t, y)
+        compiled = taps.collect()
+    assert explained.graph_break_count == 0, explained.break_reasons
+    for name, value in ref.items():
+        torch.testing.assert_close(compiled[name], value, rtol=1e-5, atol=1e-6)
