@@ -68,6 +68,7 @@ def high_frequency_mask(length: int, grid: tuple[int, int] | None, cutoff: float
     return mask if grid is None else mask.reshape(grid)
 
 
+@lru_cache(maxsize=256)
 def band_counts(length: int, grid: tuple[int, int] | None, cutoff: float) -> tuple[int, int]:
     """(number of low non-DC frequencies, number of high frequencies)."""
     r = normalized_frequency(length, grid)

@@ -203,11 +203,13 @@ class TapSet:
                     "(does the model duplicate the batch, e.g. for guidance?)"
                 )
             self.shapes[spec.name] = (x.shape[1], x.shape[2])
-            mark = self.nvtx and x.is_cuda
-            if mark:
-                torch.cuda.nvtx.range_push(f"aselect.tap {spec.name}")
+            mark = self.nvtx and x.is_cuda and not torch.compiler.is_compiling()
+            if mark:  # a constant outer range (for ncu --nvtx-include "aselect.tap/") around the tap's own name
+                torch.cuda.nvtx.range_push("aselect.tap")
+                torch.cuda.nvtx.range_push(spec.name)
             cols = [self.stat_fn(x)] + [fn(x).to(torch.float32).reshape(-1, 1) for fn in self.feature_fns.values()]
             if mark:
+                torch.cuda.nvtx.range_pop()
                 torch.cuda.nvtx.range_pop()
             values = torch.cat(cols, dim=1) if len(cols) > 1 else cols[0]
             buf = self.buffers.get(spec.name)
