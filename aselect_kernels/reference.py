@@ -118,6 +118,20 @@ def reference_stats(
     return torch.stack([mean, mean_sq, token_var, chan_entropy, hfr, hfr_centered], dim=1)
 
 
+def effective_rank(x: torch.Tensor, compute_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    r"""Effective rank of each sample's token-centred features ``[N, L, C] -> [N]`` (a candidate criterion).
+
+    With singular values :math:`s_i` of :math:`x_{lc}-\mu_c` and :math:`p_i = s_i/\sum_j s_j`:
+    :math:`\exp(-\sum_i p_i \ln p_i)` (Roy & Vetterli), between 1 and ``min(L, C)``.  Not fused: an SVD per
+    sample; validation tries it as a scorer.
+    """
+    check_features(x)
+    xf = x.to(compute_dtype)
+    s = torch.linalg.svdvals(xf - xf.mean(dim=1, keepdim=True))
+    p = s / s.sum(dim=1, keepdim=True)
+    return torch.exp(-torch.where(p > 0, p * torch.log(p), torch.zeros_like(p)).sum(dim=1))
+
+
 def stats_dict(stats: torch.Tensor) -> dict[str, torch.Tensor]:
     """Split a ``[N, 6]`` stats tensor into named columns."""
     return {name: stats[:, i] for i, name in enumerate(STAT_NAMES)}

@@ -26,10 +26,26 @@ from torch import nn
 from .forward import Conditioning
 from .noise import Noiser, parse_timesteps
 from .probe import dense_probe_miou, dense_target, linear_probe_accuracy
+from .reference import STAT_NAMES, StatsConfig, effective_rank, reference_stats
 from .result import SelectionResult
+from .scorers import Scorer, list_scorers
 from .select import capture_features, tokens_to_grid
 
 TRIVIAL_RULES = ("smallest_t", "t100", "random")
+
+
+def _hfr_2d(column: str):
+    config, col = StatsConfig(hfr_dims=2), STAT_NAMES.index(column)
+    return lambda x: reference_stats(x, config)[:, col]
+
+
+#: Candidate label-free criteria tried beside the registered scorers (computed from the raw tapped tensor with
+#: the reference definitions; not fused): the ratio over the 2-D patch grid, and the effective rank.
+CANDIDATES = (
+    Scorer("hfr_2d", "max", feature_fn=_hfr_2d("hfr"), doc="hfr with the DFT over the h x w grid (radial)"),
+    Scorer("hfr_2d_centered", "min", feature_fn=_hfr_2d("hfr_centered"), doc="hfr_centered over the 2-D grid"),
+    Scorer("erank", "max", feature_fn=effective_rank, doc="effective rank of the token-centred features"),
+)
 
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> float:
@@ -285,11 +301,16 @@ def run_validation(
     n_dense_train: int = 200,
     n_dense_test: int = 100,
     dense_taps: str = "block_out",
+    candidates: bool = True,
     seed: int = 0,
     progress: bool = True,
 ) -> tuple[dict, SelectionResult, ProbeGrid, ProbeGrid | None]:
     """Selection on ``n_select`` unlabeled training images vs the exhaustive probe grid on ``n_train``/``n_test``
-    labeled images (and a dense grid), on the same model, timesteps and taps; returns the report and its parts."""
+    labeled images (and a dense grid), on the same model, timesteps and taps; returns the report and its parts.
+
+    The selection scores every registered statistic scorer; its cost is that run's.  With ``candidates`` a second,
+    untimed run adds the :data:`CANDIDATES` (unfused reference computations inside the forward).
+    """
     from .forward import model_device_dtype
     from .select import select_timestep
 
@@ -301,6 +322,10 @@ def run_validation(
     start = time.perf_counter()
     selection = select_timestep(model, xtr[:n_select], timesteps, taps, seed=seed, progress=progress)
     select_s = time.perf_counter() - start
+    if candidates:  # the same run with the candidate criteria added (not timed: they are unfused)
+        scorers = [s for s in list_scorers() if s.stat is not None] + list(CANDIDATES)
+        selection = select_timestep(model, xtr[:n_select], timesteps, taps, scorer=scorers[0],
+                                    extra_scorers=scorers, seed=seed, progress=progress)
     grid = probe_grid(model, (xtr, ytr), (xte, yte), timesteps, taps, k, seed=seed, progress=progress)
     report: dict = {
         "dataset": dataset, "n_train": n_train, "n_test": n_test, "n_select": n_select, "timesteps": timesteps,

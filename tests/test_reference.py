@@ -14,7 +14,7 @@ from aselect_kernels.frequency import (
     low_frequency_basis,
     normalized_frequency,
 )
-from aselect_kernels.reference import STAT_NAMES, StatsConfig, reference_stats
+from aselect_kernels.reference import STAT_NAMES, StatsConfig, effective_rank, reference_stats
 
 
 def numpy_stats(x: np.ndarray, cutoff: float, grid: tuple[int, int] | None) -> np.ndarray:
@@ -138,3 +138,15 @@ def test_nan_and_zero_energy_give_nan_not_a_score():
     assert torch.isfinite(s[0]).all()
     assert torch.isnan(s[1]).all()
     assert torch.isnan(s[2, STAT_NAMES.index("hfr")])
+
+
+def test_effective_rank_matches_numpy():
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((3, 30, 12)) @ np.diag(np.linspace(0.1, 3, 12))
+    ours = effective_rank(torch.from_numpy(x), torch.float64).numpy()
+    for i in range(3):
+        s = np.linalg.svd(x[i] - x[i].mean(0), compute_uv=False)
+        p = s / s.sum()
+        assert ours[i] == pytest.approx(np.exp(-(p * np.log(p)).sum()), rel=1e-10)
+    rank_one = torch.from_numpy(np.outer(rng.standard_normal(30), rng.standard_normal(12))[None])
+    assert effective_rank(rank_one, torch.float64).item() == pytest.approx(1.0, abs=1e-6)
