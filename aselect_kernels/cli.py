@@ -183,7 +183,7 @@ def cmd_validate(args: argparse.Namespace) -> None:
     import json
 
     from .model import load_model
-    from .validate import plot_validation, run_validation, summary_lines
+    from .validate import plot_validation, report_markdown, run_validation, summary_lines
 
     start = time.perf_counter()
     model = load_model(args.model, device=_device(args.device))
@@ -197,11 +197,12 @@ def cmd_validate(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"validation_{args.dataset}.json").write_text(json.dumps(report, indent=1))
     selection.to_json(out / f"selection_{args.dataset}.json")
+    (out / f"validation_{args.dataset}.md").write_text(report_markdown(report) + "\n")
     plot_validation(selection, grid, str(out / f"validation_{args.dataset}.png"))
     if dgrid is not None:
         plot_validation(selection, dgrid, str(out / f"validation_{args.dataset}_dense.png"))
     print("\n".join(summary_lines(report)))
-    print(f"validate wall time {report['wall_s']:.1f} s; wrote {out}/validation_{args.dataset}.json and .png")
+    print(f"validate wall time {report['wall_s']:.1f} s; wrote {out}/validation_{args.dataset}.json, .md, .png")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -382,3 +382,40 @@ def summary_lines(report: dict) -> list[str]:
                 lines.append(f"    {'rule ' + rule:<20}           per-tap gap {row['mean_gap']:5.2f}  "
                              f"joint gap {row['joint']['gap']:5.2f}")
     return lines
+
+
+def report_markdown(report: dict) -> str:
+    """Markdown tables of a validation report (the measured figures of docs/VALIDATION.md)."""
+    c = report["cost"]
+    out = [f"### {report['dataset']}: selection on {report['n_select']} images, probes on "
+           f"{report['n_train']} train / {report['n_test']} test, timesteps `{report['timesteps']}`, "
+           f"taps `{report['taps']}`", "",
+           f"Compute: selection {c['select_wall_s']:.1f} s for {c['select_forward_samples']} forward samples; "
+           f"exhaustive grid {c['grid_wall_s']:.1f} s for {c['grid_forward_samples']} forward samples plus "
+           f"{len(report['classification']['grid']['taps']) * len(report['classification']['grid']['timesteps'])}"
+           f" probe fits: **{c['wall_ratio']:.1f}x** less wall time, **{c['forward_ratio']:.1f}x** fewer forward "
+           f"samples.", ""]
+    for task in ("classification", "dense"):
+        if task not in report:
+            continue
+        part = report[task]
+        g = part["grid"]
+        unit = "accuracy" if part["metric"] == "accuracy" else "mIoU"
+        out.append(f"#### {task} ({unit}, %; raw-pixel floor {100 * g['raw_pixel_floor']:.2f})")
+        out.append("")
+        for set_name, rep in part["tap_sets"].items():
+            b = rep["best"]
+            out += [f"Tap set `{set_name}`: grid best **{b['metric']:.2f}** at (t={b['t']}, `{b['tap']}`).", "",
+                    "| rule | direction | mean ρ | mean per-tap gap | joint pick (t, tap) | joint value | joint gap |",
+                    "|---|---|---|---|---|---|---|"]
+            for row in rep["scorers"].values():
+                j = row["joint"]
+                default = " (default)" if row["direction"] == row["default_direction"] else ""
+                out.append(f"| {row['scorer']} | {row['direction']}{default} | {row['mean_rho']:+.2f} | "
+                           f"{row['mean_gap']:.2f} | ({j['t']}, `{j['tap']}`) | {j['metric']:.2f} | {j['gap']:.2f} |")
+            for rule, row in rep["trivial"].items():
+                j = row["joint"]
+                pick = "random (expectation)" if j["t"] is None else f"({j['t']}, `{j['tap']}`)"
+                out.append(f"| *{rule}* | | | {row['mean_gap']:.2f} | {pick} | {j['metric']:.2f} | {j['gap']:.2f} |")
+            out.append("")
+    return "\n".join(out)

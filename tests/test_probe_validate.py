@@ -20,7 +20,7 @@ from aselect_kernels.probe import (
 )
 from aselect_kernels.result import SelectionResult
 from aselect_kernels.scorers import Moments
-from aselect_kernels.validate import ProbeGrid, compare, dense_probe_grid, probe_grid, spearman
+from aselect_kernels.validate import ProbeGrid, compare, dense_probe_grid, probe_grid, report_markdown, spearman
 
 from tiny_models import tiny_dit
 
@@ -120,6 +120,12 @@ def test_compare_on_a_hand_built_grid():
                                            "gap": pytest.approx(15.0)}
     assert triv["t100"]["mean_gap"] == pytest.approx(((85 - 85) + (75 - 72) + (62 - 61)) / 3)
     assert triv["random"]["joint"]["gap"] == pytest.approx(85 - acc.mean() * 100)
+    cost = {"select_wall_s": 1.0, "select_forward_samples": 8, "grid_wall_s": 20.0, "grid_forward_samples": 80,
+            "wall_ratio": 20.0, "forward_ratio": 10.0}
+    classification = {"grid": grid.to_dict(), **compare(_selection(ts, taps, score), grid)}
+    text = report_markdown({"dataset": "toy", "n_select": 2, "n_train": 10, "n_test": 10, "timesteps": "0:400:100",
+                            "taps": "abc", "cost": cost, "classification": classification})
+    assert "| s | max (default) |" in text and "| (0, `b`) | 70.00 | 15.00 |" in text and "**20.0x**" in text
 
 
 def test_probe_grids_on_a_tiny_dit():
