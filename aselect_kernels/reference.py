@@ -83,18 +83,25 @@ def check_features(x: torch.Tensor) -> None:
         raise ValueError(f"empty tapped feature of shape {tuple(x.shape)}")
 
 
-def _hfr(x: torch.Tensor, grid: tuple[int, int] | None, cutoff: float) -> torch.Tensor:
+def _hfr_pair(x: torch.Tensor, grid: tuple[int, int] | None, cutoff: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(``hfr``, ``hfr_centered``) from one DFT of the centred signal.
+
+    Removing ``mu_c`` changes only the DC bin, which is always low, so ``E_high`` is the same for ``x`` and
+    ``x - mu``; the DC energy of ``x`` is ``sum_c (L mu_c)^2``.  Every energy is a sum of non-negative terms.
+    """
     n, length, c = x.shape
+    mu = x.mean(dim=1, keepdim=True)
+    xc = x - mu
     if grid is None:
-        power = torch.fft.fft(x, dim=1).abs().square()  # [N, L, C]
-        high = high_frequency_mask(length, None, cutoff).to(x.device)
-        e_high = power[:, high].sum(dim=(1, 2))
+        power = torch.fft.fft(xc, dim=1).abs().square()  # [N, L, C]
     else:
-        power = torch.fft.fft2(x.reshape(n, grid[0], grid[1], c), dim=(1, 2)).abs().square()
-        high = high_frequency_mask(length, grid, cutoff).to(x.device)
-        e_high = power[:, high].sum(dim=(1, 2))
-    e_total = power.flatten(1).sum(dim=1)
-    return torch.where(e_total > 0, e_high / e_total, torch.full_like(e_total, float("nan")))
+        power = torch.fft.fft2(xc.reshape(n, grid[0], grid[1], c), dim=(1, 2)).abs().square().reshape(n, length, c)
+    high = high_frequency_mask(length, grid, cutoff).reshape(-1).to(x.device)
+    e_high = power[:, high].sum(dim=(1, 2))
+    e_centred = power.sum(dim=(1, 2))
+    e_total = e_centred + (length * mu).square().sum(dim=(1, 2))
+    nan = torch.full_like(e_high, float("nan"))
+    return (torch.where(e_total > 0, e_high / e_total, nan), torch.where(e_centred > 0, e_high / e_centred, nan))
 
 
 def reference_stats(
@@ -113,8 +120,7 @@ def reference_stats(
     token_var = xf.var(dim=1, unbiased=True).mean(dim=1)
     logp = torch.log_softmax(xf, dim=2)
     chan_entropy = -(logp.exp() * logp).sum(dim=2).mean(dim=1)
-    hfr = _hfr(xf, grid, config.cutoff)
-    hfr_centered = _hfr(xf - xf.mean(dim=1, keepdim=True), grid, config.cutoff)
+    hfr, hfr_centered = _hfr_pair(xf, grid, config.cutoff)
     return torch.stack([mean, mean_sq, token_var, chan_entropy, hfr, hfr_centered], dim=1)
 
 

@@ -26,26 +26,39 @@ from torch import nn
 from .forward import Conditioning
 from .noise import Noiser, parse_timesteps
 from .probe import dense_probe_miou, dense_target, linear_probe_accuracy
-from .reference import STAT_NAMES, StatsConfig, effective_rank, reference_stats
+from .reference import StatsConfig, effective_rank
 from .result import SelectionResult
-from .scorers import Scorer, list_scorers
+from .scorers import Moments, Scorer
 from .select import capture_features, tokens_to_grid
 
 TRIVIAL_RULES = ("smallest_t", "t100", "random")
 
 
-def _hfr_2d(column: str):
-    config, col = StatsConfig(hfr_dims=2), STAT_NAMES.index(column)
-    return lambda x: reference_stats(x, config)[:, col]
+#: Candidate label-free criteria tried beside the registered scorers: the frequency ratios over the 2-D patch
+#: grid (a second statistics pass with ``hfr_dims=2``) and the effective rank (unfused: an SVD per sample).
+CANDIDATES = {
+    "hfr_2d": "hfr with the DFT over the h x w grid (radial frequency)",
+    "hfr_2d_centered": "hfr_centered over the 2-D grid",
+    "erank": "effective rank of the token-centred features",
+}
 
 
-#: Candidate label-free criteria tried beside the registered scorers (computed from the raw tapped tensor with
-#: the reference definitions; not fused): the ratio over the 2-D patch grid, and the effective rank.
-CANDIDATES = (
-    Scorer("hfr_2d", "max", feature_fn=_hfr_2d("hfr"), doc="hfr with the DFT over the h x w grid (radial)"),
-    Scorer("hfr_2d_centered", "min", feature_fn=_hfr_2d("hfr_centered"), doc="hfr_centered over the 2-D grid"),
-    Scorer("erank", "max", feature_fn=effective_rank, doc="effective rank of the token-centred features"),
-)
+def _with_candidates(base: SelectionResult, model: nn.Module, images: torch.Tensor, timesteps: str,
+                     taps: str | Sequence[str], seed: int, progress: bool) -> SelectionResult:
+    """``base`` with the :data:`CANDIDATES` columns added, from one more (untimed) run on the same images."""
+    from .select import select_timestep
+
+    erank = Scorer("erank", "max", feature_fn=effective_rank, doc=CANDIDATES["erank"])
+    extra = select_timestep(model, images, timesteps, taps, scorer="hfr", extra_scorers=["hfr_centered", erank],
+                            config=StatsConfig(hfr_dims=2), seed=seed, progress=progress)
+    names = {"hfr": "hfr_2d", "hfr_centered": "hfr_2d_centered", "erank": "erank"}
+    cols = [extra.scorers.index(k) for k in names]
+    m, e = base.moments, extra.moments
+    moments = Moments(*(np.concatenate([getattr(m, f), getattr(e, f)[..., cols]], axis=-1)
+                        for f in ("count", "total", "total_sq", "flagged")))
+    directions = {**base.directions, **{names[k]: extra.directions[k] for k in names}}
+    return SelectionResult(base.timesteps, base.taps, base.scorers + list(names.values()), directions, moments,
+                           base.primary, {**base.meta, "candidates": list(names.values())})
 
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> float:
@@ -292,13 +305,13 @@ def _model_input(u8: torch.Tensor, device: torch.device) -> torch.Tensor:
 def run_validation(
     model: nn.Module,
     dataset: str = "fashion",
-    n_train: int = 2000,
-    n_test: int = 1000,
+    n_train: int = 1000,
+    n_test: int = 500,
     n_select: int = 64,
     timesteps: str = "0:1000:50",
     taps: str = "all",
     dense: bool = True,
-    n_dense_train: int = 200,
+    n_dense_train: int = 100,
     n_dense_test: int = 100,
     dense_taps: str = "block_out",
     candidates: bool = True,
@@ -309,7 +322,7 @@ def run_validation(
     labeled images (and a dense grid), on the same model, timesteps and taps; returns the report and its parts.
 
     The selection scores every registered statistic scorer; its cost is that run's.  With ``candidates`` a second,
-    untimed run adds the :data:`CANDIDATES` (unfused reference computations inside the forward).
+    untimed run adds the :data:`CANDIDATES`.
     """
     from .forward import model_device_dtype
     from .select import select_timestep
@@ -322,10 +335,8 @@ def run_validation(
     start = time.perf_counter()
     selection = select_timestep(model, xtr[:n_select], timesteps, taps, seed=seed, progress=progress)
     select_s = time.perf_counter() - start
-    if candidates:  # the same run with the candidate criteria added (not timed: they are unfused)
-        scorers = [s for s in list_scorers() if s.stat is not None] + list(CANDIDATES)
-        selection = select_timestep(model, xtr[:n_select], timesteps, taps, scorer=scorers[0],
-                                    extra_scorers=scorers, seed=seed, progress=progress)
+    if candidates:
+        selection = _with_candidates(selection, model, xtr[:n_select], timesteps, taps, seed, progress)
     grid = probe_grid(model, (xtr, ytr), (xte, yte), timesteps, taps, k, seed=seed, progress=progress)
     report: dict = {
         "dataset": dataset, "n_train": n_train, "n_test": n_test, "n_select": n_select, "timesteps": timesteps,

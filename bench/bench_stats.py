@@ -340,16 +340,14 @@ def compile_reference(case: Case, x: torch.Tensor) -> tuple[Callable[[torch.Tens
         return (lambda y: fn(y, case.config)), info
     except Exception as exc:  # inductor cannot lower a complex FFT on some builds: compile what compiles
         info.update(status="failed", reason=_short(exc))
-    from aselect_kernels.reference import _hfr
+    from aselect_kernels.reference import _hfr_pair
 
     part = torch.compile(_partial_reference, dynamic=False)
     grid = case.config.resolve_grid(case.length)
 
     def partial(y: torch.Tensor) -> torch.Tensor:
-        yf = y.float()
-        centred = yf - yf.mean(dim=1, keepdim=True)
-        return torch.cat([part(y), _hfr(yf, grid, case.config.cutoff)[:, None],
-                          _hfr(centred, grid, case.config.cutoff)[:, None]], dim=1)
+        hfr, hfr_centered = _hfr_pair(y.float(), grid, case.config.cutoff)
+        return torch.cat([part(y), hfr[:, None], hfr_centered[:, None]], dim=1)
 
     t0 = time.perf_counter()
     partial(x)
