@@ -76,9 +76,9 @@ class SelectionResult:
         name = self.scorers[s]
         per_tap = self.best_t_per_tap(name)
         shown = self.taps if len(self.taps) <= max_taps else self._top_taps(s, max_taps)
-        width = max(12, *(len(t) for t in shown))
+        width = max(14, *(len(_short(t)) + 2 for t in shown))
         lines = [f"scorer {name} (direction {self.directions[name]}), mean +- std over images"]
-        lines.append(f"{'t':>6} " + " ".join(f"{tap:>{width}}" for tap in shown))
+        lines.append(f"{'t':>6} " + " ".join(f"{_short(tap):>{width}}" for tap in shown))
         for ti, t in enumerate(self.timesteps):
             cells = []
             for tap in shown:
@@ -87,7 +87,8 @@ class SelectionResult:
                 cells.append(f"{self.mean[ti, p, s]:.4f}+-{self.std[ti, p, s]:.3f}{mark}".rjust(width))
             lines.append(f"{t:>6} " + " ".join(cells))
         if len(shown) < len(self.taps):
-            lines.append(f"({len(self.taps) - len(shown)} more taps not shown; * marks each tap's best t)")
+            lines.append(f"({len(self.taps) - len(shown)} more taps not shown; * marks each tap's best t; "
+                         "tbN = transformer_blocks.N)")
         t_best, tap_best = self.best(name)
         lines.append(f"best (t, tap): ({t_best}, {tap_best})")
         if self.n_flagged:
@@ -160,6 +161,11 @@ class SelectionResult:
         fig.savefig(out, dpi=110)
         plt.close(fig)
         return out
+
+
+def _short(tap: str) -> str:
+    """A tap name shortened for tables: ``transformer_blocks.3.attn1.to_q`` -> ``tb3.attn1.to_q``."""
+    return tap.replace("transformer_blocks.", "tb").replace("blocks.", "b")
 
 
 def _nan_to_none(a: np.ndarray) -> list:

@@ -1,0 +1,215 @@
+"""Image data: Fashion-MNIST (Debian package or the shipped subset) and user images from files.
+
+Model-range images are float32 in ``[-1, 1]`` shaped ``[N, C, H, W]``.
+"""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import torch
+
+#: Where Debian's ``dataset-fashion-mnist`` package installs the idx files.
+DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
+#: The shipped subset (real Fashion-MNIST images, ``np.savez_compressed``).
+SUBSET_PATH = Path(__file__).resolve().parent / "assets" / "fashion_mnist_subset.npz"
+#: Fashion-MNIST class names, by label.
+CLASS_NAMES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+
+_IDX_FILES = {"train": "train", "test": "t10k"}
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Parse an idx file (optionally gzip-compressed) into a numpy array.
+
+    Header: two zero bytes, a type byte, a rank byte, then ``rank`` big-endian uint32 dimensions.
+    """
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        raw = fh.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise ValueError(f"{path}: not an idx file (bad magic number {raw[:4].hex()})")
+    type_code, rank = raw[2], raw[3]
+    if type_code not in _IDX_DTYPES:
+        raise ValueError(f"{path}: unknown idx data type 0x{type_code:02x}")
+    header = 4 + 4 * rank
+    if len(raw) < header:
+        raise ValueError(f"{path}: truncated idx header")
+    shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=rank, offset=4))
+    dtype = np.dtype(_IDX_DTYPES[type_code])
+    count = int(np.prod(shape)) if shape else 1
+    if len(raw) - header != count * dtype.itemsize:
+        raise ValueError(f"{path}: expected {count * dtype.itemsize} data bytes for shape {shape}, "
+                         f"found {len(raw) - header}")
+    return np.frombuffer(raw, dtype=dtype, count=count, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def load_fashion_mnist(split: str = "train", root: str | Path = DEFAULT_ROOT) -> tuple[np.ndarray, np.ndarray]:
+    """Load a Fashion-MNIST split from gzip idx files: ``(images uint8 [N, 28, 28], labels int64 [N])``."""
+    if split not in _IDX_FILES:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    root = Path(root)
+    prefix = _IDX_FILES[split]
+    img_path = root / f"{prefix}-images-idx3-ubyte.gz"
+    lbl_path = root / f"{prefix}-labels-idx1-ubyte.gz"
+    for p in (img_path, lbl_path):
+        if not p.is_file():
+            raise FileNotFoundError(
+                f"Fashion-MNIST file not found: {p} (install the Debian package `dataset-fashion-mnist`: "
+                "apt-get install dataset-fashion-mnist, or pass root=)"
+            )
+    images = read_idx(img_path)
+    labels = read_idx(lbl_path)
+    if raw_magic(img_path) != 0x0803 or raw_magic(lbl_path) != 0x0801:
+        raise ValueError(f"unexpected idx magic numbers in {img_path} / {lbl_path} (want 2051 / 2049)")
+    if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
+        raise ValueError(f"inconsistent Fashion-MNIST shapes: images {images.shape}, labels {labels.shape}")
+    return images.astype(np.uint8, copy=False), labels.astype(np.int64)
+
+
+def raw_magic(path: str | Path) -> int:
+    """The 32-bit big-endian magic number of an idx file (2051 for images, 2049 for labels)."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        head = fh.read(4)
+    return int.from_bytes(head, "big")
+
+
+def build_subset(
+    out_path: str | Path = SUBSET_PATH,
+    root: str | Path = DEFAULT_ROOT,
+    train_per_class: int = 400,
+    test_per_class: int = 100,
+    seed: int = 0,
+) -> Path:
+    """Write a class-balanced, seeded subset of Fashion-MNIST to ``out_path`` (compressed npz).
+
+    Keys: ``train_images``/``train_labels`` and ``test_images``/``test_labels``; images uint8 [N, 28, 28].
+    """
+    rng = np.random.default_rng(seed)
+    arrays: dict[str, np.ndarray] = {}
+    for split, per_class in (("train", train_per_class), ("test", test_per_class)):
+        images, labels = load_fashion_mnist(split, root)
+        picked = []
+        for c in range(len(CLASS_NAMES)):
+            idx = np.flatnonzero(labels == c)
+            if len(idx) < per_class:
+                raise ValueError(f"{split}: class {c} has only {len(idx)} images, need {per_class}")
+            picked.append(np.sort(rng.choice(idx, size=per_class, replace=False)))
+        order = np.sort(np.concatenate(picked))
+        arrays[f"{split}_images"] = images[order]
+        arrays[f"{split}_labels"] = labels[order]
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out_path, **arrays)
+    return out_path
+
+
+def load_embedded_images(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """Load the shipped Fashion-MNIST subset: ``(images uint8 [N, 28, 28], labels int64 [N])``."""
+    if split not in _IDX_FILES:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if not SUBSET_PATH.is_file():
+        raise FileNotFoundError(f"shipped Fashion-MNIST subset missing: {SUBSET_PATH} (rebuild with build_subset())")
+    with np.load(SUBSET_PATH) as z:
+        return z[f"{split}_images"].astype(np.uint8), z[f"{split}_labels"].astype(np.int64)
+
+
+def to_model_range(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Map uint8 pixels ``[0, 255]`` to float32 ``[-1, 1]``."""
+    t = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
+    return t.to(torch.float32) / 127.5 - 1.0
+
+
+def _to_nchw(arr: np.ndarray, source: str) -> torch.Tensor:
+    """Normalize an image array to float32 ``[N, C, H, W]`` in ``[-1, 1]``."""
+    if arr.size == 0:
+        raise ValueError(f"{source}: no images (empty array of shape {arr.shape})")
+    if arr.ndim == 3:
+        arr = arr[:, None]
+    elif arr.ndim == 4:
+        if arr.shape[-1] in (1, 3, 4) and arr.shape[1] not in (1, 3, 4):
+            arr = arr.transpose(0, 3, 1, 2)  # NHWC -> NCHW
+    else:
+        raise ValueError(f"{source}: images must have rank 3 [N,H,W] or 4 [N,C,H,W]/[N,H,W,C], got shape {arr.shape}")
+    if arr.dtype == np.uint8:
+        return to_model_range(np.ascontiguousarray(arr))
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise ValueError(f"{source}: unsupported image dtype {arr.dtype} (use uint8 or float)")
+    x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+    lo, hi = float(x.min()), float(x.max())
+    if not np.isfinite([lo, hi]).all():
+        raise ValueError(f"{source}: images contain NaN or inf")
+    if lo >= 0.0 and hi <= 1.0:
+        x = x * 2.0 - 1.0  # [0, 1] floats
+    elif lo < -1.0 - 1e-3 or hi > 1.0 + 1e-3:
+        raise ValueError(f"{source}: float images must lie in [0, 1] or [-1, 1], found [{lo:.3g}, {hi:.3g}]")
+    return x
+
+
+def _labels(arr: np.ndarray | None, n: int, source: str) -> torch.Tensor | None:
+    if arr is None:
+        return None
+    lab = np.asarray(arr).reshape(-1)
+    if lab.shape[0] != n:
+        raise ValueError(f"{source}: {lab.shape[0]} labels for {n} images")
+    return torch.from_numpy(lab.astype(np.int64))
+
+
+def _load_folder(folder: Path) -> np.ndarray:
+    from PIL import Image
+
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise ValueError(f"{folder}: no PNG/JPEG images found")
+    arrays: list[np.ndarray] = []
+    modes = set()
+    for f in files:
+        with Image.open(f) as im:
+            modes.add("L" if im.mode in ("L", "1", "I", "I;16", "F") else "RGB")
+            arrays.append(np.asarray(im.convert("L" if modes == {"L"} else "RGB")))
+    if len(modes) > 1:  # mixed grayscale and colour: promote everything to RGB
+        arrays = [np.repeat(a[..., None], 3, axis=-1) if a.ndim == 2 else a for a in arrays]
+    sizes = {a.shape[:2] for a in arrays}
+    if len(sizes) > 1:
+        raise ValueError(f"{folder}: images have different sizes {sorted(sizes)}; resize them to one size first")
+    stacked = np.stack(arrays)
+    return stacked if stacked.ndim == 3 else stacked.transpose(0, 3, 1, 2)
+
+
+def load_images(path: str | Path) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Load user images as float32 ``[N, C, H, W]`` in ``[-1, 1]`` plus labels (or ``None``).
+
+    Accepts ``.npz`` (keys ``images`` or ``x``; optional ``labels`` or ``y``), ``.npy``, or a folder of
+    PNG/JPEG files of one size (grayscale stays 1 channel, colour becomes RGB).  uint8 arrays are read as
+    ``[0, 255]``; float arrays whose values all lie in ``[0, 1]`` are read as ``[0, 1]`` images, other float
+    arrays must already lie in ``[-1, 1]``.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"image path not found: {path}")
+    if path.is_dir():
+        arr = _load_folder(path)
+        return _to_nchw(arr, str(path)), None
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        with np.load(path, allow_pickle=False) as z:
+            key = next((k for k in ("images", "x") if k in z.files), None)
+            if key is None:
+                raise ValueError(f"{path}: npz needs an 'images' or 'x' array, found keys {z.files}")
+            arr = z[key]
+            lab_key = next((k for k in ("labels", "y") if k in z.files), None)
+            lab = z[lab_key] if lab_key else None
+        x = _to_nchw(arr, str(path))
+        return x, _labels(lab, x.shape[0], str(path))
+    if suffix == ".npy":
+        return _to_nchw(np.load(path, allow_pickle=False), str(path)), None
+    raise ValueError(f"{path}: unsupported image source (use .npz, .npy or a folder of PNG/JPEG files)")

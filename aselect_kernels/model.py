@@ -1,0 +1,133 @@
+"""The embedded default model: a small class-conditional pixel-space DiT for Fashion-MNIST, and model loading.
+
+The embedded model is a diffusers :class:`~diffusers.DiTTransformer2DModel` on 1 x 28 x 28 images with 2 x 2
+patches (a 14 x 14 grid, 196 tokens) that predicts the DDPM noise epsilon.  It is conditioned on the 10
+Fashion-MNIST classes; diffusers' ``LabelEmbedding`` (built with ``class_dropout_prob=0.1 > 0``) appends one
+extra row to each class table, index ``num_embeds_ada_norm`` = :data:`NULL_CLASS`, the unconditional class.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import DiTTransformer2DModel
+
+#: Number of Fashion-MNIST classes.
+NUM_CLASSES = 10
+#: Index of diffusers' unconditional ("null") label row, appended after the real classes.
+NULL_CLASS = NUM_CLASSES
+
+#: Architecture of the embedded model (keyword arguments of ``DiTTransformer2DModel``).
+EMBEDDED_CONFIG: dict[str, Any] = {
+    "in_channels": 1,
+    "out_channels": 1,
+    "sample_size": 28,
+    "patch_size": 2,
+    "num_layers": 6,
+    "num_attention_heads": 3,
+    "attention_head_dim": 32,
+    "num_embeds_ada_norm": NUM_CLASSES,
+    "norm_type": "ada_norm_zero",
+    "activation_fn": "gelu-approximate",
+    "norm_num_groups": 32,
+}
+
+#: Folder of the shipped weights (``save_pretrained`` layout).
+EMBEDDED_DIR = Path(__file__).resolve().parent / "assets" / "model"
+
+_WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+
+
+def build_model(config: dict[str, Any] | None = None) -> DiTTransformer2DModel:
+    """Build a freshly initialised DiT from ``EMBEDDED_CONFIG`` updated with ``config``."""
+    kwargs = dict(EMBEDDED_CONFIG)
+    if config:
+        kwargs.update(config)
+    return DiTTransformer2DModel(**kwargs)
+
+
+def set_label_dropout(model: torch.nn.Module, prob: float) -> None:
+    """Set the label-dropout probability of every diffusers ``LabelEmbedding`` inside ``model``.
+
+    diffusers drops labels independently in each block while in train mode; the trainer sets this to 0 and
+    drops labels itself, consistently for the whole network.  The table size (with the null row) is unchanged.
+    """
+    from diffusers.models.embeddings import LabelEmbedding
+
+    for module in model.modules():
+        if isinstance(module, LabelEmbedding):
+            module.dropout_prob = prob
+
+
+def _has_weights(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and any((folder / f).is_file() for f in _WEIGHT_FILES)
+
+
+def load_embedded(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> DiTTransformer2DModel:
+    """Load the shipped Fashion-MNIST DiT from ``aselect_kernels/assets/model`` in eval mode."""
+    if not _has_weights(EMBEDDED_DIR):
+        raise FileNotFoundError(
+            f"embedded model weights not found in {EMBEDDED_DIR} (expected config.json and "
+            f"{_WEIGHT_FILES[0]}); reinstall the package or retrain with "
+            f"aselect_kernels.train.train('{EMBEDDED_DIR}')"
+        )
+    model = DiTTransformer2DModel.from_pretrained(str(EMBEDDED_DIR), torch_dtype=dtype)
+    return model.to(device).eval()
+
+
+def _model_class(name: str) -> type:
+    import diffusers
+
+    cls = getattr(diffusers, name, None)
+    if cls is None or not hasattr(cls, "from_pretrained"):
+        raise ValueError(f"config.json names model class {name!r}, which this diffusers version does not provide")
+    return cls
+
+
+def load_model(
+    path_or_id: str,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    subfolder: str | None = None,
+) -> torch.nn.Module:
+    """Load a diffusion transformer: ``"embedded"``, a local ``save_pretrained`` folder, or a hub id.
+
+    For a local folder (or a pipeline folder with ``subfolder="transformer"``) the class is taken from
+    ``_class_name`` in its ``config.json`` (e.g. DiTTransformer2DModel, PixArtTransformer2DModel,
+    SD3Transformer2DModel, FluxTransformer2DModel).  Hub ids need network access.
+    """
+    if path_or_id == "embedded":
+        return load_embedded(device=device, dtype=dtype)
+    folder = Path(path_or_id).expanduser()
+    if folder.exists():
+        root = folder / subfolder if subfolder else folder
+        if not (root / "config.json").is_file() and (root / "transformer" / "config.json").is_file():
+            root = root / "transformer"
+        cfg_path = root / "config.json"
+        if not cfg_path.is_file():
+            raise FileNotFoundError(f"no config.json in {root}: not a diffusers model folder")
+        name = json.loads(cfg_path.read_text(encoding="utf-8")).get("_class_name")
+        if not name:
+            raise ValueError(f"{cfg_path} has no _class_name; cannot tell which diffusers model class to use")
+        model = _model_class(name).from_pretrained(str(root), torch_dtype=dtype)
+        return model.to(device).eval()
+    try:
+        from diffusers import AutoModel
+
+        kwargs: dict[str, Any] = {"torch_dtype": dtype, "subfolder": subfolder or "transformer"}
+        try:
+            model = AutoModel.from_pretrained(path_or_id, **kwargs)
+        except Exception:
+            if subfolder:
+                raise
+            kwargs.pop("subfolder")
+            model = AutoModel.from_pretrained(path_or_id, **kwargs)
+    except Exception as exc:
+        raise RuntimeError(
+            f"could not load {path_or_id!r}: it is neither 'embedded' nor an existing folder, and loading it as a "
+            f"Hugging Face hub id failed (this needs network access and a diffusers model): {exc}"
+        ) from exc
+    return model.to(device).eval()

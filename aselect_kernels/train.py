@@ -1,0 +1,382 @@
+"""Train the embedded Fashion-MNIST DiT (DDPM epsilon prediction, class-conditional with label dropout).
+
+Example::
+
+    from aselect_kernels.train import train
+    train("aselect_kernels/assets/model", minutes=40)
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+
+from .data import DEFAULT_ROOT, load_embedded_images, load_fashion_mnist, to_model_range
+from .model import NULL_CLASS, build_model, set_label_dropout
+
+FASHION_MNIST_NOTICE = (
+    "Fashion-MNIST (Xiao, Rasul and Vollgraf, 2017; https://github.com/zalandoresearch/fashion-mnist), "
+    "Copyright (c) 2017 Zalando SE, released under the MIT license; see "
+    "aselect_kernels/assets/FASHION_MNIST_LICENSE.txt."
+)
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _hardware(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda}), torch {torch.__version__}"
+    threads = torch.get_num_threads()
+    return f"CPU {_cpu_model()}, {os.cpu_count()} cores, torch threads: {threads}, torch {torch.__version__}"
+
+
+def _load_train_data(root: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
+    """Training and held-out data: full Fashion-MNIST if installed, else the shipped subset."""
+    try:
+        x_tr, y_tr = load_fashion_mnist("train", root)
+        x_te, y_te = load_fashion_mnist("test", root)
+        source = f"Fashion-MNIST train split ({len(y_tr)} images) from {root}"
+    except FileNotFoundError as exc:
+        print(f"[train] {exc}\n[train] falling back to the shipped Fashion-MNIST subset", file=sys.stderr)
+        x_tr, y_tr = load_embedded_images("train")
+        x_te, y_te = load_embedded_images("test")
+        source = f"shipped Fashion-MNIST subset ({len(y_tr)} train images; the Debian package was not found)"
+    return x_tr, y_tr, x_te, y_te, source
+
+
+def _eval_batch(
+    x_te: np.ndarray, y_te: np.ndarray, n: int, seed: int, num_train_timesteps: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A fixed held-out batch: test images, labels, random timesteps and noise (seeded)."""
+    g = torch.Generator().manual_seed(seed + 12345)
+    n = min(n, len(y_te))
+    idx = torch.randperm(len(y_te), generator=g)[:n].numpy()
+    x0 = to_model_range(x_te[idx])[:, None]
+    y = torch.from_numpy(y_te[idx].astype(np.int64))
+    t = torch.randint(0, num_train_timesteps, (n,), generator=g)
+    noise = torch.randn(x0.shape, generator=g)
+    return x0, y, t, noise
+
+
+@torch.no_grad()
+def eval_loss(
+    model: torch.nn.Module,
+    scheduler: DDPMScheduler,
+    batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    device: torch.device | str = "cpu",
+    chunk: int = 128,
+) -> float:
+    """Mean epsilon-prediction MSE of ``model`` (eval mode, fp32) on a fixed batch."""
+    was_training = model.training
+    model.eval()
+    x0, y, t, noise = batch
+    total = 0.0
+    for i in range(0, len(y), chunk):
+        sl = slice(i, i + chunk)
+        xt = scheduler.add_noise(x0[sl], noise[sl], t[sl]).to(device)
+        pred = model(xt, timestep=t[sl].to(device), class_labels=y[sl].to(device)).sample.float()
+        total += F.mse_loss(pred, noise[sl].to(device), reduction="sum").item()
+    model.train(was_training)
+    return total / noise.numel()
+
+
+def _lr_factor(progress: float, step: int, warmup: int, min_ratio: float = 0.1) -> float:
+    """Linear warm-up then cosine decay to ``min_ratio`` as ``progress`` goes 0 -> 1."""
+    if step < warmup:
+        return (step + 1) / warmup
+    p = min(max(progress, 0.0), 1.0)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * p))
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def train(
+    out_dir: str | Path,
+    minutes: float | None = 40.0,
+    max_steps: int | None = None,
+    batch_size: int = 32,
+    lr: float = 4e-4,
+    seed: int = 0,
+    device: str = "auto",
+    num_layers: int | None = None,
+    hidden: int | None = None,
+    head_dim: int = 32,
+    label_dropout: float = 0.1,
+    ema_decay: float | None = 0.995,
+    warmup_steps: int = 100,
+    weight_decay: float = 0.0,
+    eval_size: int = 512,
+    log_every: int = 25,
+    data_root: str | Path = DEFAULT_ROOT,
+    num_threads: int | None = None,
+    command: str | None = None,
+) -> dict[str, Any]:
+    """Train the Fashion-MNIST DiT and save it to ``out_dir`` (``save_pretrained`` layout + model card).
+
+    Stops at ``minutes`` of training wall time or ``max_steps`` optimizer steps, whichever comes first (at
+    least one must be set).  ``hidden`` is the model width (``hidden // head_dim`` heads); ``None`` keeps
+    ``EMBEDDED_CONFIG``.  On CPU torch uses ``num_threads`` threads (default: all cores; 1 is faster on a
+    machine shared with other jobs).  With ``ema_decay`` the EMA weights are saved.  Returns the training log (also
+    written to ``out_dir/training_log.json``).
+    """
+    if minutes is None and max_steps is None:
+        raise ValueError("set minutes and/or max_steps")
+    t_start = time.time()
+    out_dir = Path(out_dir)
+    dev = _resolve_device(device)
+    if dev.type == "cpu":
+        torch.set_num_threads(num_threads or os.cpu_count() or 1)
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+
+    cfg: dict[str, Any] = {}
+    if num_layers is not None:
+        cfg["num_layers"] = num_layers
+    if hidden is not None:
+        if hidden % head_dim:
+            raise ValueError(f"hidden={hidden} must be a multiple of head_dim={head_dim}")
+        cfg["num_attention_heads"] = hidden // head_dim
+        cfg["attention_head_dim"] = head_dim
+    model = build_model(cfg).to(dev)
+    set_label_dropout(model, 0.0)  # label dropout is done here, once per sample for the whole network
+    n_params = sum(p.numel() for p in model.parameters())
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    num_t = scheduler.config.num_train_timesteps
+
+    x_tr, y_tr, x_te, y_te, source = _load_train_data(data_root)
+    images = torch.from_numpy(x_tr).unsqueeze(1)  # uint8 [N, 1, 28, 28], converted per batch
+    labels = torch.from_numpy(y_tr.astype(np.int64))
+    batch = _eval_batch(x_te, y_te, eval_size, seed, num_t)
+    loss_untrained = eval_loss(model, scheduler, batch, dev)
+    print(f"[train] {n_params / 1e6:.2f}M params on {dev}; {source}; untrained eval loss {loss_untrained:.4f}",
+          flush=True)
+
+    ema = copy.deepcopy(model).eval().requires_grad_(False) if ema_decay else None
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999))
+    use_bf16 = dev.type == "cuda"
+    gen = torch.Generator().manual_seed(seed)
+    budget_s = None if minutes is None else minutes * 60.0
+    curve: list[dict[str, float]] = []
+    smooth = None
+    step = 0
+    perm = torch.randperm(len(labels), generator=gen)
+    cursor = 0
+    t_loop = time.time()
+    model.train()
+    while True:
+        elapsed = time.time() - t_loop
+        if (max_steps is not None and step >= max_steps) or (budget_s is not None and elapsed >= budget_s):
+            break
+        progress = max(step / max_steps if max_steps else 0.0, elapsed / budget_s if budget_s else 0.0)
+        for group in opt.param_groups:
+            group["lr"] = lr * _lr_factor(progress, step, warmup_steps)
+        if cursor + batch_size > len(perm):
+            perm, cursor = torch.randperm(len(labels), generator=gen), 0
+        idx = perm[cursor:cursor + batch_size]
+        cursor += batch_size
+        x0 = to_model_range(images[idx]).to(dev)
+        y = labels[idx].clone()
+        y[torch.rand(len(y), generator=gen) < label_dropout] = NULL_CLASS
+        y = y.to(dev)
+        t = torch.randint(0, num_t, (len(y),), generator=gen).to(dev)
+        noise = torch.randn(x0.shape, generator=gen).to(dev)
+        xt = scheduler.add_noise(x0, noise, t)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
+            pred = model(xt, timestep=t, class_labels=y).sample
+        loss = F.mse_loss(pred.float(), noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        if ema is not None:
+            decay = min(ema_decay, (1.0 + step) / (10.0 + step))
+            with torch.no_grad():
+                for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
+                    pe.lerp_(pm, 1.0 - decay)
+        val = loss.item()
+        if not math.isfinite(val):
+            raise FloatingPointError(f"training loss became {val} at step {step}")
+        smooth = val if smooth is None else 0.95 * smooth + 0.05 * val
+        if step % log_every == 0 or step == 1:
+            curve.append({"step": step, "wall_s": round(time.time() - t_loop, 2), "loss": round(val, 5),
+                          "smoothed_loss": round(smooth, 5), "lr": opt.param_groups[0]["lr"]})
+            print(f"[train] step {step} {curve[-1]['wall_s']:.0f}s loss {val:.4f} smoothed {smooth:.4f}", flush=True)
+    train_wall = time.time() - t_loop
+    if not curve or curve[-1]["step"] != step:
+        curve.append({"step": step, "wall_s": round(train_wall, 2), "loss": round(val, 5),
+                      "smoothed_loss": round(smooth, 5), "lr": opt.param_groups[0]["lr"]})
+
+    loss_trained_raw = eval_loss(model, scheduler, batch, dev)
+    final = ema if ema is not None else model
+    loss_trained = eval_loss(final, scheduler, batch, dev) if ema is not None else loss_trained_raw
+    final = final.to("cpu").eval()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final.save_pretrained(str(out_dir), safe_serialization=True)
+    for f in out_dir.glob("*.safetensors"):
+        f.chmod(0o644)  # safetensors writes 0600; shipped/shared files should be world-readable
+
+    log: dict[str, Any] = {
+        "command": command or _default_command(locals_for_command(
+            out_dir, minutes, max_steps, batch_size, lr, seed, device, num_layers, hidden, num_threads)),
+        "seed": seed,
+        "steps": step,
+        "batch_size": batch_size,
+        "lr": lr,
+        "lr_schedule": f"linear warm-up {warmup_steps} steps, cosine to 0.1x over the budget",
+        "optimizer": f"AdamW(betas=(0.9, 0.999), weight_decay={weight_decay}), grad-norm clip 1.0",
+        "label_dropout": label_dropout,
+        "ema_decay": ema_decay,
+        "saved_weights": "EMA" if ema is not None else "raw",
+        "model_config": {k: v for k, v in final.config.items() if not k.startswith("_")},
+        "num_params": n_params,
+        "eval": {"images": len(batch[1]), "source": "held-out test split, fixed seeded timesteps and noise",
+                 "loss_untrained": loss_untrained, "loss_trained": loss_trained,
+                 "loss_trained_raw_weights": loss_trained_raw},
+        "final_smoothed_loss": smooth,
+        "train_wall_s": train_wall,
+        "total_wall_s": time.time() - t_start,
+        "device": str(dev),
+        "hardware": _hardware(dev),
+        "bf16_autocast": use_bf16,
+        "dataset": source,
+        "dataset_notice": FASHION_MNIST_NOTICE,
+        "loss_curve": curve,
+    }
+    (out_dir / "training_log.json").write_text(json.dumps(log, indent=1), encoding="utf-8")
+    (out_dir / "MODEL_CARD.md").write_text(_model_card(log), encoding="utf-8")
+    print(f"[train] done: {step} steps in {train_wall:.0f}s; eval loss {loss_untrained:.4f} -> {loss_trained:.4f}; "
+          f"saved to {out_dir}", flush=True)
+    return log
+
+
+def locals_for_command(
+    out_dir: Path, minutes: float | None, max_steps: int | None, batch_size: int, lr: float, seed: int,
+    device: str, num_layers: int | None, hidden: int | None, num_threads: int | None = None,
+) -> dict[str, Any]:
+    """The keyword arguments that identify a run, for the reproduction command."""
+    return {"out_dir": str(out_dir), "minutes": minutes, "max_steps": max_steps, "batch_size": batch_size,
+            "lr": lr, "seed": seed, "device": device, "num_layers": num_layers, "hidden": hidden,
+            "num_threads": num_threads}
+
+
+def _default_command(kwargs: dict[str, Any]) -> str:
+    args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items() if v is not None)
+    return "python -c " + shlex.quote(f"from aselect_kernels.train import train; train({args})")
+
+
+def _subsample(curve: list[dict[str, float]], n: int = 20) -> list[dict[str, float]]:
+    if len(curve) <= n:
+        return curve
+    idx = sorted({round(i * (len(curve) - 1) / (n - 1)) for i in range(n)})
+    return [curve[i] for i in idx]
+
+
+def _model_card(log: dict[str, Any]) -> str:
+    cfg = log["model_config"]
+    hidden = cfg["num_attention_heads"] * cfg["attention_head_dim"]
+    ev = log["eval"]
+    notes = f"\n- Notes: {log['notes']}" if log.get("notes") else ""
+    rows = "\n".join(
+        f"| {r['step']} | {r['wall_s']:.0f} | {r['smoothed_loss']:.4f} |" for r in _subsample(log["loss_curve"])
+    )
+    return f"""# Embedded Fashion-MNIST DiT
+
+A class-conditional pixel-space `DiTTransformer2DModel` (diffusers) that predicts DDPM noise (epsilon) on
+1x28x28 Fashion-MNIST images, used as the default model of aselect-kernels.
+
+- Architecture: {cfg['num_layers']} blocks, hidden {hidden} ({cfg['num_attention_heads']} heads x \
+{cfg['attention_head_dim']}), patch {cfg['patch_size']} ({(cfg['sample_size'] // cfg['patch_size']) ** 2} tokens), \
+adaLN-zero, {log['num_params'] / 1e6:.2f}M parameters.
+- Classes: labels 0-9 (Fashion-MNIST), {NULL_CLASS} = null/unconditional class (label dropout {log['label_dropout']}).
+- Inputs: images in [-1, 1]; `DDPMScheduler(num_train_timesteps=1000)` (linear betas), integer timesteps.
+- Saved weights: {log['saved_weights']}{f" (decay {log['ema_decay']})" if log['ema_decay'] else ""}.
+
+## Training
+
+- Command: `{log['command']}`
+- Seed {log['seed']}; {log['steps']} optimizer steps of batch {log['batch_size']}; lr {log['lr']} \
+({log['lr_schedule']}); {log['optimizer']}; bf16 autocast: {log['bf16_autocast']}.
+- Wall time: {log['train_wall_s']:.0f} s training, {log['total_wall_s']:.0f} s in all.
+- Hardware: {log['hardware']}.
+- Data: {log['dataset']}.{notes}
+
+## Loss
+
+Held-out evaluation ({ev['images']} test images, fixed seeded timesteps and noise, epsilon MSE):
+
+| model | eval loss |
+| --- | --- |
+| untrained (same seed) | {ev['loss_untrained']:.4f} |
+| trained (saved weights) | {ev['loss_trained']:.4f} |
+| trained (raw weights) | {ev['loss_trained_raw_weights']:.4f} |
+
+Training loss (exponentially smoothed, factor 0.95):
+
+| step | wall s | smoothed loss |
+| --- | --- | --- |
+{rows}
+
+Full log: `training_log.json`.
+
+## Data license
+
+{log['dataset_notice']}
+"""
+
+
+def main_train(argv: list[str] | None = None) -> dict[str, Any]:
+    """Command-line front end of :func:`train` (``python -m aselect_kernels.train OUT_DIR [options]``)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="aselect train", description="Train the Fashion-MNIST DiT (DDPM eps-prediction).")
+    p.add_argument("out_dir", help="output folder (save_pretrained layout + MODEL_CARD.md + training_log.json)")
+    p.add_argument("--minutes", type=float, default=40.0, help="training wall-time budget; 0 = none")
+    p.add_argument("--max-steps", type=int, default=None, help="optimizer-step budget")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=4e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--num-layers", type=int, default=None, help="DiT blocks (default: EMBEDDED_CONFIG)")
+    p.add_argument("--hidden", type=int, default=None, help="model width, a multiple of --head-dim")
+    p.add_argument("--head-dim", type=int, default=32)
+    p.add_argument("--num-threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--no-ema", action="store_true", help="save the raw weights instead of an EMA")
+    p.add_argument("--data-root", default=DEFAULT_ROOT, help="folder of the Fashion-MNIST idx .gz files")
+    args = p.parse_args(argv)
+    command = "aselect train " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    return train(
+        args.out_dir, minutes=args.minutes or None, max_steps=args.max_steps, batch_size=args.batch_size,
+        lr=args.lr, seed=args.seed, device=args.device, num_layers=args.num_layers, hidden=args.hidden,
+        head_dim=args.head_dim, num_threads=args.num_threads, ema_decay=None if args.no_ema else 0.995,
+        data_root=args.data_root, command=command,
+    )
+
+
+if __name__ == "__main__":
+    main_train()
