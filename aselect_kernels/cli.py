@@ -139,8 +139,10 @@ def cmd_select(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from .train import train
 
-    summary = train(args.out, minutes=args.minutes, max_steps=args.max_steps, seed=args.seed, device=args.device)
-    print({k: v for k, v in summary.items() if not isinstance(v, (list, dict))})
+    summary = train(args.out, minutes=args.minutes, max_steps=args.max_steps, seed=args.seed, device=args.device,
+                    command="aselect " + " ".join(sys.argv[1:]))
+    print(f"trained {summary['steps']} steps in {summary['train_wall_s']:.0f} s on {summary['hardware']}; "
+          f"wrote {args.out} (model card: {Path(args.out) / 'MODEL_CARD.md'})")
 
 
 def _validation_data_args(p: argparse.ArgumentParser) -> None:
