@@ -18,8 +18,9 @@ import torch.nn.functional as F
 
 #: L2 penalty on the probe weights (mean loss + L2 * ||W||^2), fixed a priori.
 L2 = 1e-3
-#: L-BFGS iterations of a probe fit.
+#: L-BFGS iterations of a probe fit (classification), and of a dense fit (tens of thousands of tokens).
 MAX_ITER = 200
+DENSE_MAX_ITER = 50
 #: uint8 pixel value above which a pixel is foreground in the dense target.
 FOREGROUND_THRESHOLD = 32
 
@@ -103,7 +104,7 @@ def dense_probe_miou(train_grid: torch.Tensor, train_target: torch.Tensor, test_
     te_tokens = test_grid.permute(0, 2, 3, 1).reshape(-1, c)
     tr_tokens, te_tokens = standardize(tr_tokens.to(torch.float64), te_tokens.to(torch.float64))
     tr_labels = patch_labels(train_target, (h, w), num_classes).reshape(-1)
-    wt, b = fit_logistic(tr_tokens, tr_labels, num_classes, l2)
+    wt, b = fit_logistic(tr_tokens, tr_labels, num_classes, l2, max_iter=DENSE_MAX_ITER)
     logits = (te_tokens @ wt + b).reshape(test_grid.shape[0], h, w, num_classes).permute(0, 3, 1, 2)
     up = F.interpolate(logits, size=tuple(test_target.shape[1:]), mode="bilinear", align_corners=False)
     return mean_iou(up.argmax(1).cpu(), test_target.cpu(), num_classes)
