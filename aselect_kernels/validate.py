@@ -247,8 +247,12 @@ def plot_validation(selection: SelectionResult, grid: ProbeGrid, path: str, scor
     import matplotlib.pyplot as plt
 
     names = list(scorers or selection.scorers)
-    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), squeeze=False)
-    for ax, name in zip(axes[0], names, strict=True):
+    ncols = min(4, len(names))
+    nrows = -(-len(names) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.4 * ncols, 3.4 * nrows), squeeze=False)
+    for ax in axes.flat[len(names):]:
+        ax.set_visible(False)
+    for ax, name in zip(axes.flat, names, strict=False):
         _, tap = selection.best(name)
         if tap not in grid.taps:
             tap = grid.taps[0]
