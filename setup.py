@@ -21,10 +21,11 @@ setup(
         "tqdm",
         "matplotlib",
         "pillow",
+        "scikit-learn",
     ],
     extras_require={
         "triton": ["triton>=3.6"],
-        "test": ["pytest", "pytest-benchmark", "scipy", "scikit-learn", "ruff"],
+        "test": ["pytest", "pytest-benchmark", "scipy", "ruff"],
     },
     entry_points={"console_scripts": ["aselect=aselect_kernels.cli:main"]},
 )
