@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--images", required=True, help=".npz / .npy file or a folder of PNG/JPEG")
     sel.add_argument("--limit", type=int, help="use only the first N images")
     sel.add_argument("--use-labels", action="store_true", help="condition on the file's labels (default: null)")
-    _selection_args(sel, "query")
+    _selection_args(sel, "all")
     sel.set_defaults(func=cmd_select)
 
     pr = sub.add_parser("probe", help="exhaustive baseline: a linear probe per (t, tap) on real data")

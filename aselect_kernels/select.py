@@ -30,7 +30,7 @@ def select_timestep(
     model: nn.Module,
     images: torch.Tensor,
     timesteps: str | Sequence[int] = "0:1000:50",
-    taps: str | Sequence[str] = "query",
+    taps: str | Sequence[str] = "all",
     scorer: str | Scorer = DEFAULT_SCORER,
     direction: str | None = None,
     extra_scorers: Sequence[str | Scorer] | None = None,

@@ -61,8 +61,9 @@ def test_scores_equal_reference_on_manually_noised_features(dit, images):
     for s, name in enumerate(res.scorers):
         np.testing.assert_allclose(got[..., s], expected[..., STAT_NAMES.index(name)], rtol=2e-4, atol=2e-5)
     # the table's mean/std are over images, ddof=1
-    np.testing.assert_allclose(res.mean[:, 0, 0], expected[..., STAT_NAMES.index("hfr")].mean(0), rtol=2e-4)
-    np.testing.assert_allclose(res.std[:, 0, 0], expected[..., STAT_NAMES.index("hfr")].std(0, ddof=1),
+    h = res.scorers.index("hfr")
+    np.testing.assert_allclose(res.mean[:, 0, h], expected[..., STAT_NAMES.index("hfr")].mean(0), rtol=2e-4)
+    np.testing.assert_allclose(res.std[:, 0, h], expected[..., STAT_NAMES.index("hfr")].std(0, ddof=1),
                                rtol=2e-3, atol=1e-6)
 
 
@@ -112,7 +113,8 @@ def test_sd3_scores_only_image_tokens():
     assert seen["attn"][0].shape[1] == 16 and seen["block"][1].shape[1] == 16
     for p, key, idx in [(0, "attn", 0), (1, "block", 1)]:
         ref = reference_stats(seen[key][idx].double(), compute_dtype=torch.float64).numpy()
-        np.testing.assert_allclose(res.per_sample[:, 1, p, 0], ref[:, STAT_NAMES.index("hfr")], rtol=1e-4)
+        h = res.scorers.index("hfr")
+        np.testing.assert_allclose(res.per_sample[:, 1, p, h], ref[:, STAT_NAMES.index("hfr")], rtol=1e-4)
 
 
 def test_pixart_and_plain_dit_run():
