@@ -463,99 +463,15 @@ def bench_nobreak(case: Case, xs: list[torch.Tensor], device: torch.device, budg
 # -------------------------------------------------------------------------------------------------- models
 
 
-def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+def PlainDiT(layers: int, heads: int, head_dim: int, in_channels: int, out_channels: int,  # noqa: N802
+             sample_size: int, patch: int, classes: int) -> nn.Module:
+    """The facebookresearch-style DiT of ``python/plain_dit_example.py`` at these sizes (``forward(x, t, y)``,
+    taps ``blocks.i.attn`` / ``blocks.i.mlp``); it predicts ``in_channels`` (``out_channels`` is not used)."""
+    sys.path.insert(0, str(REPO / "python"))
+    from plain_dit_example import DiT
 
-
-class PlainAttention(nn.Module):
-    """Multi-head self-attention with a fused qkv projection (facebookresearch DiT's ``Attention``)."""
-
-    def __init__(self, dim: int, heads: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, length, c = x.shape
-        q, k, v = self.qkv(x).reshape(n, length, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        y = nn.functional.scaled_dot_product_attention(q, k, v)
-        return self.proj(y.transpose(1, 2).reshape(n, length, c))
-
-
-class PlainMlp(nn.Module):
-    """``fc1 -> GELU(tanh) -> fc2`` with a 4x hidden width."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, 4 * dim)
-        self.act = nn.GELU(approximate="tanh")
-        self.fc2 = nn.Linear(4 * dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
-class PlainBlock(nn.Module):
-    """adaLN-Zero DiT block: ``attn`` and ``mlp`` outputs are taken before their gates and residual adds."""
-
-    def __init__(self, dim: int, heads: int) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.attn = PlainAttention(dim, heads)
-        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.mlp = PlainMlp(dim)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
-
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        sh1, sc1, g1, sh2, sc2, g2 = self.adaLN_modulation(c).chunk(6, dim=1)
-        x = x + g1.unsqueeze(1) * self.attn(_modulate(self.norm1(x), sh1, sc1))
-        return x + g2.unsqueeze(1) * self.mlp(_modulate(self.norm2(x), sh2, sc2))
-
-
-class LabelEmbedder(nn.Module):
-    """Class embedding with one extra (null) row at index ``num_classes``."""
-
-    def __init__(self, num_classes: int, dim: int) -> None:
-        super().__init__()
-        self.num_classes = num_classes
-        self.embedding_table = nn.Embedding(num_classes + 1, dim)
-
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
-        return self.embedding_table(y)
-
-
-class PlainDiT(nn.Module):
-    """A self-contained facebookresearch-style DiT: ``forward(x, t, y)``, blocks ``blocks.i.attn`` / ``.mlp``."""
-
-    def __init__(self, layers: int, heads: int, head_dim: int, in_channels: int, out_channels: int,
-                 sample_size: int, patch: int, classes: int) -> None:
-        super().__init__()
-        dim = heads * head_dim
-        self.patch, self.size, self.out_channels, self.dim = patch, sample_size, out_channels, dim
-        tokens = (sample_size // patch) ** 2
-        self.x_embedder = nn.Conv2d(in_channels, dim, patch, patch)
-        self.pos_embed = nn.Parameter(0.02 * torch.randn(1, tokens, dim))
-        self.t_embedder = nn.Sequential(nn.Linear(256, dim), nn.SiLU(), nn.Linear(dim, dim))
-        self.y_embedder = LabelEmbedder(classes, dim)
-        self.blocks = nn.ModuleList(PlainBlock(dim, heads) for _ in range(layers))
-        self.norm_final = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.final_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
-        self.final = nn.Linear(dim, patch * patch * out_channels)
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        h = self.x_embedder(x).flatten(2).transpose(1, 2) + self.pos_embed
-        freqs = torch.exp(-math.log(10000.0) * torch.arange(128, device=x.device, dtype=torch.float32) / 128)
-        args = t.float()[:, None] * freqs[None]
-        temb = torch.cat([torch.cos(args), torch.sin(args)], dim=1).to(h.dtype)
-        c = self.t_embedder(temb) + self.y_embedder(y)
-        for block in self.blocks:
-            h = block(h, c)
-        shift, scale = self.final_modulation(c).chunk(2, dim=1)
-        h = self.final(_modulate(self.norm_final(h), shift, scale))
-        g, p = self.size // self.patch, self.patch
-        h = h.reshape(x.shape[0], g, g, p, p, self.out_channels).permute(0, 5, 1, 3, 2, 4)
-        return h.reshape(x.shape[0], self.out_channels, self.size, self.size)
+    return DiT(size=sample_size, patch=patch, channels=in_channels, dim=heads * head_dim, depth=layers, heads=heads,
+               num_classes=classes)
 
 
 @dataclass

@@ -73,7 +73,7 @@ class DiT(nn.Module):
         h = self.x_embedder(x).flatten(2).transpose(1, 2) + self.pos
         freqs = torch.exp(-math.log(10000) * torch.arange(128, device=x.device) / 128)
         args = t[:, None].float() * freqs
-        c = self.t_embedder(torch.cat([torch.cos(args), torch.sin(args)], dim=1)) + self.y_embedder(y)
+        c = self.t_embedder(torch.cat([torch.cos(args), torch.sin(args)], dim=1).to(h.dtype)) + self.y_embedder(y)
         for block in self.blocks:
             h = block(h, c)
         g, p = self.size // self.patch, self.patch
