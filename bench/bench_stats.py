@@ -7,7 +7,7 @@ Sections (each figure is a median; inputs are random, never zeros):
 * ``copy``: device-to-device copy bandwidth ((read + write bytes) / time) on a buffer far larger than the L2, and a
   read-only reduction bandwidth, as the ceilings;
 * ``kernel``: :func:`aselect_kernels.ops.fused_stats.fused_stats` on ``[N, 256, 1152]`` bf16 (DiT-XL/2) for N in
-  (1, 8, 128) and on the embedded model's ``[N, 196, 128]`` (fp32/bf16), 1-D and 2-D hfr, rotating among distinct
+  (1, 8, 128) and on the embedded model's ``[N, 196, EMB_C]`` (fp32/bf16), 1-D and 2-D hfr, rotating among distinct
   input buffers whose total exceeds the L2.  Effective GB/s counts ``x`` read once.  Kernel times are taken two
   ways: CUDA events around each Python call (``launch``, what a caller sees, launch overhead included) and CUDA-graph
   replay (``graph``, device time); GB/s and % of copy use the graph time when the capture worked.  The same
@@ -49,8 +49,12 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from a checkout without ``pip install``
     sys.path.insert(0, str(REPO))
 
+from aselect_kernels.model import EMBEDDED_CONFIG  # noqa: E402
 from aselect_kernels.reference import STAT_NAMES, StatsConfig, reference_stats  # noqa: E402
 from aselect_kernels.taps import TapSet, TapSpec, resolve_taps  # noqa: E402
+
+#: Channels of the embedded model's taps (its hidden width).
+EMB_C = EMBEDDED_CONFIG["num_attention_heads"] * EMBEDDED_CONFIG["attention_head_dim"]
 
 #: Targets: name -> (comparison, threshold, unit).
 TARGETS: dict[str, tuple[str, float, str]] = {
@@ -239,18 +243,18 @@ EMB_2D = StatsConfig(hfr_dims=2, grid=(14, 14))
 
 
 def gpu_cases() -> list[Case]:
-    """DiT-XL/2 ``[N, 256, 1152]`` bf16 and the embedded model's ``[N, 196, 128]``, 1-D and 2-D hfr."""
+    """DiT-XL/2 ``[N, 256, 1152]`` bf16 and the embedded model's ``[N, 196, EMB_C]``, 1-D and 2-D hfr."""
     bf16, fp32 = torch.bfloat16, torch.float32
     return [
         Case("xl_n1_bf16_1d", 1, 256, 1152, bf16, compile_priority=5),
         Case("xl_n8_bf16_1d", 8, 256, 1152, bf16, compile_priority=4),
         Case("xl_n128_bf16_1d", 128, 256, 1152, bf16, compile_priority=0, headline=True),
         Case("xl_n128_bf16_2d", 128, 256, 1152, bf16, XL_2D, compile_priority=2),
-        Case("emb_n64_fp32_2d", 64, 196, 128, fp32, EMB_2D),
-        Case("emb_n1024_fp32_1d", 1024, 196, 128, fp32, compile_priority=3),
-        Case("emb_n1024_bf16_1d", 1024, 196, 128, bf16),
-        Case("emb_n1024_fp32_2d", 1024, 196, 128, fp32, EMB_2D, compile_priority=1),
-        Case("emb_n1024_bf16_2d", 1024, 196, 128, bf16, EMB_2D, compile_priority=6),
+        Case("emb_n64_fp32_2d", 64, 196, EMB_C, fp32, EMB_2D),
+        Case("emb_n1024_fp32_1d", 1024, 196, EMB_C, fp32, compile_priority=3),
+        Case("emb_n1024_bf16_1d", 1024, 196, EMB_C, bf16),
+        Case("emb_n1024_fp32_2d", 1024, 196, EMB_C, fp32, EMB_2D, compile_priority=1),
+        Case("emb_n1024_bf16_2d", 1024, 196, EMB_C, bf16, EMB_2D, compile_priority=6),
     ]
 
 

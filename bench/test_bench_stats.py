@@ -16,15 +16,19 @@ from functools import lru_cache
 import pytest
 import torch
 
+from aselect_kernels.model import EMBEDDED_CONFIG
 from aselect_kernels.reference import StatsConfig, reference_stats
+
+#: Channels of the embedded model's taps (its hidden width).
+EMB_C = EMBEDDED_CONFIG["num_attention_heads"] * EMBEDDED_CONFIG["attention_head_dim"]
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU microbenchmarks need a CUDA device")
 
 #: (id, N, L, C, dtype, config): DiT-XL/2 at batch 128, and the embedded model's shape in fp32 and bf16 (2-D hfr).
 CASES = [
     ("xl_n128_bf16_1d", 128, 256, 1152, torch.bfloat16, StatsConfig()),
-    ("emb_n1024_fp32_2d", 1024, 196, 128, torch.float32, StatsConfig(hfr_dims=2, grid=(14, 14))),
-    ("emb_n1024_bf16_1d", 1024, 196, 128, torch.bfloat16, StatsConfig()),
+    ("emb_n1024_fp32_2d", 1024, 196, EMB_C, torch.float32, StatsConfig(hfr_dims=2, grid=(14, 14))),
+    ("emb_n1024_bf16_1d", 1024, 196, EMB_C, torch.bfloat16, StatsConfig()),
 ]
 IMPLS = ("fused", "eager", "compiled")
 ROUNDS = {"fused": 200, "eager": 30, "compiled": 30}
