@@ -56,7 +56,13 @@ def _kernel_unsupported(x: torch.Tensor) -> str | None:
 
 
 def _run_op(x: torch.Tensor, config: StatsConfig) -> torch.Tensor:
-    return torch.ops.aselect.sample_stats(x, *custom_op.config_to_args(config))
+    """The fused kernel: through the custom op while ``torch.compile`` traces (one opaque node), directly in eager
+    mode (no dispatcher overhead per tap)."""
+    if torch.compiler.is_compiling() or not x.is_cuda:
+        return torch.ops.aselect.sample_stats(x, *custom_op.config_to_args(config))
+    from .ops.fused_stats import fused_stats
+
+    return fused_stats(x, config)
 
 
 def compute_stats(
