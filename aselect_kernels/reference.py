@@ -136,8 +136,3 @@ def effective_rank(x: torch.Tensor, compute_dtype: torch.dtype = torch.float32) 
     s = torch.linalg.svdvals(xf - xf.mean(dim=1, keepdim=True))
     p = s / s.sum(dim=1, keepdim=True)
     return torch.exp(-torch.where(p > 0, p * torch.log(p), torch.zeros_like(p)).sum(dim=1))
-
-
-def stats_dict(stats: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Split a ``[N, 6]`` stats tensor into named columns."""
-    return {name: stats[:, i] for i, name in enumerate(STAT_NAMES)}

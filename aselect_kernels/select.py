@@ -187,7 +187,3 @@ def tokens_to_grid(tokens: torch.Tensor, grid: tuple[int, int] | None = None) ->
     if grid[0] * grid[1] != length:
         raise ValueError(f"grid h*w must equal the token count L: got grid={grid}, L={length}")
     return tokens.transpose(1, 2).reshape(n, channels, grid[0], grid[1])
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
