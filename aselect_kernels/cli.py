@@ -14,6 +14,8 @@ import torch
 
 from .reference import StatsConfig
 from .scorers import DEFAULT_SCORER, list_scorers
+from .taps import DEFAULT_TAPS
+from .validate import VALIDATION_TIMESTEPS
 
 DEMO_IMAGES = 64
 DEMO_TIMESTEPS = "0:1000:50"
@@ -44,7 +46,8 @@ _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def _selection_args(p: argparse.ArgumentParser, default_taps: str) -> None:
-    p.add_argument("--timesteps", default=DEMO_TIMESTEPS, help="start:stop:step (stop exclusive) or a comma list")
+    p.add_argument("--timesteps", default=DEMO_TIMESTEPS,
+                   help="comma list of ints and start:stop:step ranges (stop exclusive), e.g. 0,10,25,50:1000:50")
     p.add_argument("--taps", default=default_taps,
                    help="preset (query, attn_out, mlp_out, block_out, all, attn_mlp; ':9' picks blocks) "
                         "or comma-separated module paths")
@@ -139,7 +142,9 @@ def cmd_select(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from .train import train
 
-    summary = train(args.out, minutes=args.minutes, max_steps=args.max_steps, seed=args.seed, device=args.device,
+    summary = train(args.out, minutes=args.minutes or None, max_steps=args.max_steps, seed=args.seed,
+                    device=args.device, batch_size=args.batch_size, lr=args.lr, num_threads=args.num_threads,
+                    init_from=args.init_from, checkpoint_minutes=args.checkpoint_minutes,
                     command="aselect " + " ".join(sys.argv[1:]))
     print(f"trained {summary['steps']} steps in {summary['train_wall_s']:.0f} s on {summary['hardware']}; "
           f"wrote {args.out} (model card: {Path(args.out) / 'MODEL_CARD.md'})")
@@ -149,8 +154,10 @@ def _validation_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="embedded", help="'embedded' or a diffusers folder (1x28x28 pixel DiT)")
     p.add_argument("--dataset", default="fashion", choices=("fashion", "digits"))
     p.add_argument("--n-train", type=int, default=1000, help="labeled images the probes train on")
-    p.add_argument("--n-test", type=int, default=500, help="labeled images the probes are scored on")
-    p.add_argument("--timesteps", default=DEMO_TIMESTEPS)
+    p.add_argument("--n-test", type=int, default=None,
+                   help="labeled images the probes are scored on (default: 1000 for fashion, 797 for digits)")
+    p.add_argument("--timesteps", default=VALIDATION_TIMESTEPS,
+                   help="comma list of ints and start:stop:step ranges (stop exclusive)")
     p.add_argument("--taps", default="all")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
@@ -161,11 +168,12 @@ def cmd_probe(args: argparse.Namespace) -> None:
     import json
 
     from .model import load_model
-    from .validate import _model_input, load_dataset, probe_grid
+    from .validate import DEFAULT_N_TEST, _model_input, load_dataset, probe_grid
 
     device = _device(args.device)
     model = load_model(args.model, device=device)
-    (utr, ytr), (ute, yte), k = load_dataset(args.dataset, args.n_train, args.n_test, args.seed)
+    n_test = args.n_test if args.n_test is not None else DEFAULT_N_TEST[args.dataset]
+    (utr, ytr), (ute, yte), k = load_dataset(args.dataset, args.n_train, n_test, args.seed)
     grid = probe_grid(model, (_model_input(utr, device), ytr), (_model_input(ute, device), yte), args.timesteps,
                       args.taps, k, seed=args.seed, progress=not args.no_progress)
     best = divmod(int(grid.metric.argmax()), len(grid.taps))
@@ -212,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     demo = sub.add_parser("demo", help="score the embedded DiT on shipped Fashion-MNIST images (offline)")
-    _selection_args(demo, "all")
+    _selection_args(demo, DEFAULT_TAPS)
     demo.add_argument("--images", type=int, default=DEMO_IMAGES, help="number of test images")
     demo.set_defaults(func=cmd_demo, out="aselect_demo")
 
@@ -221,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--images", required=True, help=".npz / .npy file or a folder of PNG/JPEG")
     sel.add_argument("--limit", type=int, help="use only the first N images")
     sel.add_argument("--use-labels", action="store_true", help="condition on the file's labels (default: null)")
-    _selection_args(sel, "all")
+    _selection_args(sel, DEFAULT_TAPS)
     sel.set_defaults(func=cmd_select)
 
     pr = sub.add_parser("probe", help="exhaustive baseline: a linear probe per (t, tap) on real data")
@@ -240,10 +248,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("train", help="train the embedded Fashion-MNIST DiT")
     tr.add_argument("--out", required=True)
-    tr.add_argument("--minutes", type=float, default=40.0)
+    tr.add_argument("--minutes", type=float, default=40.0, help="training wall-time budget; 0 = none")
     tr.add_argument("--max-steps", type=int)
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--device", default="auto")
+    tr.add_argument("--batch-size", type=int, default=32)
+    tr.add_argument("--lr", type=float, default=4e-4)
+    tr.add_argument("--num-threads", type=int, default=None, help="CPU threads (default: all cores)")
+    tr.add_argument("--init-from", default=None, help="continue training from this model folder (not --out)")
+    tr.add_argument("--checkpoint-minutes", type=float, default=None, help="save weights to OUT/checkpoint")
     tr.set_defaults(func=cmd_train)
     return parser
 

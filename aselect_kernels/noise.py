@@ -25,19 +25,23 @@ NOISE_FAMILIES = ("ddpm", "flow")
 
 
 def parse_timesteps(spec: str | Sequence[int] | torch.Tensor) -> list[int]:
-    """Parse ``"0:1000:50"`` (start:stop:step, stop exclusive), ``"10,50,100"`` or a sequence of ints."""
+    """Parse a comma list whose items are ints or ``start:stop[:step]`` ranges (stop exclusive), e.g.
+    ``"0:1000:50"``, ``"10,50,100"`` or ``"0,10,25,50:1000:50"``; or a sequence of ints.  Order is kept."""
     if isinstance(spec, str):
-        text = spec.strip()
+        values = []
         try:
-            if ":" in text:
-                parts = [int(p) for p in text.split(":")]
-                if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] <= 0):
-                    raise ValueError
-                values = list(range(*parts))
-            else:
-                values = [int(p) for p in text.split(",") if p.strip()]
+            for item in (p.strip() for p in spec.split(",")):
+                if not item:
+                    continue
+                if ":" in item:
+                    parts = [int(p) for p in item.split(":")]
+                    if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] <= 0):
+                        raise ValueError
+                    values += list(range(*parts))
+                else:
+                    values.append(int(item))
         except ValueError:
-            raise ValueError(f"cannot parse timesteps {spec!r}: use start:stop:step or a comma list") from None
+            raise ValueError(f"cannot parse timesteps {spec!r}: use start:stop:step, a comma list, or both") from None
     else:
         values = [int(v) for v in (spec.tolist() if isinstance(spec, torch.Tensor) else spec)]
     if not values:

@@ -58,13 +58,18 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float =
     return w.detach(), b.detach()
 
 
+def linear_probe_correct(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
+                         test_y: torch.Tensor, num_classes: int, l2: float = L2) -> torch.Tensor:
+    """Whether a logistic-regression probe on standardized features gets each test sample right (bool, CPU)."""
+    tr, te = standardize(train_x.to(torch.float64), test_x.to(torch.float64))
+    w, b = fit_logistic(tr, train_y, num_classes, l2)
+    return (te @ w + b).argmax(1).cpu() == test_y.cpu()
+
+
 def linear_probe_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
                           test_y: torch.Tensor, num_classes: int, l2: float = L2) -> float:
     """Test top-1 accuracy of a logistic-regression probe on standardized features."""
-    tr, te = standardize(train_x.to(torch.float64), test_x.to(torch.float64))
-    w, b = fit_logistic(tr, train_y, num_classes, l2)
-    pred = (te @ w + b).argmax(1)
-    return float((pred.cpu() == test_y.cpu()).to(torch.float64).mean())
+    return float(linear_probe_correct(train_x, train_y, test_x, test_y, num_classes, l2).to(torch.float64).mean())
 
 
 def dense_target(images_u8: torch.Tensor, labels: torch.Tensor, threshold: int = FOREGROUND_THRESHOLD) -> torch.Tensor:

@@ -33,6 +33,7 @@ input dtype (fp32, fp16, bf16).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 
@@ -83,22 +84,45 @@ def check_features(x: torch.Tensor) -> None:
         raise ValueError(f"empty tapped feature of shape {tuple(x.shape)}")
 
 
-def _hfr_pair(x: torch.Tensor, grid: tuple[int, int] | None, cutoff: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(``hfr``, ``hfr_centered``) from one DFT of the centred signal.
+@lru_cache(maxsize=64)
+def _half_spectrum_weights(length: int, grid: tuple[int, int] | None, cutoff: float) -> tuple[torch.Tensor, ...]:
+    """Weights over the bins that ``rfft``/``rfft2`` keep: each bin's multiplicity in the full DFT (1, or 2 for a
+    bin that stands for itself and its conjugate partner), and that times the high-frequency mask.  Flattened in
+    the order of the half spectrum, float64 on the CPU."""
+    n_last = length if grid is None else grid[1]
+    half = n_last // 2 + 1
+    mult = torch.full((half,), 2.0, dtype=torch.float64)
+    mult[0] = 1.0
+    if n_last % 2 == 0:
+        mult[-1] = 1.0  # the Nyquist bin is its own partner
+    high = high_frequency_mask(length, grid, cutoff)
+    if grid is not None:
+        mult = mult.expand(grid[0], half)
+        high = high[:, :half]
+    else:
+        high = high[:half]
+    mult = mult.reshape(-1)
+    return mult, mult * high.reshape(-1)
+
+
+def _hfr_pair(xc: torch.Tensor, mu: torch.Tensor, grid: tuple[int, int] | None,
+              cutoff: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(``hfr``, ``hfr_centered``) from one real DFT of the centred signal ``xc = x - mu``.
 
     Removing ``mu_c`` changes only the DC bin, which is always low, so ``E_high`` is the same for ``x`` and
-    ``x - mu``; the DC energy of ``x`` is ``sum_c (L mu_c)^2``.  Every energy is a sum of non-negative terms.
+    ``x - mu``; the DC energy of ``x`` is ``sum_c (L mu_c)^2``.  The spectrum of a real signal is Hermitian, so
+    the half that ``rfft`` keeps, each bin counted with its multiplicity, holds every energy of the full DFT of
+    the definition.  Every energy is a sum of non-negative terms.
     """
-    n, length, c = x.shape
-    mu = x.mean(dim=1, keepdim=True)
-    xc = x - mu
+    n, length, c = xc.shape
     if grid is None:
-        power = torch.fft.fft(xc, dim=1).abs().square()  # [N, L, C]
+        spec = torch.fft.rfft(xc, dim=1)  # [N, L//2+1, C]
     else:
-        power = torch.fft.fft2(xc.reshape(n, grid[0], grid[1], c), dim=(1, 2)).abs().square().reshape(n, length, c)
-    high = high_frequency_mask(length, grid, cutoff).reshape(-1).to(x.device)
-    e_high = power[:, high].sum(dim=(1, 2))
-    e_centred = power.sum(dim=(1, 2))
+        spec = torch.fft.rfft2(xc.reshape(n, grid[0], grid[1], c), dim=(1, 2))  # [N, h, w//2+1, C]
+    per_bin = (spec.real.square() + spec.imag.square()).sum(dim=-1).reshape(n, -1)  # summed over channels
+    mult, mult_high = (w.to(device=xc.device, dtype=xc.dtype) for w in _half_spectrum_weights(length, grid, cutoff))
+    e_high = per_bin @ mult_high
+    e_centred = per_bin @ mult
     e_total = e_centred + (length * mu).square().sum(dim=(1, 2))
     nan = torch.full_like(e_high, float("nan"))
     return (torch.where(e_total > 0, e_high / e_total, nan), torch.where(e_centred > 0, e_high / e_centred, nan))
@@ -115,12 +139,14 @@ def reference_stats(
     grid = config.resolve_grid(x.shape[1])
     warn_if_degenerate(x.shape[1], grid, config.cutoff)
     xf = x.to(compute_dtype)
-    mean = xf.mean(dim=(1, 2))
+    mu = xf.mean(dim=1, keepdim=True)  # [N, 1, C] per-channel token mean
+    xc = xf - mu
+    mean = mu.mean(dim=(1, 2))
     mean_sq = xf.square().mean(dim=(1, 2))
-    token_var = xf.var(dim=1, unbiased=True).mean(dim=1)
+    token_var = xc.square().sum(dim=1).mean(dim=1) / (x.shape[1] - 1)
     logp = torch.log_softmax(xf, dim=2)
     chan_entropy = -(logp.exp() * logp).sum(dim=2).mean(dim=1)
-    hfr, hfr_centered = _hfr_pair(xf, grid, config.cutoff)
+    hfr, hfr_centered = _hfr_pair(xc, mu, grid, config.cutoff)
     return torch.stack([mean, mean_sq, token_var, chan_entropy, hfr, hfr_centered], dim=1)
 
 

@@ -75,8 +75,8 @@ for _s in (
 ):
     register_scorer(_s)
 
-#: The scorer used when none is named: token_var (max) made the best joint (t, tap) choice of every scorer on
-#: both validation datasets, classification and dense (docs/VALIDATION.md).
+#: The scorer used when none is named: token_var (max) made the best joint (t, tap) choices of the scorers on both
+#: validation datasets, classification and dense, and tracks accuracy across t best within a tap (docs/VALIDATION.md).
 DEFAULT_SCORER = "token_var"
 
 

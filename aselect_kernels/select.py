@@ -19,7 +19,7 @@ from .noise import Noiser, parse_timesteps
 from .reference import STAT_NAMES, StatsConfig
 from .result import SelectionResult
 from .scorers import DEFAULT_SCORER, Moments, Scorer, get_scorer, list_scorers
-from .taps import TapSet, resolve_taps
+from .taps import DEFAULT_TAPS, TapSet, resolve_taps
 
 
 def _noiser(noise: str | Noiser) -> Noiser:
@@ -30,7 +30,7 @@ def select_timestep(
     model: nn.Module,
     images: torch.Tensor,
     timesteps: str | Sequence[int] = "0:1000:50",
-    taps: str | Sequence[str] = "all",
+    taps: str | Sequence[str] = DEFAULT_TAPS,
     scorer: str | Scorer = DEFAULT_SCORER,
     direction: str | None = None,
     extra_scorers: Sequence[str | Scorer] | None = None,
@@ -51,8 +51,8 @@ def select_timestep(
         model: a diffusers transformer or a plain DiT ``nn.Module`` (eval mode is the caller's choice).
         images: clean inputs ``[B, ...]`` in the model's input range, on the model's device.
         timesteps: ``"start:stop:step"``, a comma list or ints; t counts noise from clean (:mod:`.noise`).
-        taps: preset names (``query``, ``attn_out``, ``mlp_out``, ``block_out``, ``all``, ``attn_mlp``, with
-            optional ``:blocks``) or module paths (:mod:`.taps`).
+        taps: preset names (``query``, ``attn_out``, ``mlp_hidden`` (the default), ``mlp_out``, ``block_out``,
+            ``all``, ``attn_mlp``, with optional ``:blocks``) or module paths (:mod:`.taps`).
         scorer: the primary scorer (registered name or :class:`Scorer`); ``direction`` overrides its direction.
         extra_scorers: more scorers for the table; every registered statistic scorer is included by default.
         noise: ``"ddpm"``, ``"flow"`` or a :class:`Noiser` wrapping a diffusers scheduler.

@@ -12,7 +12,8 @@ tokens are scored).  A 4-D output ``[N, C, H, W]`` is read as ``[N, H*W, C]``.
 
 What each diffusers tap sees: ``attn1.to_q`` the query projection of the adaLN-modulated tokens; ``attn1``
 (``attn`` in SD3) the attention output after ``to_out``, **before** the adaLN-Zero gate and the residual add;
-``ff`` the MLP output, also before its gate; the block path the block's output, i.e. the residual stream after the
+``ff`` the MLP output, also before its gate; ``ff.net.0`` the MLP's hidden activation (GELU output, 4x wider);
+the block path the block's output, i.e. the residual stream after the
 block.  In a plain DiT (``blocks.i.attn`` / ``blocks.i.mlp``) the same holds for its gates.
 
 :class:`TapSet` is a context manager: hooks are removed when it exits, even on error, and keep nothing but the
@@ -38,27 +39,34 @@ PRESETS: dict[str, dict[str, str]] = {
         "query": "transformer_blocks.{i}.attn1.to_q",
         "attn_out": "transformer_blocks.{i}.attn1",
         "mlp_out": "transformer_blocks.{i}.ff",
+        "mlp_hidden": "transformer_blocks.{i}.ff.net.0",
         "block_out": "transformer_blocks.{i}",
     },
     "sd3": {  # SD3Transformer2DModel (JointTransformerBlock)
         "query": "transformer_blocks.{i}.attn.to_q",
         "attn_out": "transformer_blocks.{i}.attn",
         "mlp_out": "transformer_blocks.{i}.ff",
+        "mlp_hidden": "transformer_blocks.{i}.ff.net.0",
         "block_out": "transformer_blocks.{i}@1",
     },
     "plain-dit": {  # facebookresearch-style DiT: blocks[i].attn (fused qkv) and blocks[i].mlp
         "query": "blocks.{i}.attn.qkv[q]",
         "attn_out": "blocks.{i}.attn",
         "mlp_out": "blocks.{i}.mlp",
+        "mlp_hidden": "blocks.{i}.mlp.1",
         "block_out": "blocks.{i}",
     },
 }
 #: Preset names that expand to several kinds per block.
 GROUPS: dict[str, tuple[str, ...]] = {
-    "all": ("query", "attn_out", "mlp_out", "block_out"),
+    "all": ("query", "attn_out", "mlp_hidden", "mlp_out", "block_out"),
     "attn_mlp": ("attn_out", "mlp_out"),
 }
-KINDS = ("query", "attn_out", "mlp_out", "block_out")
+KINDS = ("query", "attn_out", "mlp_hidden", "mlp_out", "block_out")
+#: The tap preset used when none is named: on the embedded model the MLP's hidden activations were the best
+#: features of every kind on both validation datasets, and token_var's pick among them was within 1 point of the
+#: best cell of the whole grid (docs/VALIDATION.md).
+DEFAULT_TAPS = "mlp_hidden"
 
 
 @dataclass(frozen=True)
@@ -124,7 +132,8 @@ def num_blocks(model: nn.Module) -> int:
 
 
 def resolve_taps(model: nn.Module, taps: str | Sequence[str]) -> list[TapSpec]:
-    """Expand preset names (``query``, ``attn_out``, ``mlp_out``, ``block_out``, ``all``, ``attn_mlp``; a suffix
+    """Expand preset names (``query``, ``attn_out``, ``mlp_out``, ``mlp_hidden``, ``block_out``, ``all``,
+    ``attn_mlp``; a suffix
     ``:i,j`` limits the blocks, e.g. ``query:9``) and check every path exists in ``model``."""
     items = [taps] if isinstance(taps, str) else list(taps)
     if not items:

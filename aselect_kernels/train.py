@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
 from .data import DEFAULT_ROOT, load_embedded_images, load_fashion_mnist, to_model_range
-from .model import NULL_CLASS, build_model, set_label_dropout
+from .model import NULL_CLASS, build_model, load_model, set_label_dropout
 
 FASHION_MNIST_NOTICE = (
     "Fashion-MNIST (Xiao, Rasul and Vollgraf, 2017; https://github.com/zalandoresearch/fashion-mnist), "
@@ -135,6 +135,8 @@ def train(
     data_root: str | Path = DEFAULT_ROOT,
     num_threads: int | None = None,
     command: str | None = None,
+    init_from: str | Path | None = None,
+    checkpoint_minutes: float | None = None,
 ) -> dict[str, Any]:
     """Train the Fashion-MNIST DiT and save it to ``out_dir`` (``save_pretrained`` layout + model card).
 
@@ -143,6 +145,11 @@ def train(
     ``EMBEDDED_CONFIG``.  On CPU torch uses ``num_threads`` threads (default: all cores; 1 is faster on a
     machine shared with other jobs).  With ``ema_decay`` the EMA weights are saved.  Returns the training log (also
     written to ``out_dir/training_log.json``).
+
+    ``init_from`` continues training from a saved model folder (its weights; a fresh optimizer, warm-up and
+    schedule); its ``training_log.json``, if any, is carried into ``history`` so the card covers every stage.
+    ``out_dir`` must then differ from ``init_from``.  ``checkpoint_minutes`` saves the current (EMA) weights to
+    ``out_dir/checkpoint`` at that interval, so a run cut short still leaves usable weights.
     """
     if minutes is None and max_steps is None:
         raise ValueError("set minutes and/or max_steps")
@@ -162,7 +169,12 @@ def train(
             raise ValueError(f"hidden={hidden} must be a multiple of head_dim={head_dim}")
         cfg["num_attention_heads"] = hidden // head_dim
         cfg["attention_head_dim"] = head_dim
-    model = build_model(cfg).to(dev)
+    history: list[dict[str, Any]] = []
+    if init_from is not None:
+        model, history = _resume(init_from, out_dir, cfg)
+        model = model.to(dev)
+    else:
+        model = build_model(cfg).to(dev)
     set_label_dropout(model, 0.0)  # label dropout is done here, once per sample for the whole network
     n_params = sum(p.numel() for p in model.parameters())
     scheduler = DDPMScheduler(num_train_timesteps=1000)
@@ -171,9 +183,10 @@ def train(
     x_tr, y_tr, x_te, y_te, source = _load_train_data(data_root)
     images = torch.from_numpy(x_tr).unsqueeze(1)  # uint8 [N, 1, 28, 28], converted per batch
     labels = torch.from_numpy(y_tr.astype(np.int64))
-    batch = _eval_batch(x_te, y_te, eval_size, seed, num_t)
+    batch = _eval_batch(x_te, y_te, eval_size, 0, num_t)  # same held-out batch for every seed and stage
     loss_untrained = eval_loss(model, scheduler, batch, dev)
-    print(f"[train] {n_params / 1e6:.2f}M params on {dev}; {source}; untrained eval loss {loss_untrained:.4f}",
+    start = "start" if init_from is not None else "untrained"
+    print(f"[train] {n_params / 1e6:.2f}M params on {dev}; {source}; {start} eval loss {loss_untrained:.4f}",
           flush=True)
 
     ema = copy.deepcopy(model).eval().requires_grad_(False) if ema_decay else None
@@ -187,6 +200,7 @@ def train(
     perm = torch.randperm(len(labels), generator=gen)
     cursor = 0
     t_loop = time.time()
+    next_checkpoint = checkpoint_minutes * 60.0 if checkpoint_minutes else math.inf
     model.train()
     while True:
         elapsed = time.time() - t_loop
@@ -227,8 +241,11 @@ def train(
             curve.append({"step": step, "wall_s": round(time.time() - t_loop, 2), "loss": round(val, 5),
                           "smoothed_loss": round(smooth, 5), "lr": opt.param_groups[0]["lr"]})
             print(f"[train] step {step} {curve[-1]['wall_s']:.0f}s loss {val:.4f} smoothed {smooth:.4f}", flush=True)
+        if time.time() - t_loop >= next_checkpoint:
+            next_checkpoint += checkpoint_minutes * 60.0
+            _save_checkpoint(ema if ema is not None else model, out_dir / "checkpoint", step, time.time() - t_loop)
     train_wall = time.time() - t_loop
-    if not curve or curve[-1]["step"] != step:
+    if step and (not curve or curve[-1]["step"] != step):
         curve.append({"step": step, "wall_s": round(train_wall, 2), "loss": round(val, 5),
                       "smoothed_loss": round(smooth, 5), "lr": opt.param_groups[0]["lr"]})
 
@@ -243,7 +260,7 @@ def train(
 
     log: dict[str, Any] = {
         "command": command or _default_command(locals_for_command(
-            out_dir, minutes, max_steps, batch_size, lr, seed, device, num_layers, hidden, num_threads)),
+            out_dir, minutes, max_steps, batch_size, lr, seed, device, num_layers, hidden, num_threads, init_from)),
         "seed": seed,
         "steps": step,
         "batch_size": batch_size,
@@ -266,6 +283,8 @@ def train(
         "bf16_autocast": use_bf16,
         "dataset": source,
         "dataset_notice": FASHION_MNIST_NOTICE,
+        "init_from": None if init_from is None else str(init_from),
+        "history": history,
         "loss_curve": curve,
     }
     (out_dir / "training_log.json").write_text(json.dumps(log, indent=1), encoding="utf-8")
@@ -275,14 +294,43 @@ def train(
     return log
 
 
+def _resume(init_from: str | Path, out_dir: Path, cfg: dict[str, Any]) -> tuple[torch.nn.Module, list[dict]]:
+    """Weights and earlier training stages of the model folder ``init_from`` (fp32, CPU, train mode)."""
+    src = Path(init_from).expanduser()
+    if not src.is_dir():
+        raise FileNotFoundError(f"init_from={str(init_from)!r} is not a model folder")
+    if out_dir.resolve() == src.resolve():
+        raise ValueError(f"out_dir and init_from are both {src}: write the continued run to a new folder")
+    model = load_model(str(src)).train()
+    for key, want in cfg.items():
+        if model.config[key] != want:
+            raise ValueError(f"init_from has {key}={model.config[key]}, but {want} was asked for")
+    history: list[dict[str, Any]] = []
+    log_path = src / "training_log.json"
+    if log_path.is_file():
+        prior = json.loads(log_path.read_text(encoding="utf-8"))
+        history = list(prior.get("history", []))
+        history.append({k: prior.get(k) for k in (
+            "command", "steps", "batch_size", "lr", "train_wall_s", "hardware", "eval", "final_smoothed_loss")})
+    return model, history
+
+
+def _save_checkpoint(model: torch.nn.Module, folder: Path, step: int, wall_s: float) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(folder), safe_serialization=True)
+    (folder / "checkpoint.json").write_text(json.dumps({"step": step, "wall_s": round(wall_s, 1)}), encoding="utf-8")
+    print(f"[train] checkpoint at step {step} -> {folder}", flush=True)
+
+
 def locals_for_command(
     out_dir: Path, minutes: float | None, max_steps: int | None, batch_size: int, lr: float, seed: int,
     device: str, num_layers: int | None, hidden: int | None, num_threads: int | None = None,
+    init_from: str | Path | None = None,
 ) -> dict[str, Any]:
     """The keyword arguments that identify a run, for the reproduction command."""
     return {"out_dir": str(out_dir), "minutes": minutes, "max_steps": max_steps, "batch_size": batch_size,
             "lr": lr, "seed": seed, "device": device, "num_layers": num_layers, "hidden": hidden,
-            "num_threads": num_threads}
+            "num_threads": num_threads, "init_from": None if init_from is None else str(init_from)}
 
 
 def _default_command(kwargs: dict[str, Any]) -> str:
@@ -297,11 +345,29 @@ def _subsample(curve: list[dict[str, float]], n: int = 20) -> list[dict[str, flo
     return [curve[i] for i in idx]
 
 
+def _stages(log: dict[str, Any]) -> str:
+    """Markdown lines for the earlier stages of a continued run (empty for a run from scratch)."""
+    if not log.get("history"):
+        return ""
+    lines = ["", "Trained in stages; the last one is detailed below. Earlier stages:", ""]
+    for i, h in enumerate(log["history"], 1):
+        ev = h.get("eval") or {}
+        lines.append(f"{i}. `{h.get('command')}`: {h.get('steps')} steps of batch {h.get('batch_size')}, lr "
+                     f"{h.get('lr')}, {h.get('train_wall_s') or 0:.0f} s on {h.get('hardware')}; eval loss "
+                     f"{ev.get('loss_untrained', float('nan')):.4f} -> {ev.get('loss_trained', float('nan')):.4f}.")
+    total = sum(h.get("steps") or 0 for h in log["history"]) + log["steps"]
+    wall = sum(h.get("train_wall_s") or 0 for h in log["history"]) + log["train_wall_s"]
+    lines.append(f"\nIn all: {total} optimizer steps, {wall:.0f} s of training.\n\nLast stage:")
+    return "\n".join(lines) + "\n"
+
+
 def _model_card(log: dict[str, Any]) -> str:
     cfg = log["model_config"]
     hidden = cfg["num_attention_heads"] * cfg["attention_head_dim"]
     ev = log["eval"]
     notes = f"\n- Notes: {log['notes']}" if log.get("notes") else ""
+    stages = _stages(log)
+    start = "untrained (same seed)" if not log.get("init_from") else f"start of the last stage ({log['init_from']})"
     rows = "\n".join(
         f"| {r['step']} | {r['wall_s']:.0f} | {r['smoothed_loss']:.4f} |" for r in _subsample(log["loss_curve"])
     )
@@ -318,7 +384,7 @@ adaLN-zero, {log['num_params'] / 1e6:.2f}M parameters.
 - Saved weights: {log['saved_weights']}{f" (decay {log['ema_decay']})" if log['ema_decay'] else ""}.
 
 ## Training
-
+{stages}
 - Command: `{log['command']}`
 - Seed {log['seed']}; {log['steps']} optimizer steps of batch {log['batch_size']}; lr {log['lr']} \
 ({log['lr_schedule']}); {log['optimizer']}; bf16 autocast: {log['bf16_autocast']}.
@@ -332,7 +398,7 @@ Held-out evaluation ({ev['images']} test images, fixed seeded timesteps and nois
 
 | model | eval loss |
 | --- | --- |
-| untrained (same seed) | {ev['loss_untrained']:.4f} |
+| {start} | {ev['loss_untrained']:.4f} |
 | trained (saved weights) | {ev['loss_trained']:.4f} |
 | trained (raw weights) | {ev['loss_trained_raw_weights']:.4f} |
 
@@ -368,13 +434,17 @@ def main_train(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--num-threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--no-ema", action="store_true", help="save the raw weights instead of an EMA")
     p.add_argument("--data-root", default=DEFAULT_ROOT, help="folder of the Fashion-MNIST idx .gz files")
+    p.add_argument("--init-from", default=None, help="continue from this saved model folder (not OUT_DIR)")
+    p.add_argument("--checkpoint-minutes", type=float, default=None, help="save weights to OUT_DIR/checkpoint")
     args = p.parse_args(argv)
-    command = "aselect train " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    words = sys.argv[1:] if argv is None else argv
+    command = "python -m aselect_kernels.train " + " ".join(shlex.quote(a) for a in words)
     return train(
         args.out_dir, minutes=args.minutes or None, max_steps=args.max_steps, batch_size=args.batch_size,
         lr=args.lr, seed=args.seed, device=args.device, num_layers=args.num_layers, hidden=args.hidden,
         head_dim=args.head_dim, num_threads=args.num_threads, ema_decay=None if args.no_ema else 0.995,
-        data_root=args.data_root, command=command,
+        data_root=args.data_root, command=command, init_from=args.init_from,
+        checkpoint_minutes=args.checkpoint_minutes,
     )
 
 

@@ -15,6 +15,7 @@ the tap set (the tap list's middle entry, e.g. the middle block); ``random`` tak
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,13 +26,20 @@ from torch import nn
 
 from .forward import Conditioning
 from .noise import Noiser, parse_timesteps
-from .probe import dense_probe_miou, dense_target, linear_probe_accuracy
+from .probe import dense_probe_miou, dense_target, linear_probe_correct
 from .reference import StatsConfig, effective_rank
 from .result import SelectionResult
 from .scorers import Moments, Scorer
 from .select import capture_features, tokens_to_grid
 
 TRIVIAL_RULES = ("smallest_t", "t100", "random")
+#: Default test-split size per dataset: every shipped Fashion-MNIST test image; for digits, what is left of its 1797
+#: images after 1000 training images.  One probe's accuracy then has a standard error near 1.3 points.
+DEFAULT_N_TEST = {"fashion": 1000, "digits": 797}
+#: Default validation grid: every 50 steps, plus t = 10 and 25, where a well-trained DiT's probe accuracy can peak.
+VALIDATION_TIMESTEPS = "0,10,25,50:1000:50"
+#: Resamples of the paired bootstrap over test images (classification gaps).
+BOOTSTRAP_RESAMPLES = 2000
 
 
 #: Candidate label-free criteria tried beside the registered scorers: the frequency ratios over the 2-D patch
@@ -81,7 +89,11 @@ def _ranks(v: np.ndarray) -> np.ndarray:
 
 @dataclass
 class ProbeGrid:
-    """Probe scores of every (timestep, tap): ``metric[T, P]`` (accuracy or mIoU) and its cost."""
+    """Probe scores of every (timestep, tap): ``metric[T, P]`` (accuracy or mIoU) and its cost.
+
+    For accuracy, ``correct[T, P, n_test]`` (and ``floor_correct[n_test]``) keep which test samples each probe got
+    right, for paired bootstrap intervals; they are not written to JSON.
+    """
 
     timesteps: list[int]
     taps: list[str]
@@ -91,6 +103,8 @@ class ProbeGrid:
     forward_samples: int
     wall_s: float
     extra: dict = field(default_factory=dict)
+    correct: np.ndarray | None = field(default=None, repr=False)
+    floor_correct: np.ndarray | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
         return {"timesteps": self.timesteps, "taps": self.taps, "metric_name": self.metric_name,
@@ -123,13 +137,15 @@ def probe_grid(
     names = list(feats)
     ts = parse_timesteps(timesteps)
     n = xtr.shape[0]
-    acc = np.zeros((len(ts), len(names)))
+    correct = np.zeros((len(ts), len(names), xte.shape[0]), dtype=bool)
     for p, name in enumerate(names):
         f = feats[name]  # [N, T, C]
         for ti in range(len(ts)):
-            acc[ti, p] = linear_probe_accuracy(f[:n, ti], ytr.cpu(), f[n:, ti], yte.cpu(), num_classes)
-    floor = linear_probe_accuracy(xtr.flatten(1).cpu(), ytr.cpu(), xte.flatten(1).cpu(), yte.cpu(), num_classes)
-    return ProbeGrid(ts, names, acc, "accuracy", floor, info.samples, time.perf_counter() - start)
+            correct[ti, p] = linear_probe_correct(f[:n, ti], ytr.cpu(), f[n:, ti], yte.cpu(), num_classes).numpy()
+    floor_correct = linear_probe_correct(xtr.flatten(1).cpu(), ytr.cpu(), xte.flatten(1).cpu(), yte.cpu(),
+                                         num_classes).numpy()
+    return ProbeGrid(ts, names, correct.mean(-1), "accuracy", float(floor_correct.mean()), info.samples,
+                     time.perf_counter() - start, correct=correct, floor_correct=floor_correct)
 
 
 def dense_probe_grid(
@@ -173,16 +189,35 @@ def dense_probe_grid(
 
 def _rule_t(rule: str, timesteps: list[int]) -> int | None:
     if rule == "smallest_t":
-        return 0
+        return int(np.argmin(timesteps))
     if rule == "t100":
         return int(np.argmin(np.abs(np.asarray(timesteps) - 100)))
     return None  # random: expectation
 
 
+def paired_bootstrap_ci(reference: np.ndarray, others: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES,
+                        seed: int = 0) -> np.ndarray:
+    """95% percentile intervals, in points, of ``acc(reference) - acc(other)`` for each row of ``others``.
+
+    ``reference`` ``[n]`` and ``others`` ``[m, n]`` say which of the same n test samples each probe got right; the
+    test samples are resampled with replacement (paired: one resample serves every pair).  Returns ``[m, 2]``.
+    """
+    n = reference.shape[0]
+    counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=resamples)  # [B, n]
+    diff = reference[None, :].astype(np.float64) - others.astype(np.float64)  # [m, n]
+    boot = counts @ diff.T * (100.0 / n)  # [B, m]
+    return np.percentile(boot, [2.5, 97.5], axis=0).T
+
+
 def compare(selection: SelectionResult, grid: ProbeGrid, tap_sets: dict[str, list[str]] | None = None) -> dict:
     """Score the selection against the grid: for each scorer x direction x tap set, the Spearman rho between score
     and probe metric across t (mean over taps), the per-tap gap (best metric - metric at the selected t, in
-    points), and the joint (t, tap) gap; the same gaps for the trivial rules."""
+    points), and the joint (t, tap) gap; the same gaps for the trivial rules.
+
+    When the grid kept per-sample results (classification), each joint gap gets ``gap_ci95``, a paired bootstrap
+    interval over the test images for those two fixed cells (the grid's best is itself picked on the test split,
+    which the interval does not undo), and the tap set's best gets its margin over the raw-pixel floor.
+    """
     if selection.timesteps != grid.timesteps:
         raise ValueError("selection and probe grid use different timesteps")
     missing = [t for t in grid.taps if t not in selection.taps]
@@ -230,11 +265,26 @@ def compare(selection: SelectionResult, grid: ProbeGrid, tap_sets: dict[str, lis
             trivial[rule] = {"mean_gap": float((per_tap_best - per_tap).mean()),
                              "joint": {"t": joint_t, "tap": joint_tap, "metric": joint, "gap": best_joint - joint}}
         bt, bp = divmod(int(np.argmax(sub)), len(idx))
-        out["tap_sets"][set_name] = {
-            "best": {"t": grid.timesteps[bt], "tap": members[bp], "metric": best_joint},
-            "scorers": rows, "trivial": trivial,
-        }
+        best = {"t": grid.timesteps[bt], "tap": members[bp], "metric": best_joint}
+        if grid.correct is not None:
+            _add_intervals(grid, best, list(rows.values()) + list(trivial.values()))
+        out["tap_sets"][set_name] = {"best": best, "scorers": rows, "trivial": trivial}
     return out
+
+
+def _add_intervals(grid: ProbeGrid, best: dict, rows: list[dict]) -> None:
+    """Paired bootstrap intervals of each row's joint gap, and of the best cell's margin over the raw pixels."""
+    assert grid.correct is not None and grid.floor_correct is not None
+    cell = {(t, tap): grid.correct[ti, pi] for ti, t in enumerate(grid.timesteps) for pi, tap in enumerate(grid.taps)}
+    ref = cell[(best["t"], best["tap"])]
+    picked = [r for r in rows if r["joint"]["t"] is not None]
+    others = np.stack([cell[(r["joint"]["t"], r["joint"]["tap"])] for r in picked] + [grid.floor_correct])
+    ci = paired_bootstrap_ci(ref, others)
+    for r, (lo, hi) in zip(picked, ci[:-1], strict=True):
+        r["joint"]["gap_ci95"] = [float(lo), float(hi)]
+    p, n = best["metric"] / 100.0, ref.shape[0]
+    best["se"] = float(100.0 * np.sqrt(p * (1.0 - p) / n))
+    best["vs_floor"] = {"margin": best["metric"] - 100.0 * grid.floor, "ci95": [float(ci[-1, 0]), float(ci[-1, 1])]}
 
 
 def plot_validation(selection: SelectionResult, grid: ProbeGrid, path: str, scorers: Sequence[str] | None = None
@@ -310,9 +360,9 @@ def run_validation(
     model: nn.Module,
     dataset: str = "fashion",
     n_train: int = 1000,
-    n_test: int = 500,
+    n_test: int | None = None,
     n_select: int = 64,
-    timesteps: str = "0:1000:50",
+    timesteps: str = VALIDATION_TIMESTEPS,
     taps: str = "all",
     dense: bool = True,
     n_dense_train: int = 100,
@@ -324,6 +374,7 @@ def run_validation(
 ) -> tuple[dict, SelectionResult, ProbeGrid, ProbeGrid | None]:
     """Selection on ``n_select`` unlabeled training images vs the exhaustive probe grid on ``n_train``/``n_test``
     labeled images (and a dense grid), on the same model, timesteps and taps; returns the report and its parts.
+    ``n_test=None`` takes :data:`DEFAULT_N_TEST` of the dataset.
 
     The selection scores every registered statistic scorer; its cost is that run's.  With ``candidates`` a second,
     untimed run adds the :data:`CANDIDATES`.
@@ -332,6 +383,8 @@ def run_validation(
     from .select import select_timestep
 
     device, _ = model_device_dtype(model)
+    if n_test is None:
+        n_test = DEFAULT_N_TEST.get(dataset, 500)
     (utr, ytr), (ute, yte), k = load_dataset(dataset, n_train, n_test, seed)
     if n_select > n_train:
         raise ValueError(f"n_select {n_select} exceeds the training images {n_train}")
@@ -362,11 +415,12 @@ def run_validation(
 
 
 def _tap_sets(taps: list[str]) -> dict[str, list[str]]:
-    """``all`` plus one set per tap kind (query / attention-out / MLP-out / block-out) when they can be told apart."""
+    """``all`` plus one set per tap kind (query / attention-out / MLP-out / MLP-hidden / block-out) when they can be
+    told apart."""
     sets = {"all": list(taps)}
     kinds = {"query": lambda t: t.endswith(("to_q", "[q]")), "attn_out": lambda t: t.endswith(("attn1", "attn")),
-             "mlp_out": lambda t: t.endswith(("ff", "mlp")),
-             "block_out": lambda t: t.rsplit(".", 1)[-1].split("@")[0].isdigit()}
+             "mlp_out": lambda t: t.endswith(("ff", "mlp")), "mlp_hidden": lambda t: t.endswith(("ff.net.0", "mlp.1")),
+             "block_out": lambda t: re.search(r"(^|\.)(transformer_blocks|blocks)\.\d+(@\d+)?$", t) is not None}
     for kind, test in kinds.items():
         members = [t for t in taps if test(t)]
         if 0 < len(members) < len(taps):
@@ -387,16 +441,26 @@ def summary_lines(report: dict) -> list[str]:
         lines.append(f"[{task}] {part['metric']}: raw-pixel floor {100 * g['raw_pixel_floor']:.2f}")
         for set_name, rep in part["tap_sets"].items():
             b = rep["best"]
-            lines.append(f"  tap set {set_name}: grid best {b['metric']:.2f} at (t={b['t']}, {b['tap']})")
+            margin = (f"; {b['vs_floor']['margin']:+.2f} over raw pixels, 95% CI "
+                      f"[{b['vs_floor']['ci95'][0]:+.2f}, {b['vs_floor']['ci95'][1]:+.2f}]") if "vs_floor" in b else ""
+            lines.append(f"  tap set {set_name}: grid best {b['metric']:.2f} at (t={b['t']}, {b['tap']}){margin}")
             for key, row in rep["scorers"].items():
                 j = row["joint"]
                 tag = " (default dir)" if row["direction"] == row["default_direction"] else ""
                 lines.append(f"    {key:<20} rho {row['mean_rho']:+.2f}  per-tap gap {row['mean_gap']:5.2f}  "
-                             f"joint ({j['t']}, {j['tap']}) gap {j['gap']:5.2f}{tag}")
+                             f"joint ({j['t']}, {j['tap']}) gap {_gap(j)}{tag}")
             for rule, row in rep["trivial"].items():
                 lines.append(f"    {'rule ' + rule:<20}           per-tap gap {row['mean_gap']:5.2f}  "
-                             f"joint gap {row['joint']['gap']:5.2f}")
+                             f"joint gap {_gap(row['joint'])}")
     return lines
+
+
+def _gap(joint: dict) -> str:
+    """A joint gap, with its 95% interval when there is one."""
+    if "gap_ci95" not in joint:
+        return f"{joint['gap']:.2f}"
+    lo, hi = joint["gap_ci95"]
+    return f"{joint['gap']:.2f} [{lo:.2f}, {hi:.2f}]"
 
 
 def report_markdown(report: dict) -> str:
@@ -409,7 +473,8 @@ def report_markdown(report: dict) -> str:
            f"exhaustive grid {c['grid_wall_s']:.1f} s for {c['grid_forward_samples']} forward samples plus "
            f"{len(report['classification']['grid']['taps']) * len(report['classification']['grid']['timesteps'])}"
            f" probe fits: **{c['wall_ratio']:.1f}x** less wall time, **{c['forward_ratio']:.1f}x** fewer forward "
-           f"samples.", ""]
+           f"samples.", "",
+           "Classification gaps carry a 95% paired bootstrap interval over the test images, in brackets.", ""]
     for task in ("classification", "dense"):
         if task not in report:
             continue
@@ -420,17 +485,22 @@ def report_markdown(report: dict) -> str:
         out.append("")
         for set_name, rep in part["tap_sets"].items():
             b = rep["best"]
-            out += [f"Tap set `{set_name}`: grid best **{b['metric']:.2f}** at (t={b['t']}, `{b['tap']}`).", "",
+            extra = ""
+            if "vs_floor" in b:
+                lo, hi = b["vs_floor"]["ci95"]
+                extra = (f" (standard error {b['se']:.2f}); margin over raw pixels {b['vs_floor']['margin']:+.2f} "
+                         f"[{lo:+.2f}, {hi:+.2f}]")
+            out += [f"Tap set `{set_name}`: grid best **{b['metric']:.2f}** at (t={b['t']}, `{b['tap']}`){extra}.", "",
                     "| rule | direction | mean ρ | mean per-tap gap | joint pick (t, tap) | joint value | joint gap |",
                     "|---|---|---|---|---|---|---|"]
             for row in rep["scorers"].values():
                 j = row["joint"]
                 default = " (default)" if row["direction"] == row["default_direction"] else ""
                 out.append(f"| {row['scorer']} | {row['direction']}{default} | {row['mean_rho']:+.2f} | "
-                           f"{row['mean_gap']:.2f} | ({j['t']}, `{j['tap']}`) | {j['metric']:.2f} | {j['gap']:.2f} |")
+                           f"{row['mean_gap']:.2f} | ({j['t']}, `{j['tap']}`) | {j['metric']:.2f} | {_gap(j)} |")
             for rule, row in rep["trivial"].items():
                 j = row["joint"]
                 pick = "random (expectation)" if j["t"] is None else f"({j['t']}, `{j['tap']}`)"
-                out.append(f"| *{rule}* | | | {row['mean_gap']:.2f} | {pick} | {j['metric']:.2f} | {j['gap']:.2f} |")
+                out.append(f"| *{rule}* | | | {row['mean_gap']:.2f} | {pick} | {j['metric']:.2f} | {_gap(j)} |")
             out.append("")
     return "\n".join(out)

@@ -43,7 +43,7 @@ def test_select_writes_result(model_dir, images_npz, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "chosen (t, tap)" in text
     data = json.loads((out / "result.json").read_text())
-    assert data["timesteps"] == [0, 500] and len(data["taps"]) == 8 and data["meta"]["images"] == 3
+    assert data["timesteps"] == [0, 500] and len(data["taps"]) == 10 and data["meta"]["images"] == 3
     assert (out / "scores.png").stat().st_size > 1000
 
 
@@ -94,3 +94,30 @@ def test_module_entry_point_help():
 
     proc = subprocess.run([sys.executable, "-m", "aselect_kernels", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "demo" in proc.stdout and "validate" in proc.stdout
+
+
+@pytest.mark.skipif(not (EMBEDDED_DIR / "config.json").is_file(), reason="embedded weights not trained yet")
+def test_train_continues_the_embedded_model(tmp_path, capsys):
+    out = tmp_path / "more"
+    rc = main(["train", "--out", str(out), "--minutes", "0", "--max-steps", "1", "--batch-size", "2",
+               "--num-threads", "1", "--init-from", str(EMBEDDED_DIR)])
+    assert rc == 0 and "trained 1 steps" in capsys.readouterr().out
+    log = json.loads((out / "training_log.json").read_text())
+    shipped = json.loads((EMBEDDED_DIR / "training_log.json").read_text())
+    assert log["history"][-1]["steps"] == shipped["steps"] and log["init_from"] == str(EMBEDDED_DIR)
+    assert main(["train", "--out", str(EMBEDDED_DIR), "--max-steps", "1", "--init-from", str(EMBEDDED_DIR)]) == 2
+    assert "new folder" in _one_line_error(capsys)
+
+
+@pytest.mark.skipif(not (EMBEDDED_DIR / "config.json").is_file(), reason="embedded weights not trained yet")
+def test_validate_small_run_writes_report_with_intervals(tmp_path, capsys):
+    out = tmp_path / "val"
+    rc = main(["validate", "--dataset", "digits", "--n-train", "24", "--n-test", "16", "--n-select", "4",
+               "--timesteps", "0,500", "--taps", "block_out:2,5", "--no-dense", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "over raw pixels, 95% CI" in text and "validate wall time" in text
+    report = json.loads((out / "validation_digits.json").read_text())
+    best = report["classification"]["tap_sets"]["all"]["best"]
+    assert report["n_test"] == 16 and len(best["vs_floor"]["ci95"]) == 2
+    assert (out / "validation_digits.md").read_text().count("[") > 4 and (out / "validation_digits.png").is_file()

@@ -244,13 +244,41 @@ def test_train_smoke(tmp_path: Path) -> None:
         train(out, minutes=None, max_steps=None)
 
 
+def test_train_resume_keeps_weights_and_history(tmp_path: Path) -> None:
+    root = _fake_fashion_root(tmp_path / "fm")
+    first = tmp_path / "first"
+    train(first, minutes=None, max_steps=2, batch_size=4, num_layers=1, hidden=32, eval_size=8, data_root=root)
+    before = {k: v.clone() for k, v in model.load_model(str(first)).state_dict().items()}
+    same = tmp_path / "same"
+    log = train(same, minutes=None, max_steps=0, eval_size=8, data_root=root, init_from=first)
+    after = model.load_model(str(same)).state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert log["history"][0]["steps"] == 2 and log["init_from"] == str(first)
+    cont = tmp_path / "cont"
+    log = train(cont, minutes=None, max_steps=2, batch_size=4, eval_size=8, data_root=root, init_from=same,
+                checkpoint_minutes=1e-9, seed=1)
+    assert [h["steps"] for h in log["history"]] == [2, 0] and log["steps"] == 2
+    assert json.loads((cont / "checkpoint" / "checkpoint.json").read_text())["step"] == 2
+    card = (cont / "MODEL_CARD.md").read_text()
+    assert "Trained in stages" in card and "In all: 4 optimizer steps" in card
+    assert any(not torch.equal(before[k], v) for k, v in model.load_model(str(cont)).state_dict().items())
+    for k, v in model.load_model(str(first)).state_dict().items():  # the source folder is left as it was
+        assert torch.equal(before[k], v)
+    with pytest.raises(ValueError, match="both"):
+        train(first, minutes=None, max_steps=1, data_root=root, init_from=first)
+    with pytest.raises(ValueError, match="num_layers=1"):
+        train(tmp_path / "x", minutes=None, max_steps=1, data_root=root, init_from=first, num_layers=2)
+    with pytest.raises(FileNotFoundError, match="not a model folder"):
+        train(tmp_path / "y", minutes=None, max_steps=1, data_root=root, init_from=tmp_path / "missing")
+
+
 def test_main_train_cli(tmp_path: Path) -> None:
     root = _fake_fashion_root(tmp_path / "fm")
     argv = [str(tmp_path / "cli"), "--minutes", "0", "--max-steps", "2", "--num-layers", "1", "--hidden", "32",
             "--batch-size", "4", "--no-ema", "--data-root", str(root)]
     log = main_train(argv)
     assert log["steps"] == 2 and log["saved_weights"] == "raw"
-    assert log["command"].startswith("aselect train ") and "--max-steps 2" in log["command"]
+    assert log["command"].startswith("python -m aselect_kernels.train ") and "--max-steps 2" in log["command"]
 
 
 # ---------------------------------------------------------------- shipped weights

@@ -53,6 +53,7 @@ def test_ranges_and_parsing():
     assert Noiser("ddpm").t_range == (0, 999) and Noiser("flow").t_range == (0, 1000)
     assert parse_timesteps("0:1000:50") == list(range(0, 1000, 50))
     assert parse_timesteps("10, 50,100") == [10, 50, 100]
+    assert parse_timesteps("0,10,25,50:200:50") == [0, 10, 25, 50, 100, 150]
     assert parse_timesteps(torch.tensor([3, 4])) == [3, 4]
     with pytest.raises(ValueError, match="out of range"):
         Noiser("ddpm").check([0, 1000])

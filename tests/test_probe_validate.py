@@ -20,7 +20,15 @@ from aselect_kernels.probe import (
 )
 from aselect_kernels.result import SelectionResult
 from aselect_kernels.scorers import Moments
-from aselect_kernels.validate import ProbeGrid, compare, dense_probe_grid, probe_grid, report_markdown, spearman
+from aselect_kernels.validate import (
+    ProbeGrid,
+    compare,
+    dense_probe_grid,
+    paired_bootstrap_ci,
+    probe_grid,
+    report_markdown,
+    spearman,
+)
 
 from tiny_models import tiny_dit
 
@@ -128,6 +136,42 @@ def test_compare_on_a_hand_built_grid():
     assert "| s | max (default) |" in text and "| (0, `b`) | 70.00 | 15.00 |" in text and "**20.0x**" in text
 
 
+def test_paired_bootstrap_matches_the_normal_approximation():
+    rng = np.random.default_rng(3)
+    n = 800
+    ref = rng.random(n) < 0.8
+    flip = rng.random((3, n))
+    others = np.stack([ref ^ (flip[0] < 0.1), rng.random(n) < 0.6, ref.copy()])
+    ci = paired_bootstrap_ci(ref, others, resamples=4000)
+    for row, (lo, hi) in zip(others, ci, strict=True):
+        d = 100.0 * (ref.astype(float) - row.astype(float))  # paired differences, in points
+        half = 1.96 * d.std(ddof=1) / np.sqrt(n)
+        assert lo == pytest.approx(d.mean() - half, abs=0.35) and hi == pytest.approx(d.mean() + half, abs=0.35)
+    assert tuple(ci[2]) == (0.0, 0.0)  # identical predictions: no uncertainty about a zero gap
+
+
+def test_compare_attaches_intervals_when_per_sample_results_are_kept():
+    ts, taps = [0, 100], ["a", "b"]
+    rng = np.random.default_rng(0)
+    correct = rng.random((2, 2, 300)) < np.array([0.9, 0.7, 0.6, 0.5])[:, None].reshape(2, 2, 1)
+    floor = rng.random(300) < 0.75
+    grid = ProbeGrid(ts, taps, correct.mean(-1), "accuracy", float(floor.mean()), 10, 1.0, correct=correct,
+                     floor_correct=floor)
+    score = np.array([[0.0, 1.0], [2.0, 3.0]])  # max picks (100, b); min picks (0, a) = the best cell
+    rep = compare(_selection(ts, taps, score), grid)["tap_sets"]["all"]
+    best = rep["best"]
+    assert (best["t"], best["tap"]) == (0, "a")
+    want = paired_bootstrap_ci(correct[0, 0], np.stack([correct[1, 1], floor]))
+    assert rep["scorers"]["s:max"]["joint"]["gap_ci95"] == pytest.approx(list(want[0]))
+    assert rep["scorers"]["s:min"]["joint"]["gap_ci95"] == [0.0, 0.0]
+    assert best["vs_floor"]["ci95"] == pytest.approx(list(want[1]))
+    assert best["vs_floor"]["margin"] == pytest.approx(100 * (correct[0, 0].mean() - floor.mean()))
+    p = correct[0, 0].mean()
+    assert best["se"] == pytest.approx(100 * np.sqrt(p * (1 - p) / 300))
+    assert "gap_ci95" not in rep["trivial"]["random"]["joint"]
+    assert "gap_ci95" in rep["trivial"]["t100"]["joint"]
+
+
 def test_probe_grids_on_a_tiny_dit():
     model = tiny_dit(sample=8)
     gen = torch.Generator().manual_seed(0)
@@ -139,6 +183,21 @@ def test_probe_grids_on_a_tiny_dit():
                       chunk_size=16, progress=False)
     assert grid.metric.shape == (2, 2) and grid.forward_samples == 48
     assert grid.floor == 1.0 and grid.metric[0].max() >= 0.75
+    assert grid.correct.shape == (2, 2, 8) and np.array_equal(grid.correct.mean(-1), grid.metric)
     dense = dense_probe_grid(model, (x[:16], u8[:16], labels[:16]), (x[16:], u8[16:], labels[16:]), [0, 500],
                              "block_out:1", 2, chunk_size=48, progress=False)
     assert dense.metric.shape == (2, 1) and 0 < dense.metric.max() <= 1 and 0 < dense.floor <= 1
+
+
+def test_tap_sets_split_every_kind():
+    from aselect_kernels.taps import resolve_taps
+    from aselect_kernels.validate import _tap_sets
+
+    from tiny_models import PlainDiT, tiny_dit
+
+    for model in (tiny_dit(), PlainDiT()):
+        names = [s.name for s in resolve_taps(model, "all")]
+        sets = _tap_sets(names)
+        assert sets["all"] == names
+        for kind in ("query", "attn_out", "mlp_out", "mlp_hidden", "block_out"):
+            assert sets[kind] == [s.name for s in resolve_taps(model, kind)], (type(model).__name__, kind)

@@ -47,6 +47,8 @@ def numpy_stats(x: np.ndarray, cutoff: float, grid: tuple[int, int] | None) -> n
     ((2, 48, 9), (6, 8), 2, 0.4),
     ((2, 35, 11), (5, 7), 2, 0.5),
     ((4, 196, 24), (14, 14), 2, 0.15),
+    ((2, 42, 5), (7, 6), 2, 0.25),  # odd h, even w: the half spectrum's Nyquist column counts once
+    ((3, 5, 4), None, 1, 0.5),  # odd L with no Nyquist bin
 ])
 def test_reference_matches_numpy(shape, grid, dims, cutoff):
     rng = np.random.default_rng(sum(shape))

@@ -67,6 +67,21 @@ def test_scores_equal_reference_on_manually_noised_features(dit, images):
                                rtol=2e-3, atol=1e-6)
 
 
+def test_mlp_hidden_tap_scores_the_gelu_activation(dit, images):
+    (spec,) = resolve_taps(dit, "mlp_hidden:1")
+    assert spec.name == "transformer_blocks.1.ff.net.0"
+    res = select_timestep(dit, images, TS, taps="mlp_hidden:1", backend="torch", progress=False)
+    pre = _manual_features(dit, images, TS, "transformer_blocks.1.ff.net.0.proj")  # the Linear before the GELU
+    hidden = torch.nn.functional.gelu(pre.double(), approximate="tanh")
+    assert hidden.shape[-1] == 4 * dit.config.num_attention_heads * dit.config.attention_head_dim
+    expected = reference_stats(hidden, StatsConfig(), torch.float64).numpy().reshape(3, len(TS), -1)
+    for s, name in enumerate(res.scorers):
+        np.testing.assert_allclose(res.per_sample[:, :, 0, s], expected[..., STAT_NAMES.index(name)],
+                                   rtol=2e-4, atol=2e-5)
+    assert [t.name for t in resolve_taps(PlainDiT(), "mlp_hidden:0")] == ["blocks.0.mlp.1"]
+    assert [t.name for t in resolve_taps(tiny_sd3(), "mlp_hidden:0")] == ["transformer_blocks.0.ff.net.0"]
+
+
 @pytest.mark.parametrize("chunk", [1, 5, 12])
 def test_chunking_does_not_change_scores(dit, images, chunk):
     one = select_timestep(dit, images, TS, taps="all", backend="torch", chunk_size=12, progress=False)
@@ -82,9 +97,9 @@ def test_memory_budget_sets_chunks(dit, images):
 
 def test_presets_expand_per_family(dit):
     names = [s.name for s in resolve_taps(dit, "all")]
-    assert names[:4] == ["transformer_blocks.0.attn1.to_q", "transformer_blocks.0.attn1",
-                         "transformer_blocks.0.ff", "transformer_blocks.0"]
-    assert len(names) == 8
+    assert names[:5] == ["transformer_blocks.0.attn1.to_q", "transformer_blocks.0.attn1",
+                         "transformer_blocks.0.ff.net.0", "transformer_blocks.0.ff", "transformer_blocks.0"]
+    assert len(names) == 10
     assert [s.name for s in resolve_taps(dit, "query:1")] == ["transformer_blocks.1.attn1.to_q"]
     assert [s.name for s in resolve_taps(tiny_sd3(), "block_out:0")] == ["transformer_blocks.0@1"]
     assert [s.name for s in resolve_taps(PlainDiT(), "query:1")] == ["blocks.1.attn.qkv[q]"]
@@ -123,11 +138,11 @@ def test_pixart_and_plain_dit_run():
                         model_kwargs={"added_cond_kwargs": {"resolution": None, "aspect_ratio": None}})
     res = select_timestep(px, torch.randn(2, 4, 8, 8), [10, 900], taps="all", conditioning=cond,
                           backend="torch", progress=False)
-    assert len(res.taps) == 8 and np.isfinite(res.mean).all()
+    assert len(res.taps) == 10 and np.isfinite(res.mean).all()
     plain = PlainDiT().eval()
     res = select_timestep(plain, torch.randn(2, 1, 12, 12), [10, 900], taps="all", backend="torch", progress=False,
                           conditioning=Conditioning(class_labels=torch.tensor([1, 2])))
-    assert len(res.taps) == 8 and np.isfinite(res.mean).all()
+    assert len(res.taps) == 10 and np.isfinite(res.mean).all()
     # [q] is the first third of the fused qkv projection
     q_col = res.taps.index("blocks.0.attn.qkv[q]")
     assert np.isfinite(res.mean[:, q_col]).all()

@@ -1,0 +1,149 @@
+"""Print the summary tables of docs/VALIDATION.md from the validation JSON files beside this script.
+
+    python docs/validation/summarize.py            # reads validation_fashion.json and validation_digits.json
+
+Every figure of those tables comes from here, so the page and the JSON cannot disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DEFAULT = "token_var:max"
+#: The default tap preset of selection; its pick is read against the best cell of the whole grid (tap set "all").
+PRESET = "mlp_hidden"
+
+
+def _short(tap: str | None) -> str:
+    return "-" if tap is None else tap.replace("transformer_blocks.", "tb")
+
+
+def _ci(j: dict) -> str:
+    return f" [{j['gap_ci95'][0]:.2f}, {j['gap_ci95'][1]:.2f}]" if "gap_ci95" in j else ""
+
+
+def _trivial_best(rep: dict) -> tuple[str, dict]:
+    rules = {k: v for k, v in rep["trivial"].items() if k != "random"}
+    name = min(rules, key=lambda k: rules[k]["joint"]["gap"])
+    return name, rules[name]["joint"]
+
+
+def default_pick(part: dict) -> dict:
+    """The default selection's (t, tap) and its gap to the best cell over every tap (bootstrap interval when the
+    preset's best cell is the grid's best)."""
+    sets = part["tap_sets"]
+    preset = sets.get(PRESET, sets["all"])
+    joint = dict(preset["scorers"][DEFAULT]["joint"])
+    best = sets["all"]["best"]
+    joint["gap"] = best["metric"] - joint["metric"]
+    if (preset["best"]["t"], preset["best"]["tap"]) != (best["t"], best["tap"]):
+        joint.pop("gap_ci95", None)
+    return joint
+
+
+def targets(fashion: dict) -> list[str]:
+    cls = fashion["classification"]
+    rep = cls["tap_sets"]["all"]
+    best, floor = rep["best"], 100 * cls["grid"]["raw_pixel_floor"]
+    sel = default_pick(cls)
+    rule, triv = _trivial_best(rep)
+    prule, ptriv = _trivial_best(cls["tap_sets"].get(PRESET, rep))
+    pgap = best["metric"] - ptriv["metric"]  # the preset's trivial pick against the best cell of the whole grid
+    rnd = rep["trivial"]["random"]["joint"]["gap"]
+    c = fashion["cost"]
+    vs = best.get("vs_floor", {})
+    ci = f", 95% CI [{vs['ci95'][0]:+.2f}, {vs['ci95'][1]:+.2f}]" if vs else ""
+    rows = [
+        ("best (t, tap) probe ≥ raw-pixel probe + 1 point",
+         f"{best['metric']:.2f} at (t={best['t']}, `{_short(best['tap'])}`) vs raw pixels {floor:.2f}: "
+         f"**{best['metric'] - floor:+.2f}**{ci}", best["metric"] - floor >= 1.0),
+        ("accuracy at the selected (t, tap) within 1 point of the grid's best",
+         f"`token_var` (max) over `{PRESET}`: {sel['metric']:.2f} at ({sel['t']}, `{_short(sel['tap'])}`), gap "
+         f"**{sel['gap']:.2f}**"
+         f"{_ci(sel)}", sel["gap"] <= 1.0),
+        ("joint gap ≤ the best trivial rule's",
+         f"{sel['gap']:.2f} vs {rule} (middle tap of all) {triv['gap']:.2f}; with the same preset, "
+         f"{prule} ({_short(ptriv['tap'])}) {pgap:.2f}", sel["gap"] <= min(triv["gap"], pgap) + 1e-9),
+        ("joint gap < the random rule's", f"{sel['gap']:.2f} vs {rnd:.2f}", sel["gap"] < rnd),
+        ("selection ≥ 20× less compute than the grid",
+         f"**{c['forward_ratio']:.1f}×** fewer forward samples ({c['select_forward_samples']} vs "
+         f"{c['grid_forward_samples']}); **{c['wall_ratio']:.1f}×** less CPU wall time ({c['select_wall_s']:.1f} s vs "
+         f"{c['grid_wall_s']:.1f} s)", c["forward_ratio"] >= 20 and c["wall_ratio"] >= 20),
+        ("`aselect validate` on CPU at the default size < 20 min", f"{fashion['wall_s']:.0f} s",
+         fashion["wall_s"] < 1200),
+    ]
+    out = ["| target (Fashion-MNIST, embedded model) | measured | status |", "|---|---|---|"]
+    out += [f"| {name} | {value} | {'met' if ok else '**missed**'} |" for name, value, ok in rows]
+    return out
+
+
+def others(reports: dict[str, dict]) -> list[str]:
+    out = ["| task | grid best | raw floor | `token_var` joint pick, gap | within 1? | best trivial rule, gap | "
+           "≤ trivial? | random | compute (forward / CPU wall) |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, rep_all in reports.items():
+        for task in ("classification", "dense"):
+            if task not in rep_all or (name == "fashion" and task == "classification"):
+                continue
+            part = rep_all[task]
+            key = "all" if task == "classification" else "dense_taps"
+            rep = part["tap_sets"][key]
+            best = rep["best"]
+            sel = default_pick(part) if task == "classification" else rep["scorers"][DEFAULT]["joint"]
+            rule, triv = _trivial_best(rep)
+            c = rep_all["cost"]
+            cost = f"{c['forward_ratio']:.1f}× / {c['wall_ratio']:.1f}×" if task == "classification" else "same run"
+            out.append(
+                f"| {name} {task} ({part['metric']}) | {best['metric']:.2f} at (t={best['t']}, `{_short(best['tap'])}`)"
+                f" | {100 * part['grid']['raw_pixel_floor']:.2f} | ({sel['t']}, `{_short(sel['tap'])}`) "
+                f"{sel['gap']:.2f}{_ci(sel)} | {'yes' if sel['gap'] <= 1 else 'no'} | {rule} {triv['gap']:.2f} | "
+                f"{'yes' if sel['gap'] <= triv['gap'] + 1e-9 else 'no'} | "
+                f"{rep['trivial']['random']['joint']['gap']:.2f} | {cost} |")
+    return out
+
+
+def scorers(reports: dict[str, dict], task: str = "classification", tap_set: str = "all") -> list[str]:
+    names = list(reports)
+    head = "| scorer (direction) | " + " | ".join(f"{n} ρ | {n} per-tap gap | {n} joint pick, gap" for n in names)
+    out = [head + " |", "|---|" + "---|---|---|" * len(names)]
+    first = reports[names[0]][task]["tap_sets"][tap_set]
+    for key, row in first["scorers"].items():
+        if row["direction"] != row["default_direction"]:
+            continue
+        cells = []
+        for n in names:
+            r = reports[n][task]["tap_sets"][tap_set]["scorers"][key]
+            j = r["joint"]
+            cells.append(f"{r['mean_rho']:+.2f} | {r['mean_gap']:.2f} | ({j['t']}, {_short(j['tap'])}) "
+                         f"{j['gap']:.2f}{_ci(j)}")
+        label = f"{row['scorer']} ({row['direction']})"
+        label = f"**{label}**" if key == DEFAULT else label
+        out.append(f"| {label} | " + " | ".join(cells) + " |")
+    for rule in ("smallest_t", "t100", "random"):
+        cells = []
+        for n in names:
+            r = reports[n][task]["tap_sets"][tap_set]["trivial"][rule]
+            j = r["joint"]
+            pick = "random cell" if j["t"] is None else f"({j['t']}, {_short(j['tap'])})"
+            cells.append(f" | {r['mean_gap']:.2f} | {pick} {j['gap']:.2f}{_ci(j)}")
+        out.append(f"| *rule: {rule}* |" + " |".join(cells) + " |")
+    return out
+
+
+def main(folder: Path = HERE) -> None:
+    reports = {n: json.loads((folder / f"validation_{n}.json").read_text()) for n in ("fashion", "digits")
+               if (folder / f"validation_{n}.json").is_file()}
+    if "fashion" not in reports:
+        sys.exit(f"no validation_fashion.json in {folder}")
+    print("\n".join(targets(reports["fashion"])), end="\n\n")
+    print("\n".join(others(reports)), end="\n\n")
+    print("\n".join(scorers(reports)), end="\n\n")
+    print("\n".join(scorers(reports, "classification", PRESET)), end="\n\n")
+    if all("dense" in r for r in reports.values()):
+        print("\n".join(scorers(reports, "dense", "dense_taps")))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else HERE)
