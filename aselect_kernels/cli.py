@@ -200,7 +200,7 @@ def cmd_validate(args: argparse.Namespace) -> None:
     report, selection, grid, dgrid = run_validation(
         model, args.dataset, args.n_train, args.n_test, args.n_select, args.timesteps, args.taps,
         dense=not args.no_dense, n_dense_train=args.n_dense_train, n_dense_test=args.n_dense_test,
-        seed=args.seed, progress=not args.no_progress,
+        candidates=args.candidates, seed=args.seed, progress=not args.no_progress,
     )
     report["wall_s"] = round(time.perf_counter() - start, 1)
     out = Path(args.out)
@@ -241,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     _validation_data_args(va)
     va.add_argument("--n-select", type=int, default=64, help="unlabeled images used by selection")
     va.add_argument("--no-dense", action="store_true", help="skip the dense (segmentation) probe")
+    va.add_argument("--candidates", action="store_true",
+                    help="also score the candidate criteria (2-D ratios, effective rank) in an extra, untimed run")
     va.add_argument("--n-dense-train", type=int, default=100)
     va.add_argument("--n-dense-test", type=int, default=100)
     va.add_argument("--out", default="aselect_validation")

@@ -368,7 +368,7 @@ def run_validation(
     n_dense_train: int = 100,
     n_dense_test: int = 100,
     dense_taps: str = "block_out",
-    candidates: bool = True,
+    candidates: bool = False,
     seed: int = 0,
     progress: bool = True,
 ) -> tuple[dict, SelectionResult, ProbeGrid, ProbeGrid | None]:

@@ -201,3 +201,23 @@ def test_tap_sets_split_every_kind():
         assert sets["all"] == names
         for kind in ("query", "attn_out", "mlp_out", "mlp_hidden", "block_out"):
             assert sets[kind] == [s.name for s in resolve_taps(model, kind)], (type(model).__name__, kind)
+
+
+def test_candidates_add_2d_ratios_and_effective_rank():
+    from aselect_kernels.reference import StatsConfig
+    from aselect_kernels.select import select_timestep
+    from aselect_kernels.validate import _with_candidates
+
+    model = tiny_dit(sample=8)
+    x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    base = select_timestep(model, x, [0, 500], "block_out", backend="torch", progress=False)
+    res = _with_candidates(base, model, x, [0, 500], "block_out", 0, False)
+    assert res.scorers == base.scorers + ["hfr_2d", "hfr_2d_centered", "erank"]
+    np.testing.assert_array_equal(res.mean[..., : len(base.scorers)], base.mean)
+    two_d = select_timestep(model, x, [0, 500], "block_out", scorer="hfr", extra_scorers=["hfr_centered"],
+                            config=StatsConfig(hfr_dims=2), backend="torch", progress=False)
+    for name, col in (("hfr_2d", "hfr"), ("hfr_2d_centered", "hfr_centered")):
+        np.testing.assert_allclose(res.mean[..., res.scorers.index(name)], two_d.mean[..., two_d.scorers.index(col)],
+                                   rtol=1e-6)
+    erank = res.mean[..., res.scorers.index("erank")]
+    assert np.all((erank >= 1) & (erank <= 16)) and res.directions["erank"] == "max"
