@@ -49,7 +49,7 @@ def _selection_args(p: argparse.ArgumentParser, default_taps: str) -> None:
     p.add_argument("--timesteps", default=DEMO_TIMESTEPS,
                    help="comma list of ints and start:stop:step ranges (stop exclusive), e.g. 0,10,25,50:1000:50")
     p.add_argument("--taps", default=default_taps,
-                   help="preset (query, attn_out, mlp_out, block_out, all, attn_mlp; ':9' picks blocks) "
+                   help="preset (query, attn_out, mlp_hidden, mlp_out, block_out, all, attn_mlp; ':9' picks blocks) "
                         "or comma-separated module paths")
     p.add_argument("--scorer", default=DEFAULT_SCORER, choices=[s.name for s in list_scorers()])
     p.add_argument("--direction", choices=("max", "min"), help="override the scorer's selection direction")
@@ -168,12 +168,11 @@ def cmd_probe(args: argparse.Namespace) -> None:
     import json
 
     from .model import load_model
-    from .validate import DEFAULT_N_TEST, _model_input, load_dataset, probe_grid
+    from .validate import _model_input, load_dataset, probe_grid
 
     device = _device(args.device)
     model = load_model(args.model, device=device)
-    n_test = args.n_test if args.n_test is not None else DEFAULT_N_TEST[args.dataset]
-    (utr, ytr), (ute, yte), k = load_dataset(args.dataset, args.n_train, n_test, args.seed)
+    (utr, ytr), (ute, yte), k = load_dataset(args.dataset, args.n_train, args.n_test, args.seed)
     grid = probe_grid(model, (_model_input(utr, device), ytr), (_model_input(ute, device), yte), args.timesteps,
                       args.taps, k, seed=args.seed, progress=not args.no_progress)
     best = divmod(int(grid.metric.argmax()), len(grid.taps))

@@ -275,10 +275,12 @@ def compare(selection: SelectionResult, grid: ProbeGrid, tap_sets: dict[str, lis
 def _add_intervals(grid: ProbeGrid, best: dict, rows: list[dict]) -> None:
     """Paired bootstrap intervals of each row's joint gap, and of the best cell's margin over the raw pixels."""
     assert grid.correct is not None and grid.floor_correct is not None
-    cell = {(t, tap): grid.correct[ti, pi] for ti, t in enumerate(grid.timesteps) for pi, tap in enumerate(grid.taps)}
-    ref = cell[(best["t"], best["tap"])]
+    def cell(t: int, tap: str) -> np.ndarray:
+        return grid.correct[grid.timesteps.index(t), grid.taps.index(tap)]
+
+    ref = cell(best["t"], best["tap"])
     picked = [r for r in rows if r["joint"]["t"] is not None]
-    others = np.stack([cell[(r["joint"]["t"], r["joint"]["tap"])] for r in picked] + [grid.floor_correct])
+    others = np.stack([cell(r["joint"]["t"], r["joint"]["tap"]) for r in picked] + [grid.floor_correct])
     ci = paired_bootstrap_ci(ref, others)
     for r, (lo, hi) in zip(picked, ci[:-1], strict=True):
         r["joint"]["gap_ci95"] = [float(lo), float(hi)]
@@ -319,14 +321,17 @@ def plot_validation(selection: SelectionResult, grid: ProbeGrid, path: str, scor
     plt.close(fig)
 
 
-def load_dataset(name: str, n_train: int, n_test: int, seed: int = 0
+def load_dataset(name: str, n_train: int, n_test: int | None = None, seed: int = 0
                  ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor], int]:
     """``((uint8 train [N, 28, 28], labels), (uint8 test, labels), num_classes)`` of a real offline dataset.
 
     ``fashion``: the Fashion-MNIST images shipped in the package (train and test splits).
     ``digits``: scikit-learn's 8 x 8 handwritten digits (0..16), resized bilinearly to 28 x 28 and scaled to
     0..255; a seeded stratified-by-shuffle split (the DiT never saw them: transfer without retraining).
+    ``n_test=None`` takes :data:`DEFAULT_N_TEST` of the dataset.
     """
+    if n_test is None:
+        n_test = DEFAULT_N_TEST.get(name, 500)
     if name == "fashion":
         from .data import load_embedded_images
 
@@ -383,9 +388,8 @@ def run_validation(
     from .select import select_timestep
 
     device, _ = model_device_dtype(model)
-    if n_test is None:
-        n_test = DEFAULT_N_TEST.get(dataset, 500)
     (utr, ytr), (ute, yte), k = load_dataset(dataset, n_train, n_test, seed)
+    n_test = len(yte)
     if n_select > n_train:
         raise ValueError(f"n_select {n_select} exceeds the training images {n_train}")
     xtr, xte = _model_input(utr, device), _model_input(ute, device)
