@@ -57,7 +57,8 @@ def select_timestep(
         extra_scorers: more scorers for the table; every registered statistic scorer is included by default.
         noise: ``"ddpm"``, ``"flow"`` or a :class:`Noiser` wrapping a diffusers scheduler.
         config: frequency settings of the statistics (cutoff, 1-D/2-D, grid).
-        backend: ``"auto"`` (fused Triton kernel on CUDA, reference on CPU), ``"triton"`` or ``"torch"``.
+        backend: ``"auto"`` (fused Triton kernel on CUDA, its PyTorch twin ``"matmul"`` on CPU), ``"triton"``,
+            ``"matmul"`` or ``"torch"`` (the reference).
         chunk_size / memory_budget: samples per forward, or the bytes a chunk may use.
     """
     primary = get_scorer(scorer)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -124,11 +124,13 @@ def probe_grid(
     seed: int = 0,
     chunk_size: int | None = None,
     progress: bool = True,
+    on_fit: Callable[[int, int], None] | None = None,
 ) -> ProbeGrid:
     """Linear-probe top-1 accuracy of pooled features for every (t, tap), and the raw-pixel floor.
 
     ``train``/``test`` are ``(images [N, ...] in the model's range on its device, labels [N])``.  Train and test
-    images are run together (one batched run); features are the token mean of each tap.
+    images are run together (one batched run); features are the token mean of each tap.  ``on_fit(done, total)``
+    is called after each probe fit (the raw-pixel floor is the last).
     """
     (xtr, ytr), (xte, yte) = train, test
     start = time.perf_counter()
@@ -136,14 +138,19 @@ def probe_grid(
                                    conditioning=conditioning, seed=seed, chunk_size=chunk_size, progress=progress)
     names = list(feats)
     ts = parse_timesteps(timesteps)
-    n = xtr.shape[0]
+    n, dev = xtr.shape[0], xtr.device  # probes are fitted on the model's device
     correct = np.zeros((len(ts), len(names), xte.shape[0]), dtype=bool)
+    total = len(names) * len(ts) + 1
     for p, name in enumerate(names):
         f = feats[name]  # [N, T, C]
         for ti in range(len(ts)):
-            correct[ti, p] = linear_probe_correct(f[:n, ti], ytr.cpu(), f[n:, ti], yte.cpu(), num_classes).numpy()
-    floor_correct = linear_probe_correct(xtr.flatten(1).cpu(), ytr.cpu(), xte.flatten(1).cpu(), yte.cpu(),
-                                         num_classes).numpy()
+            feat = f[:, ti].to(dev)
+            correct[ti, p] = linear_probe_correct(feat[:n], ytr, feat[n:], yte, num_classes).numpy()
+            if on_fit is not None:
+                on_fit(p * len(ts) + ti + 1, total)
+    floor_correct = linear_probe_correct(xtr.flatten(1), ytr, xte.flatten(1), yte, num_classes).numpy()
+    if on_fit is not None:
+        on_fit(total, total)
     return ProbeGrid(ts, names, correct.mean(-1), "accuracy", float(floor_correct.mean()), info.samples,
                      time.perf_counter() - start, correct=correct, floor_correct=floor_correct)
 
@@ -170,18 +177,18 @@ def dense_probe_grid(
     feats, info = capture_features(model, torch.cat([xtr, xte]), timesteps, taps, pool=False, noise=noise,
                                    seed=seed, chunk_size=chunk_size, progress=progress)
     ts = parse_timesteps(timesteps)
-    n = xtr.shape[0]
+    n, dev = xtr.shape[0], xtr.device
     k = num_classes + 1
     ttr, tte = dense_target(utr, ytr), dense_target(ute, yte)
     miou = np.zeros((len(ts), len(feats)))
     for p, name in enumerate(feats):
         tokens = feats[name]  # [N, T, L, C]
         for ti in range(len(ts)):
-            grid = tokens_to_grid(tokens[:, ti])
+            grid = tokens_to_grid(tokens[:, ti]).to(dev)
             miou[ti, p] = dense_probe_miou(grid[:n], ttr, grid[n:], tte, k)
     h, w = grid.shape[2:]
     pixels = xtr.shape[-1] // w
-    raw = torch.cat([xtr, xte]).cpu().float()
+    raw = torch.cat([xtr, xte]).float()
     raw_grid = torch.nn.functional.pixel_unshuffle(raw, pixels)  # [N, C*p*p, h, w]: each patch's pixels
     floor = dense_probe_miou(raw_grid[:n], ttr, raw_grid[n:], tte, k)
     return ProbeGrid(ts, list(feats), miou, "mIoU", floor, info.samples, time.perf_counter() - start)
@@ -396,8 +403,11 @@ def run_validation(
     start = time.perf_counter()
     selection = select_timestep(model, xtr[:n_select], timesteps, taps, seed=seed, progress=progress)
     select_s = time.perf_counter() - start
+    candidates_s = 0.0
     if candidates:
+        start = time.perf_counter()
         selection = _with_candidates(selection, model, xtr[:n_select], timesteps, taps, seed, progress)
+        candidates_s = time.perf_counter() - start
     grid = probe_grid(model, (xtr, ytr), (xte, yte), timesteps, taps, k, seed=seed, progress=progress)
     report: dict = {
         "dataset": dataset, "n_train": n_train, "n_test": n_test, "n_select": n_select, "timesteps": timesteps,
@@ -405,7 +415,8 @@ def run_validation(
         "cost": {"select_wall_s": round(select_s, 3), "select_forward_samples": selection.meta["samples"],
                  "grid_wall_s": round(grid.wall_s, 3), "grid_forward_samples": grid.forward_samples,
                  "wall_ratio": grid.wall_s / select_s,
-                 "forward_ratio": grid.forward_samples / selection.meta["samples"]},
+                 "forward_ratio": grid.forward_samples / selection.meta["samples"],
+                 "candidates_wall_s": round(candidates_s, 3)},
         "classification": {"grid": grid.to_dict(), **compare(selection, grid, _tap_sets(selection.taps))},
     }
     dgrid = None

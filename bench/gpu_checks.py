@@ -290,7 +290,7 @@ def run_compile(device: torch.device) -> dict[str, Any]:
         res["stat_path"], backend = "TapSet(backend='auto') -> torch.ops.aselect.sample_stats", "inductor"
     else:  # the CPU "auto" path is the eager reference (not one graph): trace the custom op's CPU kernel instead
         stat_fn = _op_stats
-        res["stat_path"], backend = "torch.ops.aselect.sample_stats (CPU reference kernel)", "eager"
+        res["stat_path"], backend = "torch.ops.aselect.sample_stats (CPU kernel: matmul_stats)", "eager"
     res["compile_backend"] = backend
 
     def scored(tapset: TapSet) -> dict[str, torch.Tensor]:
@@ -345,6 +345,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     mode.add_argument("--smoke", action="store_true", help="CPU subset under TRITON_INTERPRET=1")
     mode.add_argument("--sanitizer", action="store_true", help="short GPU subset, for compute-sanitizer")
     parser.add_argument("--skip-compile", action="store_true")
+    parser.add_argument("--sections", default="accuracy,determinism,compile",
+                        help="comma list of accuracy, determinism, compile")
     args = parser.parse_args(argv)
     run_mode = "smoke" if args.smoke else "sanitizer" if args.sanitizer else "full"
     if args.smoke:
@@ -367,6 +369,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     if run_mode != "sanitizer" and not args.skip_compile:
         sections.append(("compile", lambda: run_compile(device)))
+    wanted = {name.strip() for name in args.sections.split(",")}
+    sections = [(name, fn) for name, fn in sections if name in wanted]
     failed: list[str] = []
     for name, fn in sections:
         try:

@@ -2,10 +2,10 @@
 # Every GPU check and benchmark of aselect_kernels in ONE command, for a device session.
 #
 # From the device tool (one call; the repo root is the working directory there):
-#     run(command="bash bench/run_all_gpu.sh", timeout_s=540, carry=[".whl"])
+#     run(command="bash bench/run_all_gpu.sh", timeout_s=595, carry=[".whl"])
 # carry [".whl"] only if diffusers wheels were prepared (see below); without them the forward benchmark uses the
 # self-contained plain DiT-XL/2 of bench/bench_stats.py and says so in its JSON.  The whole run is held to
-# RUN_ALL_BUDGET_S (default 480 s) by per-step timeouts; expected wall time on an H100 is about 4-6 minutes.
+# RUN_ALL_BUDGET_S (default 570 s) by per-step timeouts; expected wall time on an H100 is about 4-6 minutes.
 #
 # Steps (each guarded: a failure or timeout is recorded and the next step still runs; every step writes its JSON
 # as it goes, so a step cut short keeps what it measured):
@@ -16,8 +16,10 @@
 #                                                                 DiT-XL/2 scored forward, targets
 #   3. pytest bench (benchmarks)    -> $OUT/pytest_bench.json
 #   4. compute-sanitizer memcheck over gpu_checks.py --sanitizer -> $OUT/sanitizer.log (ERROR SUMMARY line)
+#   5. bench/gpu_validate.py        -> $OUT/gpu_validate.json    selection vs exhaustive probe grid, wall time on
+#                                                                 the GPU (issue 4), whatever budget is left
 #   then $OUT/steps.json (rc and seconds per step) and a short summary printed last; $OUT/run_all.log holds it all.
-# $OUT is the device tool's output folder; elsewhere the results go to bench/results.  At most 6 files land in
+# $OUT is the device tool's output folder; elsewhere the results go to bench/results.  At most 7 files land in
 # $OUT (the tool returns at most 8).
 #
 # Preparing the diffusers wheels (here, once; .whl/ is gitignored and must stay under ~40 MB):
@@ -36,7 +38,7 @@ cd "$(dirname "$0")/.." || exit 2
 OUT="${OUT:-bench/results}"
 mkdir -p "$OUT"
 PY="${PYTHON:-python3}"
-BUDGET="${RUN_ALL_BUDGET_S:-480}"
+BUDGET="${RUN_ALL_BUDGET_S:-570}"
 DEADLINE=$((SECONDS + BUDGET))
 STEPS="$(mktemp)"
 export PYTHONUNBUFFERED=1
@@ -95,9 +97,9 @@ else:
     print("NO CUDA DEVICE VISIBLE")
 EOF
 
-    run_step gpu_checks 170 210 "$PY" bench/gpu_checks.py --out "$OUT/gpu_checks.json"
-    run_step bench_stats 240 100 "$PY" bench/bench_stats.py --out "$OUT"
-    run_step pytest_bench 100 50 "$PY" -m pytest bench -q -p no:cacheprovider \
+    run_step gpu_checks 170 300 "$PY" bench/gpu_checks.py --out "$OUT/gpu_checks.json"
+    run_step bench_stats 240 190 "$PY" bench/bench_stats.py --out "$OUT"
+    run_step pytest_bench 100 140 "$PY" -m pytest bench -q -p no:cacheprovider \
         --benchmark-json="$OUT/pytest_bench.json" --benchmark-columns=min,median,max,rounds
 
     local cs
@@ -105,7 +107,7 @@ EOF
         /usr/local/cuda*/bin/compute-sanitizer /opt/nvidia/*/compute-sanitizer 2>/dev/null | head -n 1)"
     if [[ -n "$cs" ]]; then
         # no caching allocator: every tensor its own cudaMalloc, so an out-of-bounds access cannot hide in a pool
-        run_step sanitizer 100 0 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$cs" --tool memcheck --print-limit 20 \
+        run_step sanitizer 100 90 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$cs" --tool memcheck --print-limit 20 \
             --error-exitcode 3 --log-file "$OUT/sanitizer.log" \
             "$PY" bench/gpu_checks.py --sanitizer --out /tmp/gpu_checks_sanitizer.json
         grep -h "ERROR SUMMARY" "$OUT/sanitizer.log" || echo "sanitizer: no ERROR SUMMARY line (see sanitizer.log)"
@@ -113,6 +115,8 @@ EOF
         echo "=== [sanitizer] compute-sanitizer not found"
         printf 'sanitizer\tnot-found\t0\n' >>"$STEPS"
     fi
+
+    run_step gpu_validate 400 0 "$PY" bench/gpu_validate.py --out "$OUT"
 
     OUT="$OUT" STEPS="$STEPS" "$PY" - <<'EOF'
 import glob, json, os
@@ -130,7 +134,7 @@ try:
           gc.get("compile", {}).get("explain"))
 except Exception as exc:
     print("gpu_checks: no result:", exc)
-skip = {"gpu_checks.json", "pytest_bench.json", "steps.json"}
+skip = {"gpu_checks.json", "pytest_bench.json", "steps.json", "gpu_validate.json"}
 for path in sorted(p for p in glob.glob(os.path.join(out, "*.json")) if os.path.basename(p) not in skip):
     r = json.load(open(path))
     print(f"bench {os.path.basename(path)}: {r['env'].get('device')}, torch {r['env']['torch']}, "
@@ -152,6 +156,11 @@ for path in sorted(p for p in glob.glob(os.path.join(out, "*.json")) if os.path.
         state = {True: "MET", False: "MISSED", None: "n/a"}[t["met"]]
         value = "-" if t["value"] is None else f"{t['value']:.2f}"
         print(f"  target {name:22} {t['target']:>7} value {value:>8} {state}")
+try:
+    gv = json.load(open(os.path.join(out, "gpu_validate.json")))
+    print("gpu_validate:", {k: v.get("wall_s") for k, v in gv["steps"].items()}, "ratios", gv.get("ratios"))
+except Exception as exc:
+    print("gpu_validate: no result:", exc)
 try:
     pb = json.load(open(os.path.join(out, "pytest_bench.json")))
     for b in pb.get("benchmarks", []):

@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=None, help="samples per iteration (default 128; smoke 4)")
     parser.add_argument("--chunk", type=int, default=None, help="samples per forward (default: the whole batch)")
     parser.add_argument("--model", choices=("auto", "diffusers", "plain"), default="auto")
-    parser.add_argument("--backend", choices=("auto", "triton", "torch"), default=None,
+    parser.add_argument("--backend", choices=("auto", "triton", "matmul", "torch"), default=None,
                         help="statistics backend of the taps (default auto; smoke triton)")
     args = parser.parse_args(argv)
     if args.smoke:

@@ -14,11 +14,13 @@ import warnings
 
 import pytest
 import torch
+from stats_checks import assert_stats_close, ref64, tolerance
 
 from aselect_kernels import stats
 from aselect_kernels.frequency import CutoffWarning, band_counts
 from aselect_kernels.ops import custom_op
-from aselect_kernels.reference import STAT_NAMES, StatsConfig, reference_stats
+from aselect_kernels.ops.matmul_stats import matmul_stats
+from aselect_kernels.reference import StatsConfig, reference_stats
 
 fused = pytest.importorskip("aselect_kernels.ops.fused_stats", reason="triton is not installed")
 fused_stats = fused.fused_stats
@@ -29,46 +31,6 @@ if not fused.INTERPRET and not torch.cuda.is_available():
 DEVICE = torch.device("cpu") if fused.INTERPRET else torch.device("cuda")
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-#: fp32 unit roundoff: every sum in the kernel accumulates in fp32.
-U32 = 2.0**-24
-#: Relative error of the rounded low-frequency basis per input dtype: fp32 rounds B to 24 bits; fp16/bf16 split
-#: it into hi + lo halves of the input dtype (about 22 and 16 bits).  E_low is quadratic in B, hence the factor 4.
-BASIS_ERR = {torch.float32: 4 * 2.0**-24, torch.float16: 4 * 2.0**-21, torch.bfloat16: 4 * 2.0**-16}
-
-
-def tolerance(dtype: torch.dtype, length: int, channels: int) -> float:
-    """Relative tolerance: the basis error plus fp32 accumulation error over the L*C terms of a sample.
-
-    Blocked (tile-then-sum) reductions grow like sqrt(n) u in practice; 8 sqrt(n) u leaves a margin of about 10
-    over the errors observed, and stays far below what a wrong formula gives (1e-3 or more).
-    """
-    return BASIS_ERR[dtype] + 8 * U32 * math.sqrt(length * channels)
-
-
-def ref64(x: torch.Tensor, config: StatsConfig) -> torch.Tensor:
-    return reference_stats(x.cpu().double(), config, torch.float64)
-
-
-def assert_stats_close(out: torch.Tensor, ref: torch.Tensor, x: torch.Tensor, rtol: float) -> None:
-    """``|out - ref| <= rtol * scale`` per entry, NaN where the reference is NaN.
-
-    The scale is ``|ref|``, except for ``mean`` (which can be ~0 while its terms are not: scaled by the RMS of the
-    sample) and ``chan_entropy`` (an absolute quantity in nats: at least 1).
-    """
-    assert out.dtype == torch.float32 and out.shape == ref.shape == (x.shape[0], len(STAT_NAMES))
-    out, x = out.double().cpu(), x.cpu()
-    assert torch.equal(out.isnan(), ref.isnan()), f"NaN pattern differs:\n{out}\n{ref}"
-    scale = ref.abs().clone()
-    scale[:, 0] = torch.maximum(scale[:, 0], x.double().square().mean(dim=(1, 2)).sqrt())
-    scale[:, 3] = scale[:, 3].clamp(min=1.0)
-    err = (out - ref).abs()
-    bad = (err > rtol * scale + 1e-12) & ~ref.isnan()
-    assert not bad.any(), (
-        f"stats {[STAT_NAMES[j] for j in bad.nonzero()[:, 1].unique().tolist()]} off (rtol {rtol:.2e}):\n"
-        f"kernel {out}\nreference {ref}\nrelative error {err / scale}"
-    )
-
 
 def randn(shape: tuple[int, ...], dtype: torch.dtype, seed: int, offset: float = 0.0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
@@ -208,14 +170,15 @@ def test_invalid_inputs() -> None:
 # --- the custom op -------------------------------------------------------------------------------------------
 
 
-def test_custom_op_cpu_is_reference() -> None:
+def test_custom_op_cpu_is_the_pytorch_twin() -> None:
     config = StatsConfig(cutoff=0.4, hfr_dims=2, grid=(6, 8))
     x = randn((3, 48, 20), torch.float32, seed=1).cpu()
     args = custom_op.config_to_args(config)
     assert custom_op.config_from_args(*args) == config
     assert custom_op.config_from_args(*custom_op.config_to_args(StatsConfig())) == StatsConfig()
     out = torch.ops.aselect.sample_stats(x, *args)
-    assert torch.equal(out, reference_stats(x, config))
+    assert torch.equal(out, matmul_stats(x, config))
+    assert_stats_close(out, ref64(x, config), x, tolerance(torch.float32, 48, 20))
     torch.library.opcheck(torch.ops.aselect.sample_stats.default, (x, *args))
     if DEVICE.type == "cuda":  # the CUDA kernel registration is the fused kernel
         assert torch.equal(torch.ops.aselect.sample_stats(x.to(DEVICE), *args), fused_stats(x.to(DEVICE), config))
@@ -250,9 +213,9 @@ def test_compute_stats_backends() -> None:
     ref32 = reference_stats(x, config)
     assert torch.equal(stats.compute_stats(x, config, backend="torch"), ref32)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # "auto" is silent: the reference on a CPU, the kernel on a GPU
+        warnings.simplefilter("error")  # "auto" is silent: the PyTorch twin on a CPU, the kernel on a GPU
         auto = stats.compute_stats(x, config)
-    assert torch.equal(auto, ref32 if DEVICE.type == "cpu" else fused_stats(x, config))
+    assert torch.equal(auto, matmul_stats(x, config) if DEVICE.type == "cpu" else fused_stats(x, config))
     out = stats.compute_stats(x, config, backend="triton")  # on a CPU tensor: the interpreted kernel
     assert torch.equal(out, fused_stats(x, config))
     assert_stats_close(out, ref64(x, config), x, tolerance(torch.bfloat16, 49, 24))
@@ -290,3 +253,16 @@ def test_auto_fallback_warns_once(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.warns(RuntimeWarning, match="not importable"):
         out = stats.compute_stats(x32)
     assert torch.equal(out, reference_stats(x32))
+
+
+def test_auto_backend_on_the_gpu_path_compiles_without_graph_break(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``compute_stats(backend="auto")`` on a (simulated) CUDA tensor inside ``torch.compile``: no Python-level
+    availability probe may run while tracing (torch 2.11 cannot trace ``importlib.util.find_spec``: a graph break
+    on the GPU).  The probe is replaced by a function Dynamo must not trace, so any call to it breaks the graph."""
+    monkeypatch.setattr(stats, "_on_gpu", lambda x: True)
+    monkeypatch.setattr(stats, "triton_available", torch.compiler.disable(lambda: True))
+    torch._dynamo.reset()
+    x = randn((2, 49, 16), torch.float32, seed=3).cpu()
+    compiled = torch.compile(lambda z: stats.compute_stats(z * 2.0), fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(x), matmul_stats(x * 2.0))
+    torch._dynamo.reset()

@@ -179,8 +179,10 @@ def test_probe_grids_on_a_tiny_dit():
     u8 = (torch.rand(24, 8, 8, generator=gen) * 60).to(torch.uint8)
     u8[labels == 1, 2:6, 2:6] = 220  # class 1 has a bright square
     x = (u8.float() / 127.5 - 1)[:, None]
+    fits: list[tuple[int, int]] = []
     grid = probe_grid(model, (x[:16], labels[:16]), (x[16:], labels[16:]), [0, 500], "block_out", 2,
-                      chunk_size=16, progress=False)
+                      chunk_size=16, progress=False, on_fit=lambda done, total: fits.append((done, total)))
+    assert fits == [(i, 5) for i in range(1, 6)]  # 2 t x 2 taps, then the raw-pixel floor
     assert grid.metric.shape == (2, 2) and grid.forward_samples == 48
     assert grid.floor == 1.0 and grid.metric[0].max() >= 0.75
     assert grid.correct.shape == (2, 2, 8) and np.array_equal(grid.correct.mean(-1), grid.metric)

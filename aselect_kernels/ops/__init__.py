@@ -1,1 +1,2 @@
-"""Kernels: the fused Triton statistics kernel (``fused_stats``) and the ``aselect::sample_stats`` custom op."""
+"""Kernels: the fused Triton statistics kernel (``fused_stats``), its PyTorch twin for the CPU (``matmul_stats``)
+and the ``aselect::sample_stats`` custom op."""

@@ -1,15 +1,16 @@
 """``torch.ops.aselect.sample_stats``: the statistics as a PyTorch custom op, so ``torch.compile`` keeps one graph.
 
-CPU tensors run the reference (float32); CUDA tensors run the fused Triton kernel.  The grid travels as two
-ints, ``(0, 0)`` meaning ``None`` (square grid inferred in 2-D).  Importing this module registers the op; it
-needs no Triton until a CUDA tensor is scored.
+CPU tensors run :func:`~aselect_kernels.ops.matmul_stats.matmul_stats` (float32); CUDA tensors run the fused
+Triton kernel.  The grid travels as two ints, ``(0, 0)`` meaning ``None`` (square grid inferred in 2-D).
+Importing this module registers the op; it needs no Triton until a CUDA tensor is scored.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..reference import STAT_NAMES, StatsConfig, reference_stats
+from ..reference import STAT_NAMES, StatsConfig
+from .matmul_stats import matmul_stats
 
 
 def config_from_args(cutoff: float, hfr_dims: int, grid_h: int, grid_w: int) -> StatsConfig:
@@ -26,8 +27,8 @@ def config_to_args(config: StatsConfig) -> tuple[float, int, int, int]:
 
 @torch.library.custom_op("aselect::sample_stats", mutates_args=(), device_types="cpu")
 def sample_stats(x: torch.Tensor, cutoff: float, hfr_dims: int, grid_h: int, grid_w: int) -> torch.Tensor:
-    """Per-sample statistics ``[N, 6]`` float32 of a tapped tensor ``x`` ``[N, L, C]`` (reference on CPU)."""
-    return reference_stats(x, config_from_args(cutoff, hfr_dims, grid_h, grid_w), compute_dtype=torch.float32)
+    """Per-sample statistics ``[N, 6]`` float32 of a tapped tensor ``x`` ``[N, L, C]`` (the PyTorch twin on CPU)."""
+    return matmul_stats(x, config_from_args(cutoff, hfr_dims, grid_h, grid_w))
 
 
 @sample_stats.register_kernel("cuda")

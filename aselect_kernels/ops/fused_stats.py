@@ -74,6 +74,8 @@ INTERPRET: bool = os.environ.get("TRITON_INTERPRET", "0") == "1"
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 _NUM_PARTIALS = 4  # sum x, sum M2, sum L mu^2, E_low
+#: Warps of the main kernel on a GPU (the block sweep's best on both swept shapes; 8 was 1.7-2.8x slower).
+NUM_WARPS = 4
 _DEFAULT_CONFIG = StatsConfig()
 
 
@@ -251,12 +253,15 @@ def _clamp_pow2(n: int, lo: int, hi: int) -> int:
 def block_sizes(length: int, channels: int, k: int) -> tuple[int, int, int]:
     """``(BLOCK_L, BLOCK_C, BLOCK_K)`` for a shape: a function of ``(L, C, K)`` only, never of ``N``.
 
-    Under the interpreter, large tiles and few programs (its cost is per operation, not per element);
-    on a GPU, register-friendly tiles (untuned; no autotune, whose pick could vary from run to run).
+    Under the interpreter, large tiles and few programs (its cost is per operation, not per element).  On a GPU,
+    the best of the block sweep ``bench/block_sweep.py`` on an H100 (``bench/results/``; 4 warps, see
+    :data:`NUM_WARPS`): 64-token tiles, 128 channels per program for wide taps (DiT-XL/2's 1152: 139 us against
+    387 us for the former 32 x 128 with 8 warps) and 32 for narrow ones (the embedded model's 96: 123 us against
+    287 us).  No autotune, whose pick could vary from run to run.
     """
     if INTERPRET:
         return _clamp_pow2(length, 16, 64), _clamp_pow2(channels, 16, 256), _clamp_pow2(k, 16, 64)
-    return _clamp_pow2(length, 16, 32), _clamp_pow2(channels, 16, 128), _clamp_pow2(k, 16, 64)
+    return _clamp_pow2(length, 16, 64), 128 if channels >= 512 else 32, _clamp_pow2(k, 16, 64)
 
 
 @lru_cache(maxsize=32)
@@ -283,12 +288,13 @@ def _basis(
 
 def fused_stats(
     x: torch.Tensor, config: StatsConfig = _DEFAULT_CONFIG, *, block_l: int | None = None,
-    block_c: int | None = None, block_k: int | None = None,
+    block_c: int | None = None, block_k: int | None = None, num_warps: int | None = None,
 ) -> torch.Tensor:
     """All statistics of :data:`STAT_NAMES` for each sample of ``x`` ``[N, L, C]`` -> ``[N, 6]`` float32.
 
     ``x`` is fp32, fp16 or bf16, on a CUDA device (or on the CPU under ``TRITON_INTERPRET=1``), with any
-    strides.  ``block_*`` override the block sizes (tests and benchmarks; powers of two, at least 16).
+    strides.  ``block_*`` override the block sizes (tests and benchmarks; powers of two, at least 16), ``num_warps``
+    the warps of the main kernel on a GPU.
     """
     check_features(x)
     if x.dtype not in KERNEL_DTYPES:
@@ -313,7 +319,7 @@ def fused_stats(
     part = torch.empty(n, num_cb, _NUM_PARTIALS, dtype=torch.float32, device=x.device)
     ent = torch.empty(n, num_cb, 3, length, dtype=torch.float32, device=x.device)
     out = torch.empty(n, len(STAT_NAMES), dtype=torch.float32, device=x.device)
-    gpu = {} if INTERPRET else {"num_warps": 8 if bc * bl >= 4096 else 4}
+    gpu = {} if INTERPRET else {"num_warps": num_warps or NUM_WARPS}
     with torch.cuda.device(x.device) if x.is_cuda else nullcontext():
         _sample_stats_kernel[(n, num_cb)](
             x, basis_hi, basis_lo, rowsum, part, ent,

@@ -54,6 +54,7 @@ def targets(fashion: dict) -> list[str]:
     pgap = best["metric"] - ptriv["metric"]  # the preset's trivial pick against the best cell of the whole grid
     rnd = rep["trivial"]["random"]["joint"]["gap"]
     c = fashion["cost"]
+    default_s = fashion["wall_s"] - c.get("candidates_wall_s", 0.0)  # the candidate pass is opt-in, not default
     vs = best.get("vs_floor", {})
     ci = f", 95% CI [{vs['ci95'][0]:+.2f}, {vs['ci95'][1]:+.2f}]" if vs else ""
     rows = [
@@ -72,8 +73,9 @@ def targets(fashion: dict) -> list[str]:
          f"**{c['forward_ratio']:.1f}×** fewer forward samples ({c['select_forward_samples']} vs "
          f"{c['grid_forward_samples']}); **{c['wall_ratio']:.1f}×** less CPU wall time ({c['select_wall_s']:.1f} s vs "
          f"{c['grid_wall_s']:.1f} s)", c["forward_ratio"] >= 20 and c["wall_ratio"] >= 20),
-        ("`aselect validate` on CPU at the default size < 20 min", f"{fashion['wall_s']:.0f} s",
-         fashion["wall_s"] < 1200),
+        ("`aselect validate` on CPU at the default size < 20 min",
+         f"{default_s:.0f} s without the opt-in candidate pass ({fashion['wall_s']:.0f} s with it, of which "
+         f"{c.get('candidates_wall_s', 0):.0f} s)", default_s < 1200),
     ]
     out = ["| target (Fashion-MNIST, embedded model) | measured | status |", "|---|---|---|"]
     out += [f"| {name} | {value} | {'met' if ok else '**missed**'} |" for name, value, ok in rows]

@@ -1,0 +1,112 @@
+"""The compute of selection against the exhaustive probe grid on a GPU: ``aselect validate``'s two sides, timed.
+
+``python bench/gpu_validate.py --out DIR [--dataset fashion]``
+
+On the embedded model (fp32, CUDA) and the shipped Fashion-MNIST images, at ``aselect validate``'s defaults
+(1000 train / 1000 test images for the grid, 64 for selection, the 22 timesteps of ``VALIDATION_TIMESTEPS``,
+all 30 taps), in this order:
+
+1. ``selection_cold``: the first ``select_timestep`` call of the process, so it includes the Triton JIT of the
+   fused kernel (what a user's first call pays);
+2. ``selection_warm``: the same call again (kernels compiled and cached);
+3. ``grid``: :func:`~aselect_kernels.validate.probe_grid`, the features of 2000 images at every (t, tap) and a
+   logistic-regression probe per cell, fitted on the GPU; its progress (fits done, seconds) is saved after every
+   fit, so a run cut short still says how far it got;
+4. the picks of :func:`~aselect_kernels.validate.compare` for the default scorer, and the wall-time ratios.
+
+``DIR/gpu_validate.json`` is rewritten after every step.  Forward-sample counts are the same as on the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from aselect_kernels.model import load_embedded  # noqa: E402
+from aselect_kernels.select import select_timestep  # noqa: E402
+from aselect_kernels.validate import VALIDATION_TIMESTEPS, _model_input, _tap_sets, compare, load_dataset, probe_grid  # noqa: E402
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--dataset", default="fashion", choices=("fashion", "digits"))
+    parser.add_argument("--n-train", type=int, default=1000)
+    parser.add_argument("--n-test", type=int, default=None, help="default: the dataset's DEFAULT_N_TEST")
+    parser.add_argument("--n-select", type=int, default=64)
+    parser.add_argument("--timesteps", default=VALIDATION_TIMESTEPS)
+    parser.add_argument("--taps", default="all")
+    parser.add_argument("--device", default="cuda")
+    args = parser.parse_args(argv)
+    t_start = time.perf_counter()
+    device = torch.device(args.device)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "gpu_validate.json"
+    res: dict = {"env": {"python": platform.python_version(), "torch": torch.__version__,
+                         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                         "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+                         "tf32_cudnn": torch.backends.cudnn.allow_tf32},
+                 "config": {k: str(v) for k, v in vars(args).items()}, "steps": {}}
+
+    def save() -> None:
+        res["elapsed_s"] = round(time.perf_counter() - t_start, 2)
+        path.write_text(json.dumps(res, indent=1))
+
+    model = load_embedded(device=device)
+    (utr, ytr), (ute, yte), k = load_dataset(args.dataset, args.n_train, args.n_test, 0)
+    xtr, xte = _model_input(utr, device), _model_input(ute, device)
+    res["config"]["n_test"] = len(yte)
+    selection = None
+    for step in ("selection_cold", "selection_warm"):
+        _sync()
+        start = time.perf_counter()
+        selection = select_timestep(model, xtr[:args.n_select], args.timesteps, args.taps, progress=False)
+        _sync()
+        res["steps"][step] = {"wall_s": round(time.perf_counter() - start, 4),
+                              "forward_s": round(selection.meta["forward_s"], 4),
+                              "samples": selection.meta["samples"], "chunk_size": selection.meta["chunk_size"],
+                              "backend": selection.meta["backend"]}
+        print(f"{step}: {res['steps'][step]}", flush=True)
+        save()
+
+    grid_start = time.perf_counter()
+    res["steps"]["grid"] = {"done": 0, "total": None}
+
+    def on_fit(done: int, total: int) -> None:
+        res["steps"]["grid"].update(done=done, total=total, wall_s=round(time.perf_counter() - grid_start, 2))
+        if done % 30 == 0 or done == total:
+            print(f"grid: {done}/{total} fits, {res['steps']['grid']['wall_s']} s", flush=True)
+            save()
+
+    grid = probe_grid(model, (xtr, ytr), (xte, yte), args.timesteps, args.taps, k, progress=False, on_fit=on_fit)
+    res["steps"]["grid"].update(wall_s=round(grid.wall_s, 3), forward_samples=grid.forward_samples,
+                                best_metric=float(grid.metric.max()), raw_pixel_floor=grid.floor)
+    cls = compare(selection, grid, _tap_sets(selection.taps))
+    picks = {}
+    for set_name, block in cls["tap_sets"].items():
+        row = block["scorers"]["token_var:max"]
+        picks[set_name] = {"best": block["best"], "token_var_max": row["joint"]}
+    warm, cold = res["steps"]["selection_warm"]["wall_s"], res["steps"]["selection_cold"]["wall_s"]
+    res["ratios"] = {"wall_warm": grid.wall_s / warm, "wall_cold": grid.wall_s / cold,
+                     "forward": grid.forward_samples / res["steps"]["selection_warm"]["samples"]}
+    res["picks"] = picks
+    save()
+    print(json.dumps({"ratios": res["ratios"], "picks": picks}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
