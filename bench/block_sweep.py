@@ -27,7 +27,9 @@ from aselect_kernels.ops.fused_stats import NUM_WARPS, block_sizes, fused_stats 
 from aselect_kernels.reference import StatsConfig  # noqa: E402
 
 CASES = [("xl_n128_bf16_1d", 128, 256, 1152, torch.bfloat16, StatsConfig()),
-         ("emb_n1024_fp32_1d", 1024, 196, 96, torch.float32, StatsConfig())]
+         ("emb_n1024_fp32_1d", 1024, 196, 96, torch.float32, StatsConfig()),
+         ("xl_n128_bf16_2d", 128, 256, 1152, torch.bfloat16, StatsConfig(hfr_dims=2, grid=(16, 16))),
+         ("emb_hidden_n1024_fp32_1d", 1024, 196, 384, torch.float32, StatsConfig())]
 BLOCK_L = (16, 32, 64)
 BLOCK_C = (32, 64, 128, 256)
 WARPS = (4, 8)
@@ -55,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         count = max(2, math.ceil(3 * l2 / nbytes))
         g = torch.Generator(device="cuda").manual_seed(n + c)
         xs = [(torch.randn(n, length, c, device="cuda", generator=g) * 1.5 + 0.5).to(dtype) for _ in range(count)]
-        k = low_frequency_basis(length, None, config.cutoff).shape[0]
+        k = low_frequency_basis(length, config.resolve_grid(length), config.cutoff).shape[0]
         default = block_sizes(length, c, k)
         ref = fused_stats(xs[0], config)
         rows = []

@@ -16,10 +16,12 @@
 #                                                                 DiT-XL/2 scored forward, targets
 #   3. pytest bench (benchmarks)    -> $OUT/pytest_bench.json
 #   4. compute-sanitizer memcheck over gpu_checks.py --sanitizer -> $OUT/sanitizer.log (ERROR SUMMARY line)
-#   5. bench/gpu_validate.py        -> $OUT/gpu_validate.json    selection vs exhaustive probe grid, wall time on
-#                                                                 the GPU (issue 4), whatever budget is left
+#   5. bench/block_sweep.py         -> $OUT/block_sweep.json     block sizes x warps of the kernel, 4 shapes
+#   6. ncu on the tap kernels of python/profile_scored_forward.py -> $OUT/ncu_tap_kernel.csv (details page)
+#   7. only with RUN_GPU_VALIDATE=1: bench/gpu_validate.py -> $OUT/gpu_validate.json, selection vs the exhaustive
+#      probe grid timed on the GPU (the grid alone needs about 505 s on an H100: give it its own call)
 #   then $OUT/steps.json (rc and seconds per step) and a short summary printed last; $OUT/run_all.log holds it all.
-# $OUT is the device tool's output folder; elsewhere the results go to bench/results.  At most 7 files land in
+# $OUT is the device tool's output folder; elsewhere the results go to bench/results.  At most 8 files land in
 # $OUT (the tool returns at most 8).
 #
 # Preparing the diffusers wheels (here, once; .whl/ is gitignored and must stay under ~40 MB):
@@ -97,9 +99,9 @@ else:
     print("NO CUDA DEVICE VISIBLE")
 EOF
 
-    run_step gpu_checks 170 300 "$PY" bench/gpu_checks.py --out "$OUT/gpu_checks.json"
-    run_step bench_stats 240 190 "$PY" bench/bench_stats.py --out "$OUT"
-    run_step pytest_bench 100 140 "$PY" -m pytest bench -q -p no:cacheprovider \
+    run_step gpu_checks 170 330 "$PY" bench/gpu_checks.py --out "$OUT/gpu_checks.json"
+    run_step bench_stats 240 250 "$PY" bench/bench_stats.py --out "$OUT"
+    run_step pytest_bench 100 210 "$PY" -m pytest bench -q -p no:cacheprovider \
         --benchmark-json="$OUT/pytest_bench.json" --benchmark-columns=min,median,max,rounds
 
     local cs
@@ -107,7 +109,7 @@ EOF
         /usr/local/cuda*/bin/compute-sanitizer /opt/nvidia/*/compute-sanitizer 2>/dev/null | head -n 1)"
     if [[ -n "$cs" ]]; then
         # no caching allocator: every tensor its own cudaMalloc, so an out-of-bounds access cannot hide in a pool
-        run_step sanitizer 100 90 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$cs" --tool memcheck --print-limit 20 \
+        run_step sanitizer 100 170 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$cs" --tool memcheck --print-limit 20 \
             --error-exitcode 3 --log-file "$OUT/sanitizer.log" \
             "$PY" bench/gpu_checks.py --sanitizer --out /tmp/gpu_checks_sanitizer.json
         grep -h "ERROR SUMMARY" "$OUT/sanitizer.log" || echo "sanitizer: no ERROR SUMMARY line (see sanitizer.log)"
@@ -116,7 +118,24 @@ EOF
         printf 'sanitizer\tnot-found\t0\n' >>"$STEPS"
     fi
 
-    run_step gpu_validate 400 0 "$PY" bench/gpu_validate.py --out "$OUT"
+    run_step block_sweep 150 80 "$PY" bench/block_sweep.py --out "$OUT"
+
+    local ncu
+    ncu="$(command -v ncu || ls /usr/local/cuda/bin/ncu /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu \
+        2>/dev/null | head -n 1)"
+    if [[ -n "$ncu" ]]; then
+        # the fused kernel inside the DiT-XL/2 forward's tap ranges (see python/profile_scored_forward.py)
+        run_step ncu 120 0 "$ncu" --nvtx --nvtx-include "aselect.tap/" --set full --clock-control none \
+            -k regex:_sample_stats_kernel --launch-count 2 --csv --page details --log-file "$OUT/ncu_tap_kernel.csv" \
+            "$PY" python/profile_scored_forward.py --iters 1
+    else
+        echo "=== [ncu] Nsight Compute not found"
+        printf 'ncu\tnot-found\t0\n' >>"$STEPS"
+    fi
+
+    if [[ "${RUN_GPU_VALIDATE:-0}" == 1 ]]; then
+        run_step gpu_validate 590 0 "$PY" bench/gpu_validate.py --out "$OUT"
+    fi
 
     OUT="$OUT" STEPS="$STEPS" "$PY" - <<'EOF'
 import glob, json, os
