@@ -3,7 +3,8 @@
 ``python bench/block_sweep.py --out DIR``: for each case, every ``(BLOCK_L, BLOCK_C, num_warps)`` of the grid
 below is checked against the default blocks' output (fp32 accumulation, so only summation order differs) and
 timed with ``triton.testing.do_bench`` (median; it flushes the L2 before each call, and the input rotates among
-buffers that together exceed 3x the L2).  Writes ``DIR/block_sweep.json`` after each case.
+buffers that together exceed 3x the L2).  Writes ``DIR/block_sweep.json`` after each case.  It shares the
+L2 and rotation helpers of ``bench_stats.py``, so diffusers must import (``run_all_gpu.sh`` installs the wheels).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -21,6 +21,9 @@ import triton
 import triton.testing
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_stats import l2_bytes, rotation_count  # noqa: E402
 
 from aselect_kernels.frequency import low_frequency_basis  # noqa: E402
 from aselect_kernels.ops.fused_stats import NUM_WARPS, block_sizes, fused_stats  # noqa: E402
@@ -49,12 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
-    props = torch.cuda.get_device_properties(0)
-    l2 = getattr(props, "L2_cache_size", 0) or 50 << 20
-    res: dict = {"device": props.name, "triton": triton.__version__, "torch": torch.__version__, "cases": {}}
+    device = torch.device("cuda", torch.cuda.current_device())
+    res: dict = {"device": torch.cuda.get_device_name(device), "l2_bytes": l2_bytes(device),
+                 "triton": triton.__version__, "torch": torch.__version__, "cases": {}}
     for name, n, length, c, dtype, config in CASES:
         nbytes = n * length * c * torch.empty((), dtype=dtype).element_size()
-        count = max(2, math.ceil(3 * l2 / nbytes))
+        count = rotation_count(nbytes, device, smoke=False)
         g = torch.Generator(device="cuda").manual_seed(n + c)
         xs = [(torch.randn(n, length, c, device="cuda", generator=g) * 1.5 + 0.5).to(dtype) for _ in range(count)]
         k = low_frequency_basis(length, config.resolve_grid(length), config.cutoff).shape[0]

@@ -32,10 +32,11 @@ _DEFAULT_CONFIG = StatsConfig()
 
 
 @lru_cache(maxsize=64)
-def _basis(length: int, grid: tuple[int, int] | None, cutoff: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(B fp32 [K, L], rowsum(B fp32) computed in fp64 then rounded [K])`` on the CPU."""
+def _basis(length: int, grid: tuple[int, int] | None, cutoff: float,
+           device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B fp32 [K, L], rowsum(B fp32) computed in fp64 then rounded [K])`` on ``device``."""
     basis = low_frequency_basis(length, grid, cutoff, dtype=torch.float32)
-    return basis, basis.double().sum(dim=1).float()
+    return basis.to(device), basis.double().sum(dim=1).float().to(device)
 
 
 def _block_stats(x: torch.Tensor, basis: torch.Tensor, rowsum: torch.Tensor) -> torch.Tensor:
@@ -45,7 +46,8 @@ def _block_stats(x: torch.Tensor, basis: torch.Tensor, rowsum: torch.Tensor) -> 
     d = x - shift
     a = d.sum(dim=1)  # [n, C]
     m2 = (d * d).sum(dim=1) - a * a / length
-    mu = shift[:, 0, :] + a / length
+    mu_off = a / length  # mu_c - k_c
+    mu = shift[:, 0, :] + mu_off
     sum_x = (length * mu).sum(dim=1)
     sum_m2 = m2.sum(dim=1)
     sum_dc = (length * mu * mu).sum(dim=1)  # sum_c L mu_c^2
@@ -62,7 +64,7 @@ def _block_stats(x: torch.Tensor, basis: torch.Tensor, rowsum: torch.Tensor) -> 
 
     if basis.shape[0]:
         proj = torch.matmul(basis, d)  # [n, K, C]: B (x - k)
-        proj = proj - rowsum[None, :, None] * (mu - shift[:, 0, :])[:, None, :]  # B (x - mu), exact leak removed
+        proj = proj - rowsum[None, :, None] * mu_off[:, None, :]  # B (x - mu), exact leak removed
         e_low = (proj * proj).sum(dim=(1, 2))
     else:
         e_low = torch.zeros_like(sum_m2)
@@ -82,7 +84,7 @@ def matmul_stats(x: torch.Tensor, config: StatsConfig = _DEFAULT_CONFIG) -> torc
     n, length, channels = x.shape
     grid = config.resolve_grid(length)
     warn_if_degenerate(length, grid, config.cutoff)
-    basis, rowsum = (b.to(x.device) for b in _basis(length, grid, float(config.cutoff)))
+    basis, rowsum = _basis(length, grid, float(config.cutoff), x.device)
     block = max(1, BLOCK_BYTES // (4 * length * channels))
     out = torch.empty(n, 6, dtype=torch.float32, device=x.device)
     with torch.no_grad():
