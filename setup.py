@@ -25,7 +25,7 @@ setup(
     ],
     extras_require={
         "triton": ["triton>=3.6"],
-        "test": ["pytest", "pytest-benchmark", "scipy", "ruff"],
+        "test": ["pytest", "pytest-benchmark", "scipy", "ruff", "hypothesis"],
     },
     entry_points={"console_scripts": ["aselect=aselect_kernels.cli:main"]},
 )

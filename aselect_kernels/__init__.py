@@ -15,3 +15,16 @@ __all__ = [
     "reference_stats", "register_scorer", "resolve_taps", "run_multi_timestep", "select_timestep",
 ]
 __version__ = "0.1.0"
+
+#: Loaders exported lazily (importing them loads diffusers' model classes): name -> defining module.
+_LAZY = {"load_embedded": "model", "load_model": "model", "load_embedded_images": "data", "load_images": "data",
+         "to_model_range": "data"}
+__all__ += list(_LAZY)
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

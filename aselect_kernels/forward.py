@@ -8,7 +8,10 @@ into rows ``j`` of their buffers, so the result does not depend on how the run i
 from __future__ import annotations
 
 import inspect
+import math
+import numbers
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -49,14 +52,42 @@ def model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     return torch.device("cpu"), torch.float32
 
 
+#: Where :func:`null_class` looks for the class count of a class-conditional model, in order.
+NULL_CLASS_SOURCES = ("config.num_embeds_ada_norm", "config.num_classes", "y_embedder.num_classes", "num_classes")
+
+
 def null_class(model: nn.Module) -> int | None:
-    """DiT's null (unconditional) class id: ``num_embeds_ada_norm`` of a diffusers class-conditional DiT, or
-    ``y_embedder.num_classes`` of a facebookresearch-style DiT (its extra CFG row)."""
-    cfg = getattr(model, "config", None)
-    n = getattr(cfg, "num_embeds_ada_norm", None) if cfg is not None else None
-    if n is None:
-        n = getattr(getattr(model, "y_embedder", None), "num_classes", None)
-    return int(n) if n is not None else None
+    """The null (unconditional) class id: the class count, whose extra row is the CFG null class. Read from the
+    first of :data:`NULL_CLASS_SOURCES` the model has: ``num_embeds_ada_norm`` of a diffusers class-conditional
+    DiT, ``y_embedder.num_classes`` of a facebookresearch-style DiT, or a ``num_classes`` attribute."""
+    for source in NULL_CLASS_SOURCES:
+        value: object = model
+        for name in source.split("."):
+            value = getattr(value, name, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def check_class_labels(model: nn.Module, labels: torch.Tensor | None, n_images: int) -> None:
+    """Raise a clear error for class labels the model cannot embed: not an integer tensor ``[B]`` or ``[1]``, or
+    outside ``[0, null class]`` when the null class is known."""
+    if labels is None:
+        return
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"class_labels must be an integer tensor [B], got {type(labels).__name__}")
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool or labels.dim() != 1:
+        raise TypeError(f"class_labels must be an integer tensor [B], got {labels.dtype} of shape "
+                        f"{tuple(labels.shape)}")
+    if labels.shape[0] not in (1, n_images):
+        raise ValueError(f"class_labels has batch {labels.shape[0]}, expected 1 or the number of images {n_images}")
+    nc = null_class(model)
+    if nc is not None and labels.numel() and not labels.is_meta:
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0 or hi > nc:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"class label {bad} out of range: {type(model).__name__} has classes 0..{nc - 1} "
+                             f"and the null class {nc}")
 
 
 def _per_image(value: torch.Tensor | None, b: torch.Tensor, name: str, n_images: int) -> torch.Tensor | None:
@@ -77,7 +108,10 @@ def default_call(model: nn.Module, x_t: torch.Tensor, t_model: torch.Tensor, b: 
     if labels is None and ("class_labels" in params or "y" in params):
         nc = null_class(model)
         if nc is None:
-            raise ValueError("the model takes class labels but none were given and it has no null class")
+            raise ValueError(
+                f"{type(model).__name__} takes class labels but none were given and no null class was found (looked "
+                f"for {', '.join(NULL_CLASS_SOURCES)}): pass Conditioning(class_labels=torch.full((B,), k)) with "
+                "your model's null (unconditional) class id k, or real labels")
         labels = torch.full((x_t.shape[0],), nc, dtype=torch.long, device=x_t.device)
     kwargs = dict(cond.model_kwargs)
     if "hidden_states" in params:
@@ -141,6 +175,86 @@ def plan_chunk_size(total: int, sample_bytes: int, device: torch.device, memory_
     return max(1, min(total, memory_budget // max(sample_bytes, 1)))
 
 
+def check_chunk_size(chunk_size: object) -> int | None:
+    """``chunk_size`` as a positive int (integral floats such as ``64.0`` accepted), or ``None``."""
+    if chunk_size is None:
+        return None
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Real) or (
+            not math.isfinite(chunk_size) or chunk_size != int(chunk_size)):
+        raise TypeError(f"chunk_size must be a whole number of samples, got {chunk_size!r}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    return int(chunk_size)
+
+
+def check_memory_budget(memory_budget: object) -> int | None:
+    """``memory_budget`` in bytes as a positive int (a float such as ``2.5e5`` is floored), or ``None`` (the
+    default budget).  0 and negative budgets are refused."""
+    if memory_budget is None:
+        return None
+    if isinstance(memory_budget, bool) or not isinstance(memory_budget, numbers.Real) or not math.isfinite(
+            memory_budget):
+        raise TypeError(f"memory_budget must be a number of bytes, got {memory_budget!r}")
+    if memory_budget < 1:
+        raise ValueError(f"memory budget must be at least 1 byte, got {memory_budget}")
+    return int(memory_budget)
+
+
+#: Input range of a model, set by the loader of a model with a fixed input contract (the embedded DiT: [-1, 1]).
+INPUT_RANGE_ATTR = "aselect_input_range"
+#: How far outside the declared input range an image may reach before a warning (noise and resizing overshoot).
+INPUT_RANGE_SLACK = 0.1
+
+
+def _expected_channels(model: nn.Module) -> int | None:
+    """Input channels of an image model: ``config.in_channels`` of a diffusers model with a ``sample_size``, or the
+    patch embedding convolution of a plain DiT (``x_embedder`` or ``x_embedder.proj``)."""
+    cfg = getattr(model, "config", None)
+    if cfg is not None and getattr(cfg, "sample_size", None) is not None:
+        c = getattr(cfg, "in_channels", None)
+        return int(c) if isinstance(c, int) else None
+    embed = getattr(model, "x_embedder", None)
+    conv = embed if isinstance(embed, nn.Conv2d) else getattr(embed, "proj", None)
+    return conv.in_channels if isinstance(conv, nn.Conv2d) else None
+
+
+def check_images(model: nn.Module, images: object, device: torch.device, warn_range: bool = True) -> None:
+    """Raise an error naming the problem if ``images`` cannot be the clean inputs of ``model``; warn when they lie
+    visibly outside the model's declared input range (:data:`INPUT_RANGE_ATTR`)."""
+    if not isinstance(images, torch.Tensor):
+        hint = " (stack them: torch.stack(list) or torch.as_tensor(array))" if isinstance(images, (list, tuple)) else ""
+        raise TypeError(f"images must be a torch.Tensor [B, ...] of clean model inputs, got {type(images).__name__}"
+                        f"{hint}")
+    if images.dim() < 2:
+        raise ValueError(f"images must be a batch [B, ...] of clean model inputs, got shape {tuple(images.shape)}")
+    if images.shape[0] == 0:
+        raise ValueError(f"images is an empty batch (shape {tuple(images.shape)}): give at least one image")
+    if device.type == "meta":
+        raise ValueError(f"{type(model).__name__}'s parameters are on the meta device (no weights loaded): load or "
+                         "materialize the model first (e.g. model.to_empty(device='cpu') and load its weights)")
+    if not images.is_floating_point():
+        raise TypeError(f"images must be floating point (scaled to the model's range), got {images.dtype}")
+    if images.is_meta:
+        raise ValueError(f"images are meta tensors (shape only, no data) but the model is on {device}: give real "
+                         "images")
+    if images.device != device:
+        raise ValueError(f"images are on {images.device} but the model is on {device}: move one of them")
+    channels = _expected_channels(model)
+    if channels is not None and (images.dim() != 4 or images.shape[1] != channels):
+        hint = " (add the channel axis: images[:, None])" if images.dim() == 3 and channels == 1 else ""
+        raise ValueError(f"{type(model).__name__} takes images [B, {channels}, H, W], got shape "
+                         f"{tuple(images.shape)}{hint}")
+    if not torch.isfinite(images).all():
+        raise ValueError("images contain NaN or Inf")
+    bounds = getattr(model, INPUT_RANGE_ATTR, None)
+    if warn_range and bounds is not None:
+        lo, hi = float(images.min()), float(images.max())
+        if lo < bounds[0] - INPUT_RANGE_SLACK or hi > bounds[1] + INPUT_RANGE_SLACK:
+            warnings.warn(f"images span [{lo:.3g}, {hi:.3g}] but {type(model).__name__} takes inputs in "
+                          f"[{bounds[0]:g}, {bounds[1]:g}] (uint8 pixels map there with "
+                          "aselect_kernels.to_model_range)", UserWarning, stacklevel=3)
+
+
 @dataclass
 class RunInfo:
     """What a multi-timestep run did: samples, chunks, chunk size and wall time."""
@@ -177,16 +291,12 @@ def run_multi_timestep(
         call: ``call(model, x_t, t_model, image_index, conditioning, n_images)``, default :func:`default_call`.
     """
     device, dtype = model_device_dtype(model)
-    if not isinstance(images, torch.Tensor) or images.dim() < 2:
-        raise ValueError("images must be a tensor [B, ...] of clean model inputs")
-    if not images.is_floating_point():
-        raise TypeError(f"images must be floating point (scaled to the model's range), got {images.dtype}")
-    if images.device != device:
-        raise ValueError(f"images are on {images.device} but the model is on {device}: move one of them")
-    if not torch.isfinite(images).all():
-        raise ValueError("images contain NaN or Inf")
+    check_images(model, images, device)
+    chunk_size = check_chunk_size(chunk_size)
+    memory_budget = check_memory_budget(memory_budget)
     ts = noiser.check(timesteps)
     cond = conditioning or Conditioning()
+    check_class_labels(model, cond.class_labels, images.shape[0])
     call = call or default_call
     n_img, n_t = images.shape[0], len(ts)
     total = n_img * n_t
@@ -210,8 +320,6 @@ def run_multi_timestep(
         probe = torch.zeros(1, dtype=torch.long, device=device)
         sample_bytes = estimate_sample_bytes(model, probe, forward)
         chunk_size = plan_chunk_size(total, sample_bytes, device, memory_budget)
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     starts = range(0, total, chunk_size)
     bar = None
     if progress and len(starts) > 1:

@@ -17,6 +17,7 @@ A frequency is *high* when ``r > cutoff`` and *low* otherwise (DC, ``r = 0``, is
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from functools import lru_cache
 
@@ -30,11 +31,25 @@ class CutoffWarning(UserWarning):
     """The cutoff leaves too few frequencies on one side for the ratio to mean much."""
 
 
+def check_grid_pair(grid: object) -> tuple[int, int]:
+    """``grid`` as ``(h, w)``: two positive integers (integral values of any integer type; floats and bools are
+    refused, never truncated)."""
+    try:
+        h, w = grid  # type: ignore[misc]
+    except (TypeError, ValueError):
+        raise ValueError(f"grid must be a pair (h, w) of positive ints, got {grid!r}") from None
+    if not all(isinstance(g, numbers.Integral) and not isinstance(g, bool) and g >= 1 for g in (h, w)):
+        raise ValueError(f"grid must be a pair (h, w) of positive ints, got {grid!r}")
+    return int(h), int(w)
+
+
 def check_grid(length: int, dims: int, grid: tuple[int, int] | None) -> tuple[int, int] | None:
     """Validate ``dims`` / ``grid`` against the token count and return the grid used (``None`` in 1-D)."""
-    if dims not in (1, 2):
+    if dims not in (1, 2) or isinstance(dims, bool):
         raise ValueError(f"hfr_dims must be 1 or 2, got {dims!r}")
     if dims == 1:
+        if grid is not None:
+            raise ValueError(f"grid={grid} is used only by 2-D frequencies (hfr_dims=2)")
         return None
     if grid is None:
         side = math.isqrt(length)
@@ -43,8 +58,8 @@ def check_grid(length: int, dims: int, grid: tuple[int, int] | None) -> tuple[in
                 f"2-D frequencies need a patch grid: L={length} tokens is not a square, pass grid=(h, w)"
             )
         return (side, side)
-    h, w = (int(g) for g in grid)
-    if h < 1 or w < 1 or h * w != length:
+    h, w = check_grid_pair(grid)
+    if h * w != length:
         raise ValueError(f"grid h*w must equal the token count L: got grid=({h}, {w}), L={length}")
     return (h, w)
 

@@ -15,6 +15,10 @@ from typing import Any
 import torch
 from diffusers import DiTTransformer2DModel
 
+from .forward import INPUT_RANGE_ATTR
+
+#: Value range of the embedded model's inputs (pixels scaled from [0, 255]).
+INPUT_RANGE = (-1.0, 1.0)
 #: Number of Fashion-MNIST classes.
 NUM_CLASSES = 10
 #: Index of diffusers' unconditional ("null") label row, appended after the real classes.
@@ -67,7 +71,11 @@ def _has_weights(folder: Path) -> bool:
 
 
 def load_embedded(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> DiTTransformer2DModel:
-    """Load the shipped Fashion-MNIST DiT from ``aselect_kernels/assets/model`` in eval mode."""
+    """Load the shipped Fashion-MNIST DiT from ``aselect_kernels/assets/model`` in eval mode.
+
+    Its input contract: clean images ``[B, 1, 28, 28]`` in :data:`INPUT_RANGE` (``[-1, 1]``; uint8 pixels map there
+    with :func:`aselect_kernels.data.to_model_range`), class labels 0..9 or none (the null class 10).
+    """
     if not _has_weights(EMBEDDED_DIR):
         raise FileNotFoundError(
             f"embedded model weights not found in {EMBEDDED_DIR} (expected config.json and "
@@ -75,6 +83,7 @@ def load_embedded(device: str | torch.device = "cpu", dtype: torch.dtype = torch
             f"aselect_kernels.train.train('{EMBEDDED_DIR}')"
         )
     model = DiTTransformer2DModel.from_pretrained(str(EMBEDDED_DIR), torch_dtype=dtype)
+    setattr(model, INPUT_RANGE_ATTR, INPUT_RANGE)  # selection warns about inputs visibly outside it
     return model.to(device).eval()
 
 

@@ -16,37 +16,72 @@ code's "1000 - t".  :func:`timestep_from_index` converts for any scheduler.
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 NOISE_FAMILIES = ("ddpm", "flow")
 
 
+_INT_TEXT = re.compile(r"^[+-]?\d+$")
+
+
+def as_timestep(value: object) -> int:
+    """One timestep as an int: Python/NumPy integers, integral floats and 0-d integral tensors; bools, fractional
+    values and anything else raise (a timestep is never rounded)."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise TypeError(f"a timestep must be a single integer, got a tensor of shape {tuple(value.shape)}")
+        value = value.item()
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"a timestep must be an integer, got the bool {value!r}")
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        if not math.isfinite(value) or value != int(value):
+            raise ValueError(f"timesteps are integers, got {value!r}")
+        return int(value)
+    if isinstance(value, str) and _INT_TEXT.match(value.strip()):
+        return int(value.strip())
+    raise TypeError(f"a timestep must be an integer, got {type(value).__name__} {value!r}")
+
+
 def parse_timesteps(spec: str | Sequence[int] | torch.Tensor) -> list[int]:
     """Parse a comma list whose items are ints or ``start:stop[:step]`` ranges (stop exclusive), e.g.
-    ``"0:1000:50"``, ``"10,50,100"`` or ``"0,10,25,50:1000:50"``; or a sequence of ints.  Order is kept."""
+    ``"0:1000:50"``, ``"10,50,100"`` or ``"0,10,25,50:1000:50"``; or a sequence of ints (integral floats are
+    accepted, fractions and bools are not).  Returns the timesteps **sorted ascending**, so tables and plots
+    always run from clean to noisy; a duplicate is an error (:meth:`Noiser.check`)."""
+    if spec is None:
+        raise TypeError("timesteps must be a string like '0:1000:50' or a sequence of ints, got None")
     if isinstance(spec, str):
         values = []
-        try:
-            for item in (p.strip() for p in spec.split(",")):
-                if not item:
-                    continue
-                if ":" in item:
-                    parts = [int(p) for p in item.split(":")]
-                    if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] <= 0):
-                        raise ValueError
-                    values += list(range(*parts))
-                else:
-                    values.append(int(item))
-        except ValueError:
-            raise ValueError(f"cannot parse timesteps {spec!r}: use start:stop:step, a comma list, or both") from None
+        for item in (p.strip() for p in spec.split(",")):
+            if not item:
+                continue
+            parts = item.split(":")
+            if not all(_INT_TEXT.match(p.strip()) for p in parts) or len(parts) > 3 or (
+                    len(parts) == 3 and int(parts[2]) <= 0):
+                raise ValueError(f"cannot parse timesteps {spec!r} at {item!r}: use start:stop:step (step > 0), "
+                                 "a comma list of integers, or both")
+            values += list(range(*map(int, parts))) if len(parts) > 1 else [int(parts[0])]
+    elif isinstance(spec, torch.Tensor) and spec.dim() == 0:
+        values = [as_timestep(spec)]
+    elif isinstance(spec, (int, float, np.integer, np.floating, bool, np.bool_)):
+        values = [as_timestep(spec)]
     else:
-        values = [int(v) for v in (spec.tolist() if isinstance(spec, torch.Tensor) else spec)]
+        try:
+            items = spec.tolist() if isinstance(spec, (torch.Tensor, np.ndarray)) else list(spec)
+        except TypeError:
+            raise TypeError(f"timesteps must be a string like '0:1000:50' or a sequence of ints, "
+                            f"got {type(spec).__name__}") from None
+        values = [as_timestep(v) for v in items]
     if not values:
         raise ValueError(f"timesteps {spec!r} give an empty list")
-    return values
+    return sorted(values)
 
 
 @dataclass
@@ -86,8 +121,8 @@ class Noiser:
         return 0, t_max
 
     def check(self, timesteps: Sequence[int]) -> list[int]:
-        """Validate a candidate list: non-empty, integers, in range, no duplicates."""
-        ts = [int(t) for t in timesteps]
+        """Validate a candidate list: non-empty, integers (never rounded), in range, no duplicates; order kept."""
+        ts = [as_timestep(t) for t in timesteps]
         if not ts:
             raise ValueError("the timestep list is empty")
         lo, hi = self.t_range

@@ -24,7 +24,8 @@ A tapped tensor ``X`` has shape ``[N, L, C]``: N samples (images x timesteps), L
     :math:`E_{total}=L\sum_c\sum_l(x_{lc}-\mu_c)^2`.
 
 The two ratios behave differently: on the embedded Fashion-MNIST DiT, ``hfr`` falls with t while
-``hfr_centered`` rises.  A sample whose ``E_total`` is 0 gets NaN (and is flagged by the scorer).
+``hfr_centered`` rises.  A sample whose ``E_total`` is 0 gets NaN (and is flagged by the scorer); so does the
+``hfr_centered`` of a sample constant across tokens (``token_var`` 0), exactly, on every backend.
 
 Statistics are computed in float32 by default (``compute_dtype=torch.float64`` for tests), whatever the
 input dtype (fp32, fp16, bf16).
@@ -32,12 +33,14 @@ input dtype (fp32, fp16, bf16).
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
 
-from .frequency import check_grid, high_frequency_mask, warn_if_degenerate
+from .frequency import check_grid, check_grid_pair, high_frequency_mask, warn_if_degenerate
 
 #: Every statistic, in the order of the columns of a stats tensor ``[N, len(STAT_NAMES)]``.
 STAT_NAMES: tuple[str, ...] = ("mean", "mean_sq", "token_var", "chan_entropy", "hfr", "hfr_centered")
@@ -52,7 +55,8 @@ class StatsConfig:
     Attributes:
         cutoff: high/low boundary as a fraction of Nyquist (A-SelecT's config: 0.15).
         hfr_dims: 1 = DFT along the token order; 2 = DFT over the ``h x w`` patch grid (radial frequency).
-        grid: ``(h, w)``; inferred as square from L when ``None`` and ``hfr_dims == 2``.
+        grid: ``(h, w)`` positive ints, only with ``hfr_dims == 2`` (an error otherwise); inferred as square
+            from L when ``None``.
     """
 
     cutoff: float = 0.15
@@ -60,10 +64,18 @@ class StatsConfig:
     grid: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
-        if not (0.0 < self.cutoff):
+        if isinstance(self.cutoff, bool) or not isinstance(self.cutoff, numbers.Real):
+            raise TypeError(f"hfr cutoff must be a number (a fraction of Nyquist), got {type(self.cutoff).__name__} "
+                            f"{self.cutoff!r}")
+        if not (math.isfinite(self.cutoff) and self.cutoff > 0.0):
             raise ValueError(f"hfr cutoff must be > 0 (a fraction of Nyquist), got {self.cutoff}")
-        if self.hfr_dims not in (1, 2):
+        if isinstance(self.hfr_dims, bool) or self.hfr_dims not in (1, 2):
             raise ValueError(f"hfr_dims must be 1 or 2, got {self.hfr_dims!r}")
+        if self.grid is not None:
+            object.__setattr__(self, "grid", check_grid_pair(self.grid))
+            if self.hfr_dims != 2:
+                raise ValueError(f"grid={self.grid} is used only by 2-D frequencies: pass hfr_dims=2, or drop the "
+                                 "grid (1-D frequencies run along the token order)")
 
     def resolve_grid(self, length: int) -> tuple[int, int] | None:
         """The grid the DFT runs over for ``length`` tokens (``None`` in 1-D); raises if h*w != L."""
@@ -139,7 +151,11 @@ def reference_stats(
     grid = config.resolve_grid(x.shape[1])
     warn_if_degenerate(x.shape[1], grid, config.cutoff)
     xf = x.to(compute_dtype)
-    mu = xf.mean(dim=1, keepdim=True)  # [N, 1, C] per-channel token mean
+    # mu_c = k_c + mean_l (x_lc - k_c) with k_c the first token: the same number in exact arithmetic, and a channel
+    # that is constant across tokens gets mu_c = k_c and x - mu = 0 exactly (token_var 0, hfr_centered NaN), in any
+    # compute dtype, as on the fast paths
+    shift = xf[:, :1, :]
+    mu = shift + (xf - shift).mean(dim=1, keepdim=True)  # [N, 1, C] per-channel token mean
     xc = xf - mu
     mean = mu.mean(dim=(1, 2))
     mean_sq = xf.square().mean(dim=(1, 2))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .noise import as_timestep
 from .scorers import Moments, pick
 
 
@@ -52,26 +53,47 @@ class SelectionResult:
             raise ValueError(f"scorer {name!r} not in this result (have {self.scorers})")
         return self.scorers.index(name)
 
-    def best_t_per_tap(self, scorer: str | None = None, direction: str | None = None) -> dict[str, int]:
-        """Best timestep of each tap under ``scorer`` (default: the primary) and ``direction`` (default: its own)."""
+    def dead_cells(self, scorer: str | None = None) -> list[tuple[int, str]]:
+        """The ``(t, tap)`` cells with no finite score under ``scorer`` (default: the primary): every sample was
+        flagged (NaN/Inf features, zero energy).  They are shown as ``dead`` and never selected."""
+        s = self._s(scorer)
+        return [(t, tap) for ti, t in enumerate(self.timesteps) for p, tap in enumerate(self.taps)
+                if self.count[ti, p, s] == 0]
+
+    def best_t_per_tap(self, scorer: str | None = None, direction: str | None = None) -> dict[str, int | None]:
+        """Best timestep of each tap under ``scorer`` (default: the primary) and ``direction`` (default: its own);
+        ``None`` for a tap whose cells are all dead (:meth:`dead_cells`)."""
         s = self._s(scorer)
         d = direction or self.directions[self.scorers[s]]
-        return {tap: self.timesteps[pick(self.mean[:, p, s], d)] for p, tap in enumerate(self.taps)}
+        out: dict[str, int | None] = {}
+        for p, tap in enumerate(self.taps):
+            column = self.mean[:, p, s]
+            out[tap] = self.timesteps[pick(column, d)] if np.isfinite(column).any() else None
+        return out
 
     def best(self, scorer: str | None = None, direction: str | None = None) -> tuple[int, str]:
-        """The best (t, tap) over the whole table for one scorer."""
+        """The best (t, tap) over the live cells of the whole table for one scorer; raises ``ValueError`` when every
+        cell is dead."""
         s = self._s(scorer)
         d = direction or self.directions[self.scorers[s]]
+        if not np.isfinite(self.mean[:, :, s]).any():
+            raise ValueError(f"no (t, tap) to select under {self.scorers[s]!r}: every cell is dead (all "
+                             f"{int(self.flagged[:, :, s].sum())} sample scores were flagged as NaN or Inf)")
         flat = pick(self.mean[:, :, s], d)
         ti, p = divmod(flat, len(self.taps))
         return self.timesteps[ti], self.taps[p]
+
+    def _best_or_none(self, scorer: str | None = None) -> tuple[int, str] | None:
+        s = self._s(scorer)
+        return self.best(scorer) if np.isfinite(self.mean[:, :, s]).any() else None
 
     @property
     def n_flagged(self) -> int:
         return int(self.flagged.sum())
 
     def table(self, scorer: str | None = None, max_taps: int = 8) -> str:
-        """A readable table of mean +- std over images for one scorer (taps beyond ``max_taps`` are elided)."""
+        """A readable table of mean +- std over images for one scorer (taps beyond ``max_taps`` are elided); dead
+        cells read ``dead`` and are listed below it."""
         s = self._s(scorer)
         name = self.scorers[s]
         per_tap = self.best_t_per_tap(name)
@@ -84,20 +106,26 @@ class SelectionResult:
             for tap in shown:
                 p = self.taps.index(tap)
                 mark = "*" if per_tap[tap] == t else " "
-                cells.append(f"{self.mean[ti, p, s]:.4f}+-{self.std[ti, p, s]:.3f}{mark}".rjust(width))
+                text = "dead" if self.count[ti, p, s] == 0 else f"{self.mean[ti, p, s]:.4f}+-{self.std[ti, p, s]:.3f}"
+                cells.append(f"{text}{mark}".rjust(width))
             lines.append(f"{t:>6} " + " ".join(cells))
         if len(shown) < len(self.taps):
             lines.append(f"({len(self.taps) - len(shown)} more taps not shown; * marks each tap's best t; "
                          "tbN = transformer_blocks.N)")
-        t_best, tap_best = self.best(name)
-        lines.append(f"best (t, tap): ({t_best}, {tap_best})")
+        best = self._best_or_none(name)
+        lines.append(f"best (t, tap): ({best[0]}, {best[1]})" if best else "best (t, tap): none, every cell is dead")
         if self.n_flagged:
             lines.append(f"WARNING: {self.n_flagged} non-finite sample scores were flagged and excluded")
+        dead = self.dead_cells(name)
+        if dead:
+            lines.append(f"WARNING: {len(dead)} of {len(self.timesteps) * len(self.taps)} cells are dead (every "
+                         f"sample flagged) under {name}: {_describe_cells(dead, self.timesteps)}")
         return "\n".join(lines)
 
     def _top_taps(self, s: int, k: int) -> list[str]:
         d = self.directions[self.scorers[s]]
-        best_per_tap = np.nanmax(self.mean[:, :, s], 0) if d == "max" else -np.nanmin(self.mean[:, :, s], 0)
+        signed = self.mean[:, :, s] if d == "max" else -self.mean[:, :, s]
+        best_per_tap = np.where(np.isfinite(signed), signed, -np.inf).max(0)  # a dead tap ranks last
         order = np.argsort(-best_per_tap, kind="stable")[:k]
         return [self.taps[i] for i in sorted(order)]
 
@@ -106,7 +134,9 @@ class SelectionResult:
         return {
             "timesteps": self.timesteps, "taps": self.taps, "scorers": self.scorers,
             "directions": self.directions, "primary": self.primary,
-            "best": dict(zip(("t", "tap"), self.best(), strict=True)), "best_t_per_tap": self.best_t_per_tap(),
+            "best": _cell_dict(self._best_or_none()), "best_t_per_tap": self.best_t_per_tap(),
+            "dead_cells": {name: [list(c) for c in self.dead_cells(name)] for name in self.scorers
+                           if self.dead_cells(name)},
             "count": m.count.tolist(), "total": m.total.tolist(), "total_sq": m.total_sq.tolist(),
             "flagged": m.flagged.tolist(), "mean": _nan_to_none(self.mean), "std": _nan_to_none(self.std),
             "meta": self.meta,
@@ -121,14 +151,56 @@ class SelectionResult:
 
     @classmethod
     def from_json(cls, source: str | Path) -> SelectionResult:
-        """Read a result from a JSON string or a file path."""
+        """Read a result from a JSON string or a file path; a malformed result raises ``ValueError`` naming the
+        file and the problem."""
         text = str(source)
+        where = "result JSON text"
         if not text.lstrip().startswith("{"):
-            text = Path(source).read_text()
-        d = json.loads(text)
-        moments = Moments(*(np.asarray(d[k], dtype=np.float64 if "total" in k else np.int64)
-                            for k in ("count", "total", "total_sq", "flagged")))
-        return cls(d["timesteps"], d["taps"], d["scorers"], d["directions"], moments, d["primary"], d.get("meta", {}))
+            if not text.strip():
+                raise ValueError("from_json needs a file path or JSON text, got an empty string")
+            path = Path(source)
+            if not path.is_file():
+                raise FileNotFoundError(f"no result file {str(path)!r}" + (" (a folder)" if path.is_dir() else ""))
+            where = f"result file {str(path)!r}"
+            text = path.read_text(encoding="utf-8")
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as exc:
+            state = "empty" if not text.strip() else f"not valid JSON ({exc.msg} at line {exc.lineno})"
+            raise ValueError(f"{where} is {state}: is it truncated, or not a result?") from None
+        return cls._from_dict(d, where)
+
+    @classmethod
+    def _from_dict(cls, d: object, where: str) -> SelectionResult:
+        """A result from the parsed JSON of :meth:`to_dict`, every field checked against the table's axes."""
+        keys = ("timesteps", "taps", "scorers", "directions", "primary", "count", "total", "total_sq", "flagged")
+        if not isinstance(d, dict) or any(k not in d for k in keys):
+            missing = [k for k in keys if k not in d] if isinstance(d, dict) else keys
+            raise ValueError(f"{where} is not a selection result: missing {', '.join(missing)}")
+        try:
+            timesteps = [as_timestep(t) for t in d["timesteps"]]
+            taps, scorers = [str(t) for t in d["taps"]], [str(x) for x in d["scorers"]]
+            shape = (len(timesteps), len(taps), len(scorers))
+            arrays = {k: np.asarray(d[k], dtype=np.float64) for k in ("count", "total", "total_sq", "flagged")}
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{where}: malformed field ({exc})") from None
+        for k, a in arrays.items():
+            if a.shape != shape:
+                raise ValueError(f"{where}: {k} has shape {list(a.shape)}, but {len(timesteps)} timesteps x "
+                                 f"{len(taps)} taps x {len(scorers)} scorers need {list(shape)}")
+        directions = d["directions"]
+        if not isinstance(directions, dict) or sorted(directions) != sorted(scorers) or any(
+                v not in ("max", "min") for v in directions.values()):
+            raise ValueError(f"{where}: directions must map each scorer {scorers} to 'max' or 'min'")
+        if d["primary"] not in scorers:
+            raise ValueError(f"{where}: primary scorer {d['primary']!r} is not among the scorers {scorers}")
+        for k in ("count", "flagged"):
+            a = arrays[k]
+            if not (np.isfinite(a).all() and (a >= 0).all() and (a == np.round(a)).all()):
+                raise ValueError(f"{where}: {k} must hold non-negative integers")
+        moments = Moments(arrays["count"].astype(np.int64), arrays["total"], arrays["total_sq"],
+                          arrays["flagged"].astype(np.int64))
+        return cls(timesteps, taps, scorers, dict(directions), moments, d["primary"], d.get("meta", {}))
 
     def plot(self, path: str | Path, scorer: str | None = None) -> Path:
         """A PNG of score against t, one line per tap (std band over images); the chosen (t, tap) is marked."""
@@ -141,14 +213,21 @@ class SelectionResult:
         name = self.scorers[s]
         fig, ax = plt.subplots(figsize=(9, 5.5))
         cmap = plt.get_cmap("viridis", max(len(self.taps), 2))
+        order = np.argsort(self.timesteps, kind="stable")  # lines run along t whatever order the table has
+        ts = np.asarray(self.timesteps)[order]
         for p, tap in enumerate(self.taps):
-            mu, sd = self.mean[:, p, s], self.std[:, p, s]
-            ax.plot(self.timesteps, mu, color=cmap(p), lw=1.2, label=tap if len(self.taps) <= 12 else None)
-            ax.fill_between(self.timesteps, mu - sd, mu + sd, color=cmap(p), alpha=0.08)
-        t_best, tap_best = self.best(name)
-        p = self.taps.index(tap_best)
-        ax.plot([t_best], [self.mean[self.timesteps.index(t_best), p, s]], "r*", ms=14,
-                label=f"best ({t_best}, {tap_best})")
+            mu, sd = self.mean[order, p, s], self.std[order, p, s]
+            ax.plot(ts, mu, color=cmap(p), lw=1.2, label=tap if len(self.taps) <= 12 else None)
+            ax.fill_between(ts, mu - sd, mu + sd, color=cmap(p), alpha=0.08)
+        best = self._best_or_none(name)
+        if best is not None:
+            t_best, tap_best = best
+            p = self.taps.index(tap_best)
+            ax.plot([t_best], [self.mean[self.timesteps.index(t_best), p, s]], "r*", ms=14,
+                    label=f"best ({t_best}, {tap_best})")
+        dead = self.dead_cells(name)
+        if dead:
+            ax.plot([], [], " ", label=f"{len(dead)} dead cells (every sample flagged)")
         ax.set_xlabel("t (noise from clean)")
         ax.set_ylabel(f"{name} ({self.directions[name]} is best)")
         ax.set_title(f"A-SelecT scores: {name}, {len(self.taps)} taps")
@@ -166,6 +245,21 @@ class SelectionResult:
 def _short(tap: str) -> str:
     """A tap name shortened for tables: ``transformer_blocks.3.attn1.to_q`` -> ``tb3.attn1.to_q``."""
     return tap.replace("transformer_blocks.", "tb").replace("blocks.", "b")
+
+
+def _cell_dict(cell: tuple[int, str] | None) -> dict | None:
+    return None if cell is None else {"t": cell[0], "tap": cell[1]}
+
+
+def _describe_cells(cells: list[tuple[int, str]], timesteps: list[int], limit: int = 6) -> str:
+    """Dead cells in a few words: whole taps first (``tap at every t``), then single cells, at most ``limit``."""
+    by_tap: dict[str, list[int]] = {}
+    for t, tap in cells:
+        by_tap.setdefault(tap, []).append(t)
+    parts = [f"{tap} at every t" if len(ts) == len(timesteps) else f"{tap} at t={','.join(map(str, ts))}"
+             for tap, ts in by_tap.items()]
+    more = f", and {len(parts) - limit} more taps" if len(parts) > limit else ""
+    return "; ".join(parts[:limit]) + more + " (SelectionResult.dead_cells() lists them)"
 
 
 def _nan_to_none(a: np.ndarray) -> list:

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .forward import Conditioning, RunInfo, model_device_dtype, run_multi_timestep
-from .noise import Noiser, parse_timesteps
+from .forward import Conditioning, RunInfo, check_images, model_device_dtype, run_multi_timestep
+from .noise import Noiser, as_timestep, parse_timesteps
 from .reference import STAT_NAMES, StatsConfig
 from .result import SelectionResult
 from .scorers import DEFAULT_SCORER, Moments, Scorer, get_scorer, list_scorers
@@ -59,7 +59,11 @@ def select_timestep(
         config: frequency settings of the statistics (cutoff, 1-D/2-D, grid).
         backend: ``"auto"`` (fused Triton kernel on CUDA, its PyTorch twin ``"matmul"`` on CPU), ``"triton"``,
             ``"matmul"`` or ``"torch"`` (the reference).
-        chunk_size / memory_budget: samples per forward, or the bytes a chunk may use.
+        chunk_size / memory_budget: samples per forward (a whole number), or the bytes a chunk may use (floats
+            are floored: ``2.5e5`` is 250000 bytes); both must be positive.
+
+    Timesteps are sorted ascending (see :func:`~aselect_kernels.noise.parse_timesteps`); every argument is checked
+    before the first forward.
     """
     primary = get_scorer(scorer)
     if direction is not None:
@@ -70,6 +74,7 @@ def select_timestep(
     noiser = _noiser(noise)
     ts = noiser.check(parse_timesteps(timesteps))
     specs = resolve_taps(model, taps)
+    check_images(model, images, model_device_dtype(model)[0], warn_range=False)
     n_img = images.shape[0]
     feature_fns = {s.name: s.feature_fn for s in scorers if s.feature_fn is not None}
     start = time.perf_counter()
@@ -130,6 +135,7 @@ def capture_features(
     noiser = _noiser(noise)
     ts = noiser.check(parse_timesteps(timesteps))
     specs = resolve_taps(model, taps)
+    check_images(model, images, model_device_dtype(model)[0], warn_range=False)
 
     def keep(x: torch.Tensor) -> torch.Tensor:
         return x.float().mean(1) if pool else x.reshape(x.shape[0], -1)
@@ -169,6 +175,14 @@ def extract_features(
     Returns ``(pooled [N, C], grid_features [N, C, h, w])``, float32 on the CPU.  Pooled is the mean over tokens;
     the grid is the tokens in row-major order, ``grid`` inferred as square when ``None``.
     """
+    t = as_timestep(t)
+    if not isinstance(tap, str):
+        raise TypeError(f"extract_features takes one tap name (a string), got {type(tap).__name__} {tap!r}")
+    specs = resolve_taps(model, tap)
+    if len(specs) != 1:
+        shown = ", ".join(s.name for s in specs[:3]) + (", ..." if len(specs) > 3 else "")
+        raise ValueError(f"extract_features takes one tap, but {tap!r} expands to {len(specs)} taps ({shown}): name "
+                         f"one, e.g. {specs[0].name!r}" + (f" or '{tap.split(':')[0]}:0'" if ":" not in tap else ""))
     feats, _ = capture_features(model, images, [t], [tap], pool=False, noise=noise, conditioning=conditioning,
                                 seed=seed, chunk_size=chunk_size, memory_budget=memory_budget, progress=progress,
                                 call=call)

@@ -53,7 +53,7 @@ PRESETS: dict[str, dict[str, str]] = {
         "query": "blocks.{i}.attn.qkv[q]",
         "attn_out": "blocks.{i}.attn",
         "mlp_out": "blocks.{i}.mlp",
-        "mlp_hidden": "blocks.{i}.mlp.1",
+        "mlp_hidden": "blocks.{i}.mlp.{act}",  # {act}: the activation child found in the MLP (plain_mlp_activation)
         "block_out": "blocks.{i}",
     },
 }
@@ -82,7 +82,8 @@ class TapSpec:
     def parse(cls, text: str) -> TapSpec:
         m = _SPEC.match(text.strip())
         if not m:
-            raise ValueError(f"bad tap {text!r}: use a dotted module path, optionally with @k or [q|k|v]")
+            raise ValueError(f"bad tap {text!r}: use a preset ({', '.join(preset_names())}, optionally with :blocks) "
+                             "or a dotted module path, optionally with @k or [q|k|v]")
         index = m.group("index")
         return cls(text.strip(), m.group("path"), int(index) if index is not None else None, m.group("part"))
 
@@ -131,11 +132,88 @@ def num_blocks(model: nn.Module) -> int:
     return len(blocks) if blocks is not None else 0
 
 
+#: Module types of an MLP's hidden activation (the child that ``mlp_hidden`` taps in a plain DiT).
+_ACTIVATIONS = (nn.GELU, nn.SiLU, nn.ReLU, nn.Mish, nn.Tanh, nn.Sigmoid, nn.Hardswish, nn.LeakyReLU, nn.ELU)
+
+
+def plain_mlp_activation(mlp: nn.Module, where: str) -> str:
+    """The child name of a plain DiT MLP's hidden activation: ``act`` in timm's ``Mlp`` (children ``fc1``, ``act``,
+    ``fc2``), the index of the first activation in an ``nn.Sequential`` (``1`` for Linear-GELU-Linear)."""
+    children = dict(mlp.named_children())
+    if "act" in children:
+        return "act"
+    for name, child in children.items():
+        if isinstance(child, _ACTIVATIONS):
+            return name
+    raise ValueError(
+        f"preset mlp_hidden: cannot find the hidden activation of {where} ({type(mlp).__name__} with children "
+        f"{list(children)}): expected timm's Mlp (fc1, act, fc2) or an nn.Sequential with an activation; tap it "
+        f"by path instead, e.g. '{where}.<child>'"
+    )
+
+
+def preset_names() -> list[str]:
+    """Every preset name :func:`resolve_taps` expands."""
+    return list(KINDS) + list(GROUPS)
+
+
+def _split_items(taps: str | Sequence[str]) -> list[str]:
+    """Tap items from a string or a sequence: ``"mlp_hidden,block_out"`` is two items, while ``"query:0,4"`` keeps
+    its block list (a bare integer after a comma continues the previous item's blocks)."""
+    if not isinstance(taps, str) and not all(isinstance(t, str) for t in taps):
+        raise TypeError(f"taps must be a string or a sequence of strings, got {taps!r}")
+    items: list[str] = []
+    for part in (p.strip() for text in ([taps] if isinstance(taps, str) else taps) for p in text.split(",")):
+        if not part:
+            continue
+        if part.isdigit() and items and ":" in items[-1]:
+            items[-1] += "," + part
+        else:
+            items.append(part)
+    return items
+
+
+def _expand_preset(model: nn.Module, item: str, kinds: tuple[str, ...], blocks: str) -> list[TapSpec]:
+    family = PRESETS[model_family(model)]
+    count = num_blocks(model)
+    try:
+        idx = [int(b) for b in blocks.split(",")] if blocks else list(range(count))
+    except ValueError:
+        raise ValueError(f"bad block list in tap preset {item!r}: use e.g. query:9 or all:0,4") from None
+    bad = [i for i in idx if not 0 <= i < count]
+    if bad:
+        raise ValueError(f"tap preset {item!r}: block {bad[0]} does not exist, {type(model).__name__} has {count} "
+                         f"blocks (0..{count - 1})")
+    specs = []
+    for i in idx:
+        for k in kinds:
+            template = family[k]
+            if "{act}" in template:
+                where = template.split(".{act}")[0].format(i=i)
+                template = template.replace("{act}", plain_mlp_activation(model.get_submodule(where), where))
+            specs.append(TapSpec.parse(template.format(i=i)))
+    return specs
+
+
+def _check_qkv(model: nn.Module, spec: TapSpec) -> None:
+    """``[q]``/``[k]``/``[v]`` split a fused qkv projection: refuse any other module."""
+    module = model.get_submodule(spec.path)
+    fused = isinstance(module, nn.Linear) and module.out_features % 3 == 0 and (
+        "qkv" in spec.path.rsplit(".", 1)[-1].lower() or module.out_features == 3 * module.in_features)
+    if not fused:
+        shape = f"Linear({module.in_features} -> {module.out_features})" if isinstance(module, nn.Linear) else (
+            type(module).__name__)
+        raise ValueError(
+            f"tap {spec.name!r}: [{spec.part}] takes a third of a fused qkv projection's channels, but "
+            f"{spec.path} is {shape}, not a fused qkv (an nn.Linear named *qkv* or with 3x its input width)"
+        )
+
+
 def resolve_taps(model: nn.Module, taps: str | Sequence[str]) -> list[TapSpec]:
     """Expand preset names (``query``, ``attn_out``, ``mlp_out``, ``mlp_hidden``, ``block_out``, ``all``,
-    ``attn_mlp``; a suffix
-    ``:i,j`` limits the blocks, e.g. ``query:9``) and check every path exists in ``model``."""
-    items = [taps] if isinstance(taps, str) else list(taps)
+    ``attn_mlp``; a suffix ``:i,j`` limits the blocks, e.g. ``query:9``; comma-separated presets and paths
+    combine, e.g. ``"mlp_hidden,block_out"``) and check every path exists in ``model``."""
+    items = _split_items(taps)
     if not items:
         raise ValueError("no taps given")
     specs: list[TapSpec] = []
@@ -144,13 +222,8 @@ def resolve_taps(model: nn.Module, taps: str | Sequence[str]) -> list[TapSpec]:
         kinds = GROUPS.get(base, (base,) if base in KINDS else None)
         if kinds is None:
             specs.append(TapSpec.parse(item))
-            continue
-        family = PRESETS[model_family(model)]
-        try:
-            idx = [int(b) for b in blocks.split(",")] if blocks else list(range(num_blocks(model)))
-        except ValueError:
-            raise ValueError(f"bad block list in tap preset {item!r}: use e.g. query:9 or all:0,4") from None
-        specs += [TapSpec.parse(family[k].format(i=i)) for i in idx for k in kinds]
+        else:
+            specs += _expand_preset(model, item, kinds, blocks)
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate taps in {names}")
@@ -159,9 +232,12 @@ def resolve_taps(model: nn.Module, taps: str | Sequence[str]) -> list[TapSpec]:
             model.get_submodule(spec.path)
         except AttributeError:
             raise ValueError(
-                f"unknown tap path {spec.path!r}: {type(model).__name__} has no such submodule "
-                f"(list them with model.named_modules())"
+                f"unknown tap path {spec.path!r}: {type(model).__name__} has no such submodule (list them with "
+                f"model.named_modules()), and {spec.name!r} is not a preset ({', '.join(preset_names())}, "
+                "optionally with :blocks)"
             ) from None
+        if spec.part is not None:
+            _check_qkv(model, spec)
     return specs
 
 
@@ -197,14 +273,31 @@ class TapSet:
         self.columns = list(STAT_NAMES) + list(self.feature_fns)
         self.buffers: dict[str, torch.Tensor] = {}
         self.shapes: dict[str, tuple[int, int]] = {}  # tap name -> (L, C) of its tapped tensor
-        self.rows: torch.Tensor | None = None
+        self._rows: torch.Tensor | None = None
+        self._fired: set[str] = set()  # taps recorded since rows was last set
         self.nvtx = nvtx
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
+    @property
+    def rows(self) -> torch.Tensor | None:
+        """The rows of the chunk being run (``None``: hooks record nothing)."""
+        return self._rows
+
+    @rows.setter
+    def rows(self, value: torch.Tensor | None) -> None:
+        self._rows = value
+        self._fired = set()
+
     def _hook(self, spec: TapSpec) -> Callable:
         def hook(module: nn.Module, args: object, output: object) -> None:
-            if self.rows is None:
+            if self._rows is None:
                 return
+            if spec.name in self._fired:
+                raise RuntimeError(
+                    f"tap {spec.name!r}: {spec.path} ran twice in one forward (a module shared or reused): a tap "
+                    "records one call per sample; tap a module that runs once, e.g. the caller of the shared one"
+                )
+            self._fired.add(spec.name)
             x = spec.select(output)
             if x.shape[0] != self.rows.shape[0]:
                 raise ValueError(
@@ -247,7 +340,7 @@ class TapSet:
         for h in self._handles:
             h.remove()
         self._handles.clear()
-        self.rows = None
+        self._rows = None
 
     def collect(self) -> dict[str, torch.Tensor]:
         """All statistics, moved to the host once: tap name -> ``[total, len(columns)]`` float32."""

@@ -6,7 +6,8 @@ selection and fits one linear probe per cell (classification accuracy; optionall
 and both directions, per tap and jointly over (t, tap), beside trivial rules that need no features:
 
 * ``smallest_t``: the smallest t of the grid;
-* ``t100``: the grid's t nearest 100 (DDAE's kind of default);
+* ``t100``: the grid's t nearest 100 (DDAE's kind of default); reports name the t it took when 100 is not in the
+  grid (``t100 (t=50: nearest grid t)``);
 * ``random``: a uniformly random t (its expected accuracy, exact, not sampled).
 
 For the joint choice a trivial rule also needs a tap without looking at features: it takes the *middle tap* of
@@ -194,6 +195,13 @@ def dense_probe_grid(
     return ProbeGrid(ts, list(feats), miou, "mIoU", floor, info.samples, time.perf_counter() - start)
 
 
+def rule_label(rule: str, row: dict) -> str:
+    """A trivial rule's name as reports print it: ``t100`` says which grid t it took when 100 is not in the grid."""
+    if rule == "t100" and row.get("t") not in (None, 100):
+        return f"t100 (t={row['t']}: nearest grid t)"
+    return rule
+
+
 def _rule_t(rule: str, timesteps: list[int]) -> int | None:
     if rule == "smallest_t":
         return int(np.argmin(timesteps))
@@ -271,6 +279,8 @@ def compare(selection: SelectionResult, grid: ProbeGrid, tap_sets: dict[str, lis
                 joint_t, joint_tap = grid.timesteps[ti], members[mid]
             trivial[rule] = {"mean_gap": float((per_tap_best - per_tap).mean()),
                              "joint": {"t": joint_t, "tap": joint_tap, "metric": joint, "gap": best_joint - joint}}
+            if ti is not None:
+                trivial[rule]["t"] = grid.timesteps[ti]
         bt, bp = divmod(int(np.argmax(sub)), len(idx))
         best = {"t": grid.timesteps[bt], "tap": members[bp], "metric": best_joint}
         if grid.correct is not None:
@@ -379,7 +389,7 @@ def run_validation(
     dense: bool = True,
     n_dense_train: int = 100,
     n_dense_test: int = 100,
-    dense_taps: str = "block_out",
+    dense_taps: str | None = None,
     candidates: bool = False,
     seed: int = 0,
     progress: bool = True,
@@ -389,16 +399,21 @@ def run_validation(
     ``n_test=None`` takes :data:`DEFAULT_N_TEST` of the dataset.
 
     The selection scores every registered statistic scorer; its cost is that run's.  With ``candidates`` a second,
-    untimed run adds the :data:`CANDIDATES`.
+    untimed run adds the :data:`CANDIDATES`.  The dense probe runs on ``dense_taps``, which must be among ``taps``;
+    ``None`` takes the block outputs among ``taps``, or all of ``taps`` when there are none.  Every argument is
+    checked before the first forward.
     """
     from .forward import model_device_dtype
     from .select import select_timestep
 
     device, _ = model_device_dtype(model)
-    (utr, ytr), (ute, yte), k = load_dataset(dataset, n_train, n_test, seed)
-    n_test = len(yte)
+    Noiser("ddpm").check(parse_timesteps(timesteps))
     if n_select > n_train:
         raise ValueError(f"n_select {n_select} exceeds the training images {n_train}")
+    if dense:
+        dense_taps = check_dense_taps(model, taps, dense_taps)
+    (utr, ytr), (ute, yte), k = load_dataset(dataset, n_train, n_test, seed)
+    n_test = len(yte)
     xtr, xte = _model_input(utr, device), _model_input(ute, device)
     start = time.perf_counter()
     selection = select_timestep(model, xtr[:n_select], timesteps, taps, seed=seed, progress=progress)
@@ -429,12 +444,31 @@ def run_validation(
     return report, selection, grid, dgrid
 
 
+def check_dense_taps(model: nn.Module, taps: str | Sequence[str], dense_taps: str | Sequence[str] | None
+                     ) -> list[str]:
+    """The dense probe's taps, checked to be among the selection's ``taps`` (its gaps are read from the selection);
+    ``None`` takes the block outputs among ``taps``, or all of ``taps`` when there are none."""
+    from .taps import resolve_taps
+
+    scored = [s.name for s in resolve_taps(model, taps)]
+    if dense_taps is None:
+        blocks = _tap_sets(scored).get("block_out", [])
+        return blocks or scored
+    wanted = [s.name for s in resolve_taps(model, dense_taps)]
+    missing = [t for t in wanted if t not in scored]
+    if missing:
+        raise ValueError(f"the dense probe's taps {missing[:3]}{' ...' if len(missing) > 3 else ''} are not among "
+                         f"the scored taps {taps!r}: add them to the taps, or skip the dense probe")
+    return wanted
+
+
 def _tap_sets(taps: list[str]) -> dict[str, list[str]]:
     """``all`` plus one set per tap kind (query / attention-out / MLP-out / MLP-hidden / block-out) when they can be
     told apart."""
     sets = {"all": list(taps)}
     kinds = {"query": lambda t: t.endswith(("to_q", "[q]")), "attn_out": lambda t: t.endswith(("attn1", "attn")),
-             "mlp_out": lambda t: t.endswith(("ff", "mlp")), "mlp_hidden": lambda t: t.endswith(("ff.net.0", "mlp.1")),
+             "mlp_out": lambda t: t.endswith(("ff", "mlp")),
+             "mlp_hidden": lambda t: t.endswith(("ff.net.0", "mlp.1", "mlp.act")),
              "block_out": lambda t: re.search(r"(^|\.)(transformer_blocks|blocks)\.\d+(@\d+)?$", t) is not None}
     for kind, test in kinds.items():
         members = [t for t in taps if test(t)]
@@ -465,7 +499,7 @@ def summary_lines(report: dict) -> list[str]:
                 lines.append(f"    {key:<20} rho {row['mean_rho']:+.2f}  per-tap gap {row['mean_gap']:5.2f}  "
                              f"joint ({j['t']}, {j['tap']}) gap {_gap(j)}{tag}")
             for rule, row in rep["trivial"].items():
-                lines.append(f"    {'rule ' + rule:<20}           per-tap gap {row['mean_gap']:5.2f}  "
+                lines.append(f"    {'rule ' + rule_label(rule, row):<20}           per-tap gap {row['mean_gap']:5.2f}  "
                              f"joint gap {_gap(row['joint'])}")
     return lines
 
@@ -516,6 +550,7 @@ def report_markdown(report: dict) -> str:
             for rule, row in rep["trivial"].items():
                 j = row["joint"]
                 pick = "random (expectation)" if j["t"] is None else f"({j['t']}, `{j['tap']}`)"
-                out.append(f"| *{rule}* | | | {row['mean_gap']:.2f} | {pick} | {j['metric']:.2f} | {_gap(j)} |")
+                out.append(f"| *{rule_label(rule, row)}* | | | {row['mean_gap']:.2f} | {pick} | {j['metric']:.2f} | "
+                           f"{_gap(j)} |")
             out.append("")
     return "\n".join(out)

@@ -16,7 +16,9 @@ def test_ddpm_matches_closed_form():
     t = torch.tensor([0, 17, 500, 999])
     got = Noiser("ddpm").add_noise(x0, eps, t)
     a = torch.from_numpy(abar[t.numpy()]).reshape(-1, 1, 1, 1)
-    torch.testing.assert_close(got, a.sqrt() * x0 + (1 - a).sqrt() * eps, rtol=1e-5, atol=1e-6)
+    # the scheduler keeps abar in float32: at t = 0, sqrt(1 - abar) = 0.01 inherits a relative error near 3e-4 from
+    # the rounding of abar (6e-8), i.e. up to ~1.5e-5 absolute on |eps| <= 5
+    torch.testing.assert_close(got, a.sqrt() * x0 + (1 - a).sqrt() * eps, rtol=1e-5, atol=2e-5)
     torch.testing.assert_close(Noiser("ddpm").sigma(t).double(), torch.from_numpy(np.sqrt(1 - abar[t.numpy()])),
                                rtol=1e-5, atol=1e-6)
 

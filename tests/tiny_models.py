@@ -43,6 +43,7 @@ def tiny_sd3(seed: int = 0) -> nn.Module:
     ).eval()
 
 
-def PlainDiT() -> nn.Module:  # noqa: N802 - reads as the class it builds
-    """The facebookresearch-style plain DiT of ``python/plain_dit_example.py``, tiny: 1 x 12 x 12 inputs."""
-    return DiT(size=12, patch=2, channels=1, dim=24, depth=2, heads=2, num_classes=10)
+def PlainDiT(mlp: str = "sequential") -> nn.Module:  # noqa: N802 - reads as the class it builds
+    """The facebookresearch-style plain DiT of ``python/plain_dit_example.py``, tiny: 1 x 12 x 12 inputs; ``mlp``
+    is ``"sequential"`` (Linear, GELU, Linear) or ``"timm"`` (timm's ``Mlp`` layout: fc1, act, fc2)."""
+    return DiT(size=12, patch=2, channels=1, dim=24, depth=2, heads=2, num_classes=10, mlp=mlp)

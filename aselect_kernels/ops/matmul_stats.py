@@ -69,7 +69,7 @@ def _block_stats(x: torch.Tensor, basis: torch.Tensor, rowsum: torch.Tensor) -> 
     else:
         e_low = torch.zeros_like(sum_m2)
     e_centred = length * sum_m2
-    e_high = e_centred - e_low
+    e_high = (e_centred - e_low).clamp_min(0.0)  # near-equal sums may round below 0: clamp, as the kernel does
     e_total = length * sum_sq
     nan = torch.full_like(e_high, float("nan"))
     hfr = torch.where(e_total > 0, e_high / e_total, nan)
