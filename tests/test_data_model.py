@@ -123,10 +123,12 @@ def test_load_images_npz_and_npy(tmp_path: Path) -> None:
     np.savez(tmp_path / "b.npz", x=np.zeros((2, 3, 8, 8), np.float32), y=[1, 2])
     x, y = data.load_images(tmp_path / "b.npz")
     assert x.shape == (2, 3, 8, 8) and y is not None
-    np.save(tmp_path / "c.npy", np.zeros((4, 8, 8, 3), np.uint8))  # NHWC -> NCHW
+    nhwc = np.random.default_rng(1).integers(0, 256, (4, 8, 6, 3), dtype=np.uint8)
+    np.save(tmp_path / "c.npy", nhwc)  # NHWC -> NCHW, checked pixel by pixel
     x, y = data.load_images(tmp_path / "c.npy")
-    assert x.shape == (4, 3, 8, 8) and y is None
-    torch.testing.assert_close(x, torch.full_like(x, -1.0))
+    assert x.shape == (4, 3, 8, 6) and y is None
+    expected = torch.from_numpy(nhwc.transpose(0, 3, 1, 2).astype(np.float64) / 127.5 - 1).float()
+    torch.testing.assert_close(x, expected)
 
 
 def test_load_images_errors(tmp_path: Path) -> None:

@@ -69,7 +69,16 @@ def test_ranges_and_parsing():
         parse_timesteps("0:10:0")
 
 
-def test_noise_is_seeded_and_device_independent():
+def test_noise_is_seeded():
     a = sample_noise((2, 3), 7, "cpu", torch.float32)
     assert torch.equal(a, sample_noise((2, 3), 7, "cpu", torch.float32))
     assert not torch.equal(a, sample_noise((2, 3), 8, "cpu", torch.float32))
+    gen = torch.Generator().manual_seed(7)  # the documented recipe: a CPU generator, then moved
+    assert torch.equal(a, torch.randn(2, 3, generator=gen))
+    assert torch.equal(sample_noise((2, 3), 7, "cpu", torch.float64), a.double())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a second device (CUDA)")
+def test_noise_is_device_independent():
+    a = sample_noise((4, 5), 3, "cpu", torch.float32)
+    assert torch.equal(sample_noise((4, 5), 3, "cuda", torch.float32).cpu(), a)

@@ -91,6 +91,41 @@ def test_dense_probe_learns_a_separable_grid():
     assert 0.3 < miou <= 1.0
 
 
+def test_dense_probe_matches_sklearn_and_jaccard():
+    """The dense probe against an independent pipeline: scikit-learn's fit on the same standardized patch tokens,
+    numpy's bilinear upsampling (half-pixel centres, edge clamped) and mIoU by ``jaccard_score``."""
+    rng = np.random.default_rng(5)
+    n, c, h, w, classes, size = 16, 4, 4, 4, 3, 8
+    target = torch.from_numpy(rng.integers(0, classes, (n, size, size)))
+    patch = patch_labels(target, (h, w), classes)
+    grid = torch.nn.functional.one_hot(patch, c).permute(0, 3, 1, 2).double() * 1.5
+    grid = grid + torch.from_numpy(rng.standard_normal(grid.shape))
+    grid = grid * torch.tensor([0.02, 30.0, 1.0, 4.0]).reshape(1, c, 1, 1) + 5.0  # standardization matters
+    l2 = 1e-2
+    miou = dense_probe_miou(grid[:10], target[:10], grid[10:], target[10:], classes, l2=l2)
+
+    tokens = grid.permute(0, 2, 3, 1).reshape(n, h * w, c).numpy()
+    tr, te = tokens[:10].reshape(-1, c), tokens[10:].reshape(-1, c)
+    mu, sd = tr.mean(0), np.maximum(tr.std(0, ddof=1), 1e-6)
+    tr, te = (tr - mu) / sd, (te - mu) / sd
+    labels = patch[:10].reshape(-1).numpy()
+    sk = LogisticRegression(C=1 / (2 * len(labels) * l2), tol=1e-10, max_iter=5000).fit(tr, labels)
+    logits = sk.decision_function(te).reshape(n - 10, h, w, classes)
+
+    def upsample_axis(a: np.ndarray, axis: int, out: int) -> np.ndarray:
+        pos = np.clip((np.arange(out) + 0.5) * a.shape[axis] / out - 0.5, 0, a.shape[axis] - 1)
+        lo = np.floor(pos).astype(int)
+        hi = np.minimum(lo + 1, a.shape[axis] - 1)
+        frac = (pos - lo).reshape([-1 if d == axis else 1 for d in range(a.ndim)])
+        return np.take(a, lo, axis) * (1 - frac) + np.take(a, hi, axis) * frac
+
+    pred = upsample_axis(upsample_axis(logits, 1, size), 2, size).argmax(-1)
+    truth = target[10:].numpy()
+    present = sorted(set(pred.ravel()) | set(truth.ravel()))
+    expected = jaccard_score(truth.ravel(), pred.ravel(), labels=present, average="macro")
+    assert miou == pytest.approx(expected, abs=0.01)
+
+
 def test_spearman_matches_scipy():
     rng = np.random.default_rng(4)
     a, b = rng.standard_normal(12), rng.standard_normal(12)

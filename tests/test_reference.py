@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -15,6 +17,7 @@ from aselect_kernels.frequency import (
     normalized_frequency,
 )
 from aselect_kernels.reference import STAT_NAMES, StatsConfig, effective_rank, reference_stats
+from aselect_kernels.stats import compute_stats
 
 
 def numpy_stats(x: np.ndarray, cutoff: float, grid: tuple[int, int] | None) -> np.ndarray:
@@ -49,6 +52,8 @@ def numpy_stats(x: np.ndarray, cutoff: float, grid: tuple[int, int] | None) -> n
     ((4, 196, 24), (14, 14), 2, 0.15),
     ((2, 42, 5), (7, 6), 2, 0.25),  # odd h, even w: the half spectrum's Nyquist column counts once
     ((3, 5, 4), None, 1, 0.5),  # odd L with no Nyquist bin
+    ((2, 40, 7), None, 1, 0.25),  # 1-D, k = 5 lies exactly on the cutoff (5 / 20)
+    ((2, 64, 6), (8, 8), 2, 0.5),  # 2-D, (0, 2), (2, 0) and their mirrors lie exactly on the cutoff
 ])
 def test_reference_matches_numpy(shape, grid, dims, cutoff):
     rng = np.random.default_rng(sum(shape))
@@ -56,6 +61,30 @@ def test_reference_matches_numpy(shape, grid, dims, cutoff):
     cfg = StatsConfig(cutoff=cutoff, hfr_dims=dims, grid=grid)
     ours = reference_stats(torch.from_numpy(x), cfg, torch.float64).numpy()
     np.testing.assert_allclose(ours, numpy_stats(x, cutoff, grid if dims == 2 else None), rtol=1e-10, atol=1e-12)
+
+
+ON_CUTOFF = [((2, 40, 7), None, 0.25), ((3, 64, 6), (8, 8), 0.5), ((2, 48, 5), (6, 8), 0.5)]
+
+
+@pytest.mark.parametrize("shape,grid,cutoff", ON_CUTOFF)
+def test_frequency_on_the_cutoff_is_low(shape, grid, cutoff):
+    """A frequency whose radius equals the cutoff counts as low (``r > cutoff`` is high), on every path.
+
+    The numpy oracle decides it: a ``>=`` in the mask or the basis moves that frequency's energy to the other
+    side, which changes the ratio by far more than the tolerance (the signal carries energy at it).
+    """
+    rng = np.random.default_rng(11)
+    r = normalized_frequency(shape[1], grid).numpy()
+    assert (r == cutoff).sum() >= 2  # the case keeps its meaning
+    x = rng.standard_normal(shape)
+    cfg = StatsConfig(cutoff=cutoff, hfr_dims=1 if grid is None else 2, grid=grid)
+    expected = numpy_stats(x, cutoff, grid)
+    hfr = [STAT_NAMES.index("hfr"), STAT_NAMES.index("hfr_centered")]
+    backends = ["torch", "matmul"] + (["triton"] if os.environ.get("TRITON_INTERPRET") == "1" else [])
+    for backend in backends:
+        got = compute_stats(torch.from_numpy(x).float(), cfg, backend=backend).double().numpy()
+        np.testing.assert_allclose(got[:, hfr], expected[:, hfr], rtol=1e-4, atol=1e-5, err_msg=backend)
+    assert (high_frequency_mask(shape[1], grid, cutoff).reshape(-1).numpy() == (r > cutoff)).all()
 
 
 def test_reference_low_precision_inputs_and_float32_default():
