@@ -7,11 +7,12 @@
 // * Work items are (sample n, channel block of kBlockC = 128 channels).  A persistent grid (as many blocks as
 //   fit on the device at once) walks them in order.  Tokens are never split across blocks: the low-frequency
 //   projection must be squared after it is summed over all L tokens.
-// * A block walks the L tokens in tiles [kTileL = 32, 128].  Each thread holds 16 bytes of each of a few rows
-//   (16-byte vector loads when the channel stride is 1 and rows are 16-byte aligned, scalar loads with any
-//   strides otherwise); the next tile is loaded into registers while the tensor cores work on the current one.
-// * Step 1, moments with a shift k_c = x[n, 0, c]: each thread sums d = x - k_c and d^2 for its channels in
-//   registers; at the end of the sample a warp-shuffle reduction, then the 8 warps' partials in a fixed order.
+// * A block walks the L tokens in tiles [kTileL = 32, 128].  Each thread owns 16 bytes of each of a few rows.
+//   With a unit channel stride and 16-byte aligned rows they are copied by cp.async (16-byte global loads
+//   straight into shared memory) into a ring of kStages tiles, kStages - 1 tiles ahead of the one being
+//   consumed and across work items; with other strides, scalar loads fill the same ring.
+// * Step 1, moments with a shift k_c = x[n, 0, c]: each thread reads back its own pieces and sums d = x - k_c
+//   and d^2 for its channels in registers; at the end of the sample a warp-shuffle reduction, then the 8 warps' partials in a fixed order.
 // * Step 2, entropy: the threads of one tile row are consecutive lanes of a warp, so the row's max and its
 //   (s, t) sums over the block's channels are warp-shuffle reductions.  The state (m, s, t) of each row is
 //   written out and merged over the channel blocks, in order, by the combine kernel.
@@ -153,23 +154,23 @@ struct Args {
 
 constexpr int align128(int bytes) { return (bytes + 127) / 128 * 128; }
 
-// Shared memory: [shift | centre | warp slots] [work: tile, or moment partials, or fragment scratch] [basis]
+// Shared memory: [shift | centre | warp slots] [moment partials, then fragment scratch] [kStages tiles] [basis]
 constexpr int kHeadBytes = align128((2 * kBlockC + kWarps * 4) * 4);
+constexpr int kRedBytes = align128(2 * kWarps * kBlockC * 4);
+static_assert(kWarps * kFrag * kFrag * 4 <= kRedBytes, "the fragment scratch shares the moment partials' space");
 
 template <typename T>
 struct Smem {
+  static constexpr int kStages = sizeof(T) == 4 ? 3 : 4;  // tiles in flight per block (cp.async ring)
   static constexpr int kLdt = kBlockC + (sizeof(T) == 4 ? 4 : 8);  // tile leading dimension (elements)
-  static constexpr int kTileBytes = kTileL * kLdt * static_cast<int>(sizeof(T));
-  static constexpr int kRedBytes = 2 * kWarps * kBlockC * 4;
-  static constexpr int kScratchBytes = kWarps * kFrag * kFrag * 4;
-  static constexpr int kWorkBytes = align128(kTileBytes > kRedBytes ? (kTileBytes > kScratchBytes ? kTileBytes
-                                                                                                   : kScratchBytes)
-                                                                    : (kRedBytes > kScratchBytes ? kRedBytes
-                                                                                                 : kScratchBytes));
-  __host__ __device__ static int basis_rows(const Plan& p) { return p.kp == 0 ? 0 : (p.resident ? p.kp : p.pass_rows); }
+  static constexpr int kTileBytes = align128(kTileL * kLdt * static_cast<int>(sizeof(T)));
+  __host__ __device__ static int basis_rows(const Plan& p) {
+    return p.kp == 0 ? 0 : (p.resident ? p.kp : p.pass_rows);
+  }
   static int bytes(const Plan& p) {
     const int splits = sizeof(T) == 4 ? 1 : 2;
-    return kHeadBytes + kWorkBytes + basis_rows(p) * p.basis_ld * static_cast<int>(sizeof(T)) * splits;
+    return kHeadBytes + kRedBytes + kStages * kTileBytes +
+           basis_rows(p) * p.basis_ld * static_cast<int>(sizeof(T)) * splits;
   }
 };
 
@@ -188,20 +189,36 @@ __device__ void load_basis(T* dst_hi, T* dst_lo, const T* hi, const T* lo, int r
   }
 }
 
-//! Rows of tile [l0, l0 + kTileL) held by this thread, as raw 16-byte words (zeros outside the tensor).
+// ---- asynchronous copies global -> shared (sm_80+) ---------------------------------------------------------
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  const int bytes = valid ? 16 : 0;  // 0: no read, the 16 bytes are zero-filled
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int Pending>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(Pending) : "memory");
+}
+
+//! This thread's 16-byte pieces of tile [l0, l0 + kTileL) into a shared-memory stage (zeros outside the tensor):
+//! cp.async on the vector path, plain loads and stores otherwise.  Each thread later reads back only its own.
 template <typename T, bool kVecPath>
-__device__ __forceinline__ void fetch_tile(uint4 (&raw)[TileMap<sizeof(T)>::kSteps], const T* xs, int64_t l0,
-                                           int64_t c_first, const Args& a, bool streaming) {
+__device__ __forceinline__ void issue_tile(T* stage, const T* xs, int64_t l0, int64_t c_first, const Args& a) {
   using Map = TileMap<sizeof(T)>;
+  const int g = Map::group(threadIdx.x);
 #pragma unroll
   for (int j = 0; j < Map::kSteps; ++j) {
-    const int64_t l = l0 + Map::row(threadIdx.x, j);
-    uint4 u = make_uint4(0u, 0u, 0u, 0u);
-    if (l < a.length && c_first < a.channels) {
-      if constexpr (kVecPath) {
-        const uint4* p = reinterpret_cast<const uint4*>(xs + l * a.stride_l + c_first);
-        u = streaming ? __ldcs(p) : __ldg(p);
-      } else {
+    const int r = Map::row(threadIdx.x, j);
+    const int64_t l = l0 + r;
+    const bool ok = l < a.length && c_first < a.channels;
+    T* dst = stage + r * Smem<T>::kLdt + g * Map::kVec;
+    if constexpr (kVecPath) {
+      cp_async16(dst, ok ? static_cast<const void*>(xs + l * a.stride_l + c_first) : static_cast<const void*>(xs),
+                 ok);
+    } else {
+      uint4 u = make_uint4(0u, 0u, 0u, 0u);
+      if (ok) {
         constexpr int kPerWord = 4 / sizeof(T);
         const T* p = xs + l * a.stride_l + c_first * a.stride_c;
         const int n_ok = static_cast<int>(a.channels - c_first);  // > 0 here
@@ -213,8 +230,8 @@ __device__ __forceinline__ void fetch_tile(uint4 (&raw)[TileMap<sizeof(T)>::kSte
           set_word(u, v / kPerWord, word_of(u, v / kPerWord) | (b << shift));
         }
       }
+      *reinterpret_cast<uint4*>(dst) = u;
     }
-    raw[j] = u;
   }
 }
 
@@ -251,15 +268,15 @@ __global__ void __launch_bounds__(kThreads, 2) aselect_stats_main_kernel(Args a)
   using S = Smem<T>;
   constexpr bool kF32 = sizeof(T) == 4;
   constexpr int kVec = Map::kVec;
+  constexpr int kStages = S::kStages;
   const Plan& P = a.plan;
   extern __shared__ __align__(128) unsigned char smem[];
   float* s_shift = reinterpret_cast<float*>(smem);
   float* s_centre = s_shift + kBlockC;
   float* s_slot = s_centre + kBlockC;  // [kWarps][4]
-  unsigned char* work = smem + kHeadBytes;
-  T* s_tile = reinterpret_cast<T*>(work);
-  float* s_red = reinterpret_cast<float*>(work);
-  T* s_bhi = reinterpret_cast<T*>(work + S::kWorkBytes);
+  float* s_red = reinterpret_cast<float*>(smem + kHeadBytes);  // moment partials, later the fragment scratch
+  unsigned char* stages = smem + kHeadBytes + kRedBytes;
+  T* s_bhi = reinterpret_cast<T*>(stages + kStages * S::kTileBytes);
   T* s_blo = s_bhi + S::basis_rows(P) * P.basis_ld;
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = Map::group(tid);
@@ -268,12 +285,32 @@ __global__ void __launch_bounds__(kThreads, 2) aselect_stats_main_kernel(Args a)
   const T* x = static_cast<const T*>(a.x);
   const T* b_hi = static_cast<const T*>(a.basis_hi);
   const T* b_lo = static_cast<const T*>(a.basis_lo);
-  const bool streaming = P.num_pass == 1;  // read once: do not keep x in the caches
+  auto stage_ptr = [&](int64_t q) { return reinterpret_cast<T*>(stages + (q % kStages) * S::kTileBytes); };
 
   if (P.resident && P.kp > 0) {  // the whole basis, once for the block's lifetime
     load_basis(s_bhi, s_blo, b_hi, b_lo, 0, P.kp, 0, P.basis_cols, L, P.basis_ld);
   }
+  // The tiles this block reads, in order: its work items (blockIdx.x + i gridDim.x), passes, tiles.  Copies run
+  // kStages - 1 tiles ahead of the tile being consumed, across work-item boundaries too.
   const int64_t num_work = a.n * P.num_cb;
+  const int64_t per_item = static_cast<int64_t>(P.num_pass) * P.num_tiles;
+  const int64_t total = (num_work - blockIdx.x + gridDim.x - 1) / gridDim.x * per_item;
+  int64_t issued = 0;
+  auto issue_next = [&]() {
+    if (issued < total) {
+      const int64_t item = issued / per_item;
+      const int t = static_cast<int>(issued % per_item % P.num_tiles);
+      const int64_t w = blockIdx.x + item * gridDim.x;
+      issue_tile<T, kVecPath>(stage_ptr(issued), x + (w / P.num_cb) * a.stride_n, static_cast<int64_t>(t) * kTileL,
+                              (w % P.num_cb) * kBlockC + g * kVec, a);
+    }
+    cp_async_commit();  // possibly empty: keeps the group count uniform
+    ++issued;
+  };
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) issue_next();
+  int64_t consumed = 0;
+
   for (int64_t w = blockIdx.x; w < num_work; w += gridDim.x) {
     const int64_t smp = w / P.num_cb, c0 = (w % P.num_cb) * kBlockC, c_first = c0 + g * kVec;
     const T* xs = x + smp * a.stride_n;
@@ -302,20 +339,25 @@ __global__ void __launch_bounds__(kThreads, 2) aselect_stats_main_kernel(Args a)
       typename Mma::Acc acc[kMaxFragsPerWarp];
 #pragma unroll
       for (int j = 0; j < kMaxFragsPerWarp; ++j) wmma::fill_fragment(acc[j], 0.0f);
-      uint4 raw[Map::kSteps];
-      fetch_tile<T, kVecPath>(raw, xs, 0, c_first, a, streaming);
 
-      for (int t = 0; t < P.num_tiles; ++t) {
+      for (int t = 0; t < P.num_tiles; ++t, ++consumed) {
         const int64_t l0 = static_cast<int64_t>(t) * kTileL;
-        if (pass == 0) {  // steps 1 and 2, from registers
+        T* s_tile = stage_ptr(consumed);
+        issue_next();  // into the stage consumed last iteration (released by that iteration's final barrier)
+        cp_async_wait<kStages - 1>();  // this thread's pieces of the current tile have landed
 #pragma unroll
-          for (int j = 0; j < Map::kSteps; ++j) {
-            const int64_t l = l0 + Map::row(tid, j);
-            float val[kVec];
+        for (int j = 0; j < Map::kSteps; ++j) {
+          const int r = Map::row(tid, j);
+          const int64_t l = l0 + r;
+          T* piece = s_tile + r * S::kLdt + g * kVec;
+          const uint4 raw = *reinterpret_cast<const uint4*>(piece);
+          float val[kVec];
+#pragma unroll
+          for (int v = 0; v < kVec; ++v) val[v] = Elem<T>::get(raw, v);
+          if (pass == 0) {  // steps 1 and 2
             float m = -INFINITY;
 #pragma unroll
             for (int v = 0; v < kVec; ++v) {
-              val[v] = Elem<T>::get(raw[j], v);
               if (cv[v]) m = fmaxf(m, val[v]);
             }
             m = group_max<Map::kGroups>(m);
@@ -347,29 +389,21 @@ __global__ void __launch_bounds__(kThreads, 2) aselect_stats_main_kernel(Args a)
               }
             }
           }
-        }
-        if (nfrag > 0) {
-          __syncthreads();  // the previous tile's MMAs are done with s_tile
-#pragma unroll
-          for (int j = 0; j < Map::kSteps; ++j) {
-            const int r = Map::row(tid, j);
-            if constexpr (kF32) {  // the shifted operand d = x - k (0 outside the tensor)
-              const bool lv = l0 + r < L;
+          if constexpr (kF32) {  // the operand is d = x - k (0 outside the tensor), written over x in place
+            if (nfrag > 0) {
+              const bool lv = l < L;
               float4 d;
-              d.x = lv && cv[0] ? Elem<T>::get(raw[j], 0) - sh[0] : 0.0f;
-              d.y = lv && cv[1] ? Elem<T>::get(raw[j], 1) - sh[1] : 0.0f;
-              d.z = lv && cv[2] ? Elem<T>::get(raw[j], 2) - sh[2] : 0.0f;
-              d.w = lv && cv[3] ? Elem<T>::get(raw[j], 3) - sh[3] : 0.0f;
-              *reinterpret_cast<float4*>(s_tile + r * S::kLdt + g * kVec) = d;
-            } else {  // the raw tile (zeros outside the tensor)
-              *reinterpret_cast<uint4*>(s_tile + r * S::kLdt + g * kVec) = raw[j];
+              d.x = lv && cv[0] ? val[0] - sh[0] : 0.0f;
+              d.y = lv && cv[1] ? val[1] - sh[1] : 0.0f;
+              d.z = lv && cv[2] ? val[2] - sh[2] : 0.0f;
+              d.w = lv && cv[3] ? val[3] - sh[3] : 0.0f;
+              *reinterpret_cast<float4*>(piece) = d;
             }
           }
-          if (!P.resident) load_basis(s_bhi, s_blo, b_hi, b_lo, row0, rows, l0, kTileL, L, P.basis_ld);
         }
-        if (t + 1 < P.num_tiles) fetch_tile<T, kVecPath>(raw, xs, l0 + kTileL, c_first, a, streaming);
+        if (nfrag > 0 && !P.resident) load_basis(s_bhi, s_blo, b_hi, b_lo, row0, rows, l0, kTileL, L, P.basis_ld);
+        __syncthreads();  // the whole tile (and the basis slice) is in shared memory
         if (nfrag > 0) {
-          __syncthreads();
           const int brow = P.resident ? row0 : 0;
           const int bcol = P.resident ? static_cast<int>(l0) : 0;
 #pragma unroll
@@ -386,10 +420,10 @@ __global__ void __launch_bounds__(kThreads, 2) aselect_stats_main_kernel(Args a)
             }
           }
         }
+        __syncthreads();  // every warp is done with this stage (and the basis slice)
       }
 
       if (pass == 0) {  // reduce the moments: lanes of a group, then the warps in order
-        __syncthreads();
 #pragma unroll
         for (int v = 0; v < kVec; ++v) {
 #pragma unroll
@@ -428,10 +462,8 @@ __global__ void __launch_bounds__(kThreads, 2) aselect_stats_main_kernel(Args a)
           a.part[w * kPartials + tid] = acc_q;
         }
       }
-      if (nfrag > 0) {  // step 3: this pass's rows of E_low
-        __syncthreads();  // every warp is done with s_tile; s_centre is written
-        const float e = low_energy(acc, nfrag, row0, reinterpret_cast<float*>(work) + warp * kFrag * kFrag,
-                                   s_centre, a.rowsum);
+      if (nfrag > 0) {  // step 3: this pass's rows of E_low (s_centre is written, s_red is free)
+        const float e = low_energy(acc, nfrag, row0, s_red + warp * kFrag * kFrag, s_centre, a.rowsum);
         if (lane == 0) s_slot[warp * 4 + 3] = e;
         __syncthreads();
         if (tid == 0) {
@@ -440,8 +472,9 @@ __global__ void __launch_bounds__(kThreads, 2) aselect_stats_main_kernel(Args a)
       }
     }
     if (tid == 0) a.part[w * kPartials + 3] = e_low;
-    __syncthreads();  // s_shift, s_slot and the work area are reused by the next work item
+    __syncthreads();  // s_shift, s_slot and s_red are reused by the next work item
   }
+  cp_async_wait<0>();  // no copy outlives the block
 }
 
 //! One block per sample: the channel blocks' partials in order, the entropy states merged in order.
