@@ -52,6 +52,7 @@ template <>
 struct Elem<float> {
   __device__ static float get(const uint4& u, int v) { return __uint_as_float(word_of(u, v)); }
   __device__ static unsigned bits(float v) { return __float_as_uint(v); }
+  __device__ static float zero() { return 0.0f; }
 };
 
 template <>
@@ -61,6 +62,7 @@ struct Elem<__half> {
     return __half2float(__ushort_as_half(static_cast<unsigned short>((v & 1) ? w >> 16 : w & 0xffffu)));
   }
   __device__ static unsigned bits(__half v) { return __half_as_ushort(v); }
+  __device__ static __half zero() { return __ushort_as_half(0); }
 };
 
 template <>
@@ -70,6 +72,7 @@ struct Elem<__nv_bfloat16> {
     return __uint_as_float((v & 1) ? (w & 0xffff0000u) : (w << 16));
   }
   __device__ static unsigned bits(__nv_bfloat16 v) { return __bfloat16_as_ushort(v); }
+  __device__ static __nv_bfloat16 zero() { return __ushort_as_bfloat16(0); }
 };
 
 __device__ __forceinline__ void set_word(uint4& u, int i, unsigned w) {
@@ -178,7 +181,7 @@ struct Smem {
 template <typename T>
 __device__ void load_basis(T* dst_hi, T* dst_lo, const T* hi, const T* lo, int row0, int rows, int64_t col0,
                            int cols, int64_t length, int ld) {
-  const T zero = T(0.0f);
+  const T zero = Elem<T>::zero();
   for (int idx = threadIdx.x; idx < rows * cols; idx += kThreads) {
     const int r = idx / cols, c = idx - r * cols;
     const int64_t l = col0 + c;

@@ -74,9 +74,13 @@ ptxas info    : Used 128 registers, used 1 barriers, 8 bytes cumulative stack si
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc not found")
 def test_kernel_source_compiles_for_sm90_without_spills(tmp_path: Path) -> None:
+    """With the flags torch's extension builds add (no implicit half/bf16 conversions), as the install would."""
+    from torch.utils.cpp_extension import COMMON_NVCC_FLAGS
+
     proc = subprocess.run(
-        [NVCC, "-arch=sm_90", "-O3", "-std=c++17", "--resource-usage", "-c", str(CSRC / "aselect_stats.cu"),
-         "-o", str(tmp_path / "aselect_stats.o")], capture_output=True, text=True, timeout=300,
+        [NVCC, "-arch=sm_90", "-O3", "-std=c++17", *COMMON_NVCC_FLAGS, "--resource-usage", "-c",
+         str(CSRC / "aselect_stats.cu"), "-o", str(tmp_path / "aselect_stats.o")],
+        capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     kernels = parse_resource_usage(proc.stdout + proc.stderr)
