@@ -23,7 +23,7 @@ import pytest
 import torch
 from stats_checks import BASIS_ERR, U32, assert_stats_close, ref64
 
-from aselect_kernels.frequency import low_frequency_basis
+from aselect_kernels.frequency import CutoffWarning, low_frequency_basis
 from aselect_kernels.ops import backend_table, custom_op
 from aselect_kernels.ops.cuda_stats import CSRC, DTYPE_CODES, CudaStatsUnavailable, kernel_basis
 from aselect_kernels.reference import StatsConfig
@@ -206,6 +206,17 @@ def test_emulated_large_mean_and_constant_tokens(emulator: ctypes.CDLL, dtype: t
     ref = ref64(const, StatsConfig())
     assert ref[:, 5].isnan().all()
     assert_stats_close(emulate(emulator, const, StatsConfig()), ref, const, tolerance(dtype, 40, 150))
+
+
+def test_emulated_without_low_frequencies(emulator: ctypes.CDLL) -> None:
+    """A cutoff below the first frequency: no basis rows, E_low = 0, hfr = hfr_centered = fraction of non-DC."""
+    config = StatsConfig(cutoff=0.1)
+    x = randn((2, 6, 24), torch.float32, seed=9)
+    with pytest.warns(CutoffWarning):
+        assert low_frequency_basis(6, None, 0.1).shape[0] == 0
+        ref = ref64(x, config)
+    assert plan_of(emulator, x, 0)["num_pass"] == 1
+    assert_stats_close(emulate(emulator, x, config), ref, x, tolerance(torch.float32, 6, 24))
 
 
 # ---- the Python side without a GPU -----------------------------------------------------------------------------
