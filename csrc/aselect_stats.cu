@@ -155,26 +155,11 @@ struct Args {
   Plan plan;
 };
 
-constexpr int align128(int bytes) { return (bytes + 127) / 128 * 128; }
-
-// Shared memory: [shift | centre | warp slots] [moment partials, then fragment scratch] [kStages tiles] [basis]
-constexpr int kHeadBytes = align128((2 * kBlockC + kWarps * 4) * 4);
-constexpr int kRedBytes = align128(2 * kWarps * kBlockC * 4);
-static_assert(kWarps * kFrag * kFrag * 4 <= kRedBytes, "the fragment scratch shares the moment partials' space");
-
 template <typename T>
-struct Smem {
-  static constexpr int kStages = sizeof(T) == 4 ? 3 : 4;  // tiles in flight per block (cp.async ring)
-  static constexpr int kLdt = kBlockC + (sizeof(T) == 4 ? 4 : 8);  // tile leading dimension (elements)
-  static constexpr int kTileBytes = align128(kTileL * kLdt * static_cast<int>(sizeof(T)));
-  __host__ __device__ static int basis_rows(const Plan& p) {
-    return p.kp == 0 ? 0 : (p.resident ? p.kp : p.pass_rows);
-  }
-  static int bytes(const Plan& p) {
-    const int splits = sizeof(T) == 4 ? 1 : 2;
-    return kHeadBytes + kRedBytes + kStages * kTileBytes +
-           basis_rows(p) * p.basis_ld * static_cast<int>(sizeof(T)) * splits;
-  }
+struct Smem {  // the layout of smem_layout, for an element type
+  static constexpr int kStages = ring_stages(sizeof(T));
+  static constexpr int kLdt = tile_ld(sizeof(T));
+  static constexpr int kTileBytes = tile_bytes(sizeof(T));
 };
 
 //! Rows [row0, row0 + rows) and token columns [col0, col0 + cols) of the basis into shared memory (0 past L).
@@ -280,7 +265,7 @@ __global__ void __launch_bounds__(kThreads, 2) aselect_stats_main_kernel(Args a)
   float* s_red = reinterpret_cast<float*>(smem + kHeadBytes);  // moment partials, later the fragment scratch
   unsigned char* stages = smem + kHeadBytes + kRedBytes;
   T* s_bhi = reinterpret_cast<T*>(stages + kStages * S::kTileBytes);
-  T* s_blo = s_bhi + S::basis_rows(P) * P.basis_ld;
+  T* s_blo = s_bhi + basis_rows(P) * P.basis_ld;
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = Map::group(tid);
   const int64_t L = a.length, C = a.channels;
@@ -530,7 +515,7 @@ int launch_typed(const Args& args, float* out, int64_t out_stride_n, int64_t out
     err = cudaDeviceGetAttribute(&sm_count[dev], cudaDevAttrMultiProcessorCount, dev);
     if (err != cudaSuccess) return err;
   }
-  const int smem = Smem<T>::bytes(args.plan);
+  const int smem = args.plan.smem_bytes;
   const int vec = args.plan.vec ? 1 : 0;
   auto kernel = vec ? aselect_stats_main_kernel<T, true> : aselect_stats_main_kernel<T, false>;
   if (smem > smem_set[vec][dev]) {

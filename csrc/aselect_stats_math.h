@@ -60,6 +60,7 @@ struct Plan {
   int basis_ld;     // leading dimension (elements) of the basis in shared memory
   int basis_cols;   // columns of the basis in shared memory (all padded tokens, or one tile)
   int vec;          // 1: 16-byte loads; 0: scalar loads with arbitrary strides
+  int smem_bytes;   // dynamic shared memory of a block (smem_layout below)
 };
 
 ASK_HD int cdiv(int64_t a, int64_t b) { return static_cast<int>((a + b - 1) / b); }
@@ -72,6 +73,21 @@ ASK_HD int vector_ok(uintptr_t addr, int dtype, int64_t channels, int64_t stride
                      int64_t stride_c) {
   const int64_t vec = 16 / elem_bytes(dtype);
   return stride_c == 1 && addr % 16 == 0 && channels % vec == 0 && stride_l % vec == 0 && stride_n % vec == 0;
+}
+
+// ---- shared memory of a block: [shift | centre | warp slots] [moment partials / fragment scratch]
+//      [kStages tiles (cp.async ring)] [basis hi (| basis lo)] -------------------------------------------------
+ASK_HD constexpr int align128(int bytes) { return (bytes + 127) / 128 * 128; }
+constexpr int kHeadBytes = align128((2 * kBlockC + kWarps * 4) * 4);
+constexpr int kRedBytes = align128(2 * kWarps * kBlockC * 4);
+static_assert(kWarps * kFrag * kFrag * 4 <= kRedBytes, "the fragment scratch shares the moment partials' space");
+ASK_HD constexpr int ring_stages(int elem) { return elem == 4 ? 3 : 4; }  // tiles in flight per block
+ASK_HD constexpr int tile_ld(int elem) { return kBlockC + (elem == 4 ? 4 : 8); }  // tile leading dim (elements)
+ASK_HD constexpr int tile_bytes(int elem) { return align128(kTileL * tile_ld(elem) * elem); }
+ASK_HD int basis_rows(const Plan& p) { return p.kp == 0 ? 0 : (p.resident ? p.kp : p.pass_rows); }
+ASK_HD int smem_layout(const Plan& p, int dtype) {
+  const int elem = elem_bytes(dtype), splits = dtype == kFloat32 ? 1 : 2;
+  return kHeadBytes + kRedBytes + ring_stages(elem) * tile_bytes(elem) + basis_rows(p) * p.basis_ld * elem * splits;
 }
 
 ASK_HD Plan make_plan(int64_t length, int64_t channels, int kp, int dtype, int vec) {
@@ -88,6 +104,7 @@ ASK_HD Plan make_plan(int64_t length, int64_t channels, int kp, int dtype, int v
   p.basis_cols = p.resident ? static_cast<int>(lpad) : kTileL;
   p.basis_ld = p.basis_cols + smem_pad(dtype);
   p.vec = vec;
+  p.smem_bytes = smem_layout(p, dtype);
   return p;
 }
 

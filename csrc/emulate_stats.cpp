@@ -270,13 +270,13 @@ int aselect_emulate_stats(const float* x, int dtype, int64_t n, int64_t length, 
 }
 
 //! The launch plan the kernel would use: num_cb, num_tiles, kp, pass_rows, num_pass, resident, basis_ld,
-//! basis_cols, vec (in this order), vec from the launcher's own alignment rule for address `addr`.
+//! basis_cols, vec, smem_bytes (in this order), vec from the launcher's own alignment rule for address `addr`.
 void aselect_emulate_plan(int64_t length, int64_t channels, int kp, int dtype, uint64_t addr, int64_t stride_n,
                           int64_t stride_l, int64_t stride_c, int* plan_out) {
   const int vec = vector_ok(static_cast<uintptr_t>(addr), dtype, channels, stride_n, stride_l, stride_c);
   const Plan p = make_plan(length, channels, kp, dtype, vec);
-  const int values[9] = {p.num_cb, p.num_tiles, p.kp, p.pass_rows, p.num_pass, p.resident, p.basis_ld,
-                         p.basis_cols, p.vec};
-  for (int i = 0; i < 9; ++i) plan_out[i] = values[i];
+  const int values[10] = {p.num_cb, p.num_tiles, p.kp, p.pass_rows, p.num_pass, p.resident, p.basis_ld,
+                          p.basis_cols, p.vec, p.smem_bytes};
+  for (int i = 0; i < 10; ++i) plan_out[i] = values[i];
 }
 }

@@ -111,7 +111,8 @@ def emulator(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
     return dll
 
 
-PLAN_FIELDS = ("num_cb", "num_tiles", "kp", "pass_rows", "num_pass", "resident", "basis_ld", "basis_cols", "vec")
+PLAN_FIELDS = ("num_cb", "num_tiles", "kp", "pass_rows", "num_pass", "resident", "basis_ld", "basis_cols", "vec",
+               "smem_bytes")
 
 
 def plan_of(dll: ctypes.CDLL, x: torch.Tensor, kp: int) -> dict[str, int]:
@@ -194,6 +195,22 @@ def test_vector_path_rule(emulator: ctypes.CDLL) -> None:
     assert plan_of(emulator, base[:, :, :132], 16)["vec"] == 0  # a partial 16-byte group at the end of a row
     assert plan_of(emulator, torch.zeros(2, 64, 132, dtype=torch.bfloat16), 16)["vec"] == 0  # C % 8 != 0
     assert plan_of(emulator, torch.zeros(2, 64, 132, dtype=torch.float32), 16)["vec"] == 1
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize(("length", "grid", "cutoff"), [
+    (256, None, 0.15), (256, (16, 16), 0.15), (196, (14, 14), 0.15), (1024, None, 0.15), (1024, (32, 32), 0.15),
+    (4096, (64, 64), 0.15), (4096, None, 0.15), (49, None, 0.9),
+])
+def test_shared_memory_plan(emulator: ctypes.CDLL, dtype: torch.dtype, length: int, grid: tuple[int, int] | None,
+                            cutoff: float) -> None:
+    """Every plan fits a block's shared memory on sm_90 (227 KiB); the DiT-XL/2 and embedded-model taps fit two
+    blocks per SM (228 KiB, 1 KiB reserved per block), the occupancy that __launch_bounds__(256, 2) is built for."""
+    k = low_frequency_basis(length, grid, cutoff).shape[0]
+    plan = plan_of(emulator, torch.zeros(1, length, 128, dtype=dtype), -(-k // 16) * 16)
+    assert 0 < plan["smem_bytes"] <= 227 * 1024, plan
+    if length in (196, 256):
+        assert 2 * (plan["smem_bytes"] + 1024) <= 228 * 1024, plan
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
