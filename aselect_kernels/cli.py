@@ -58,7 +58,8 @@ def _selection_args(p: argparse.ArgumentParser, default_taps: str) -> None:
     p.add_argument("--cutoff", type=float, default=0.15, help="hfr cutoff, fraction of Nyquist")
     p.add_argument("--hfr-dims", type=int, default=1, choices=(1, 2), help="DFT along tokens (1) or the grid (2)")
     p.add_argument("--backend", default="auto", choices=BACKENDS,
-                   help="stats backend: auto (kernel on CUDA, matmul on CPU), triton, matmul, torch (reference)")
+                   help="stats backend: auto (kernel on CUDA, matmul on CPU), triton, cuda (CUDA C++ kernel), matmul, "
+                        "torch (reference)")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="fp32", choices=sorted(_DTYPES))
     p.add_argument("--chunk-size", type=int, help="samples per forward (default: from the memory budget)")

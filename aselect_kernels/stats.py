@@ -5,6 +5,9 @@
 kernel's algorithm in PyTorch ops, 2-5x faster than the reference on a CPU) elsewhere.  A CUDA tensor the kernel
 cannot take (fp64, Triton missing) falls back to the reference with a one-time warning.  ``"triton"`` forces the
 kernel (CPU tensors too when ``TRITON_INTERPRET=1``), ``"matmul"`` the PyTorch twin and ``"torch"`` the reference.
+``"cuda"`` forces the CUDA C++ kernel of ``csrc/`` (:mod:`~aselect_kernels.ops.cuda_stats`; CUDA tensors only).
+On CUDA tensors ``"auto"`` runs the GPU kernel that the committed table :mod:`~aselect_kernels.ops.backend_table`
+names for the shape (Triton until both kernels are measured on a GPU).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from .ops import custom_op
 from .ops.matmul_stats import matmul_stats
 from .reference import StatsConfig, check_features, reference_stats
 
-BACKENDS = ("auto", "triton", "matmul", "torch")
+BACKENDS = ("auto", "triton", "cuda", "matmul", "torch")
 
 _DEFAULT_CONFIG = StatsConfig()
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -57,11 +60,13 @@ def _kernel_unsupported(x: torch.Tensor) -> str | None:
     return None
 
 
-def _run_op(x: torch.Tensor, config: StatsConfig) -> torch.Tensor:
-    """The fused kernel: through the custom op while ``torch.compile`` traces (one opaque node), directly in eager
-    mode (no dispatcher overhead per tap)."""
+def _run_op(x: torch.Tensor, config: StatsConfig, by_table: bool = True) -> torch.Tensor:
+    """The GPU kernel: through the custom op while ``torch.compile`` traces (one opaque node, the table's kernel),
+    directly in eager mode (no dispatcher overhead per tap): the table's kernel, or Triton's (``by_table=False``)."""
     if torch.compiler.is_compiling() or not x.is_cuda:
         return torch.ops.aselect.sample_stats(x, *custom_op.config_to_args(config))
+    if by_table:
+        return custom_op.gpu_stats(x, config)
     from .ops.fused_stats import fused_stats
 
     return fused_stats(x, config)
@@ -81,12 +86,19 @@ def compute_stats(
         return reference_stats(x, config)
     if backend == "matmul":
         return matmul_stats(x, config)
+    if backend == "cuda":
+        from .ops.cuda_stats import CudaStatsUnavailable, cuda_stats
+
+        try:
+            return cuda_stats(x, config)
+        except CudaStatsUnavailable as exc:
+            raise CudaStatsUnavailable(f"backend='cuda' unavailable: {exc}") from None
     if backend == "triton":
         reason = _kernel_unsupported(x)
         if reason is not None:
             raise RuntimeError(f"backend='triton' unavailable: {reason}")
         if _on_gpu(x):
-            return _run_op(x, config)
+            return _run_op(x, config, by_table=False)
         from .ops import fused_stats as fused_module
 
         if x.device.type != "cpu" or not fused_module.INTERPRET:

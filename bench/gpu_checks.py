@@ -1,6 +1,10 @@
-"""Correctness of the fused statistics kernel on the GPU, written as JSON.
+"""Correctness of a GPU statistics kernel (Triton, or the CUDA C++ kernel of csrc/) on the GPU, written as JSON.
 
-``python bench/gpu_checks.py --out results.json [--smoke | --sanitizer]``
+``python bench/gpu_checks.py --out results.json [--smoke | --sanitizer] [--backend triton|cuda]``
+
+``--backend`` picks the kernel under test: ``triton`` (default), :func:`~aselect_kernels.ops.fused_stats.fused_stats`,
+or ``cuda``, :func:`~aselect_kernels.ops.cuda_stats.cuda_stats` (GPU only; built on first use).  Every check below
+runs on the chosen kernel; the compile check runs with ``triton`` only (it exercises the custom op and the taps).
 
 * ``accuracy``: :func:`~aselect_kernels.ops.fused_stats.fused_stats` against the float64 reference on fresh random
   inputs, fp32/fp16/bf16, awkward shapes (N=1, L=49 C=200, non-powers of two, 2-D non-square grids, several basis
@@ -11,14 +15,21 @@
   have the reference's NaN pattern and be within tolerance; ``poison_hit`` records whether the output really
   landed in a poisoned block.
 * ``determinism``: two runs are bitwise equal, and a sample's result does not depend on its batch.
-* ``dispatch``: ``compute_stats(x, backend="auto")`` (the custom op) equals ``fused_stats`` bitwise.
+* ``dispatch``: ``compute_stats(x, backend="auto")`` (the custom op) equals the kernel bitwise where the backend
+  table sends the shape to it; elsewhere ``compute_stats(x, backend=<kernel>)`` must.
 * ``compile``: ``torch._dynamo.explain`` and ``torch.compile(fullgraph=True)`` of a small plain DiT with fused
   taps (:class:`~aselect_kernels.taps.TapSet`, backend ``auto``): graph breaks, and whether it runs and matches
   eager.
 
 ``--smoke`` runs a subset on the CPU under ``TRITON_INTERPRET=1`` (taps through the custom op's CPU reference,
-compiled with the ``eager`` backend); ``--sanitizer`` a short GPU subset for ``compute-sanitizer``.  Exit status 1
-when a check fails.
+compiled with the ``eager`` backend); ``--sanitizer`` a short GPU subset for ``compute-sanitizer``, e.g.::
+
+    compute-sanitizer --tool memcheck --kernel-name kns=aselect_stats --error-exitcode 3 \
+        python bench/gpu_checks.py --sanitizer --backend cuda --out memcheck.json
+    compute-sanitizer --tool racecheck --kernel-name kns=aselect_stats --racecheck-report all --error-exitcode 3 \
+        python bench/gpu_checks.py --sanitizer --backend cuda --out racecheck.json
+
+Exit status 1 when a check fails.
 """
 
 from __future__ import annotations
@@ -36,7 +47,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
+if "--smoke" in sys.argv:  # the interpreter must be chosen before anything imports Triton (bench_stats does)
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_stats import REPO, PlainDiT, env_info, nvtx_range, sync  # noqa: E402
@@ -48,11 +62,25 @@ from aselect_kernels.reference import STAT_NAMES, StatsConfig, reference_stats  
 U32 = 2.0**-24
 BASIS_ERR = {torch.float32: 4 * 2.0**-24, torch.float16: 4 * 2.0**-21, torch.bfloat16: 4 * 2.0**-16}
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+#: The CUDA kernel takes fp32 inputs through 3xTF32 (operands split into TF32 halves): about 2^-21 per product.
+CUDA_OPERAND_ERR = {**BASIS_ERR, torch.float32: 4 * 2.0**-21}
+KERNELS = ("triton", "cuda")
 
 
-def tolerance(dtype: torch.dtype, length: int, channels: int) -> float:
-    """Relative tolerance: basis rounding plus fp32 accumulation over the L*C terms of a sample."""
-    return BASIS_ERR[dtype] + 8 * U32 * math.sqrt(length * channels)
+def tolerance(dtype: torch.dtype, length: int, channels: int, backend: str = "triton") -> float:
+    """Relative tolerance: basis (and operand) rounding plus fp32 accumulation over the L*C terms of a sample."""
+    return (CUDA_OPERAND_ERR if backend == "cuda" else BASIS_ERR)[dtype] + 8 * U32 * math.sqrt(length * channels)
+
+
+def stats_fn(backend: str) -> Callable[[torch.Tensor, StatsConfig], torch.Tensor]:
+    """The kernel under test."""
+    if backend == "cuda":
+        from aselect_kernels.ops.cuda_stats import cuda_stats
+
+        return cuda_stats
+    from aselect_kernels.ops.fused_stats import fused_stats
+
+    return fused_stats
 
 
 @dataclass
@@ -162,12 +190,15 @@ def compare(out: torch.Tensor, ref: torch.Tensor, x: torch.Tensor, rtol: float) 
     return res
 
 
-def block_plan(x: torch.Tensor, config: StatsConfig) -> list[int]:
-    """Bytes of the three buffers fused_stats allocates (partials, entropy states, output), in its order."""
+def block_plan(x: torch.Tensor, config: StatsConfig, backend: str = "triton") -> list[int]:
+    """Bytes of the three buffers the kernel allocates (partials, entropy states, output), in its order."""
     from aselect_kernels.frequency import low_frequency_basis
     from aselect_kernels.ops import fused_stats as fused
 
     n, length, c = x.shape
+    if backend == "cuda":  # csrc/aselect_stats.cu: 128-channel blocks, 4 partials and 3 states per token each
+        num_cb = -(-c // 128)
+        return [n * num_cb * 4 * 4, n * num_cb * 3 * length * 4, n * len(STAT_NAMES) * 4]
     k = low_frequency_basis(length, config.resolve_grid(length), config.cutoff, dtype=torch.float64).shape[0]
     _, bc, _ = fused.block_sizes(length, c, k)
     num_cb = -(-c // bc)
@@ -185,11 +216,10 @@ def poison_allocator(sizes: Sequence[int], device: torch.device, value: float) -
 
 
 def run_accuracy(device: torch.device, mode: str, results: list[dict[str, Any]] | None = None,
-                 on_result: Callable[[], None] | None = None) -> list[dict[str, Any]]:
+                 on_result: Callable[[], None] | None = None, backend: str = "triton") -> list[dict[str, Any]]:
     """Every accuracy case x dtype, with poisoned buffers, against the fp64 reference (appended to ``results``,
     ``on_result`` called after each, so a run cut short keeps what it checked)."""
-    from aselect_kernels.ops.fused_stats import fused_stats
-
+    kernel = stats_fn(backend)
     results = [] if results is None else results
     k = 0
     for chk in checks(mode):
@@ -205,12 +235,12 @@ def run_accuracy(device: torch.device, mode: str, results: list[dict[str, Any]] 
                 ref = reference64(x, chk.config)
                 poison = float("nan") if k % 2 == 0 else 1e30
                 entry["poison"] = "nan" if k % 2 == 0 else "1e30"
-                ptrs = poison_allocator(block_plan(x, chk.config), device, poison)
+                ptrs = poison_allocator(block_plan(x, chk.config, backend), device, poison)
                 with nvtx_range(f"aselect.check.{name}", device.type == "cuda"):
-                    out = fused_stats(x, chk.config)
+                    out = kernel(x, chk.config)
                 sync(device)
                 entry["poison_hit"] = out.data_ptr() in ptrs if device.type == "cuda" else None
-                entry.update(compare(out, ref, x, tolerance(dtype, chk.length, chk.channels)))
+                entry.update(compare(out, ref, x, tolerance(dtype, chk.length, chk.channels, backend)))
                 entry["output_dtype_ok"] = out.dtype == torch.float32 and out.device == x.device
                 entry["passed"] = entry["passed"] and entry["output_dtype_ok"]
             except Exception:
@@ -225,11 +255,12 @@ def run_accuracy(device: torch.device, mode: str, results: list[dict[str, Any]] 
     return results
 
 
-def run_determinism(device: torch.device, mode: str) -> list[dict[str, Any]]:
+def run_determinism(device: torch.device, mode: str, backend: str = "triton") -> list[dict[str, Any]]:
     """Bitwise repeatability, batch invariance and the dispatcher (custom op) path."""
-    from aselect_kernels.ops.fused_stats import fused_stats
+    from aselect_kernels.ops.backend_table import choose_for
     from aselect_kernels.stats import compute_stats
 
+    kernel = stats_fn(backend)
     shapes = [(8, 256, 1152, StatsConfig()), (64, 196, 128, StatsConfig(hfr_dims=2, grid=(14, 14)))]
     if mode == "smoke":
         shapes = [(3, 64, 40, StatsConfig())]
@@ -243,13 +274,16 @@ def run_determinism(device: torch.device, mode: str) -> list[dict[str, Any]]:
             try:
                 g = torch.Generator(device=device).manual_seed(zlib.crc32(name.encode()) ^ time.time_ns() % 997)
                 x = torch.randn(n, length, c, generator=g, device=device).to(dtype)
-                a, b = fused_stats(x, cfg), fused_stats(x, cfg)
-                part = fused_stats(x[1:2].clone(), cfg)
-                backend = "triton" if device.type == "cpu" else "auto"
-                via_op = compute_stats(x, cfg, backend=backend)
+                a, b = kernel(x, cfg), kernel(x, cfg)
+                part = kernel(x[1:2].clone(), cfg)
+                if device.type == "cpu":
+                    dispatch = "triton"
+                else:  # "auto" where the table sends this shape to the kernel under test
+                    dispatch = "auto" if choose_for(x, cfg.hfr_dims) == backend else backend
+                via_op = compute_stats(x, cfg, backend=dispatch)
                 entry.update(repeat_bitwise=bool(torch.equal(a, b)),
                              batch_invariant_bitwise=bool(torch.equal(part[0], a[1])),
-                             dispatch_bitwise=bool(torch.equal(via_op, a)), dispatch_backend=backend)
+                             dispatch_bitwise=bool(torch.equal(via_op, a)), dispatch_backend=dispatch)
                 entry["passed"] = entry["repeat_bitwise"] and entry["batch_invariant_bitwise"] and entry[
                     "dispatch_bitwise"]
             except Exception:
@@ -344,6 +378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--smoke", action="store_true", help="CPU subset under TRITON_INTERPRET=1")
     mode.add_argument("--sanitizer", action="store_true", help="short GPU subset, for compute-sanitizer")
+    parser.add_argument("--backend", choices=KERNELS, default="triton", help="the kernel under test")
     parser.add_argument("--skip-compile", action="store_true")
     parser.add_argument("--sections", default="accuracy,determinism,compile",
                         help="comma list of accuracy, determinism, compile")
@@ -354,8 +389,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(min(2, torch.get_num_threads()))
     elif not torch.cuda.is_available():
         parser.error("no CUDA device: run with --smoke for the CPU check")
+    if args.smoke and args.backend == "cuda":
+        parser.error("--backend cuda needs a CUDA device (tests/test_cuda_kernel.py checks its algorithm on the CPU)")
     device = torch.device("cpu") if args.smoke else torch.device("cuda", torch.cuda.current_device())
-    report: dict[str, Any] = {"env": env_info(device, args.smoke), "mode": run_mode, "repo": str(REPO)}
+    report: dict[str, Any] = {"env": env_info(device, args.smoke), "mode": run_mode, "repo": str(REPO),
+                              "backend": args.backend}
     t0 = time.perf_counter()
 
     def save() -> None:
@@ -364,10 +402,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     report["accuracy"] = []
     sections: list[tuple[str, Callable[[], Any]]] = [
-        ("accuracy", lambda: run_accuracy(device, run_mode, report["accuracy"], save)),
-        ("determinism", lambda: run_determinism(device, run_mode)),
+        ("accuracy", lambda: run_accuracy(device, run_mode, report["accuracy"], save, args.backend)),
+        ("determinism", lambda: run_determinism(device, run_mode, args.backend)),
     ]
-    if run_mode != "sanitizer" and not args.skip_compile:
+    if run_mode != "sanitizer" and not args.skip_compile and args.backend == "triton":
         sections.append(("compile", lambda: run_compile(device)))
     wanted = {name.strip() for name in args.sections.split(",")}
     sections = [(name, fn) for name, fn in sections if name in wanted]

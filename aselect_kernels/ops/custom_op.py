@@ -1,16 +1,22 @@
 """``torch.ops.aselect.sample_stats``: the statistics as a PyTorch custom op, so ``torch.compile`` keeps one graph.
 
-CPU tensors run :func:`~aselect_kernels.ops.matmul_stats.matmul_stats` (float32); CUDA tensors run the fused
-Triton kernel.  The grid travels as two ints, ``(0, 0)`` meaning ``None`` (square grid inferred in 2-D).
-Importing this module registers the op; it needs no Triton until a CUDA tensor is scored.
+CPU tensors run :func:`~aselect_kernels.ops.matmul_stats.matmul_stats` (float32); CUDA tensors run the GPU kernel
+that :mod:`~aselect_kernels.ops.backend_table` names for the shape (:func:`gpu_stats`: the fused Triton kernel, or
+the CUDA C++ kernel of ``csrc/``).  The grid travels as two ints, ``(0, 0)`` meaning ``None`` (square grid
+inferred in 2-D).  Importing this module registers the op; it needs no Triton until a CUDA tensor is scored.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from ..reference import STAT_NAMES, StatsConfig
+from . import backend_table
 from .matmul_stats import matmul_stats
+
+_warned: set[str] = set()
 
 
 def config_from_args(cutoff: float, hfr_dims: int, grid_h: int, grid_w: int) -> StatsConfig:
@@ -25,6 +31,23 @@ def config_to_args(config: StatsConfig) -> tuple[float, int, int, int]:
     return float(config.cutoff), int(config.hfr_dims), int(grid_h), int(grid_w)
 
 
+def gpu_stats(x: torch.Tensor, config: StatsConfig) -> torch.Tensor:
+    """Statistics of a CUDA tensor by the kernel the backend table names for its shape; the Triton kernel (with a
+    one-time warning) when the table names the CUDA kernel and it cannot run here."""
+    if backend_table.choose_for(x, config.hfr_dims) == "cuda":
+        from .cuda_stats import cuda_stats, unavailable_reason
+
+        reason = unavailable_reason()
+        if reason is None:
+            return cuda_stats(x, config)
+        if reason not in _warned:
+            _warned.add(reason)
+            warnings.warn(f"{reason}: using the Triton kernel instead", RuntimeWarning, stacklevel=2)
+    from .fused_stats import fused_stats
+
+    return fused_stats(x, config)
+
+
 @torch.library.custom_op("aselect::sample_stats", mutates_args=(), device_types="cpu")
 def sample_stats(x: torch.Tensor, cutoff: float, hfr_dims: int, grid_h: int, grid_w: int) -> torch.Tensor:
     """Per-sample statistics ``[N, 6]`` float32 of a tapped tensor ``x`` ``[N, L, C]`` (the PyTorch twin on CPU)."""
@@ -33,9 +56,7 @@ def sample_stats(x: torch.Tensor, cutoff: float, hfr_dims: int, grid_h: int, gri
 
 @sample_stats.register_kernel("cuda")
 def _sample_stats_cuda(x: torch.Tensor, cutoff: float, hfr_dims: int, grid_h: int, grid_w: int) -> torch.Tensor:
-    from .fused_stats import fused_stats
-
-    return fused_stats(x, config_from_args(cutoff, hfr_dims, grid_h, grid_w))
+    return gpu_stats(x, config_from_args(cutoff, hfr_dims, grid_h, grid_w))
 
 
 @sample_stats.register_fake
