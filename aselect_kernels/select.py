@@ -44,6 +44,7 @@ def select_timestep(
     memory_budget: int | None = None,
     progress: bool = True,
     call=None,
+    overlap: bool = False,
 ) -> SelectionResult:
     """Score (timestep x tap) with label-free statistics and select the best.
 
@@ -60,6 +61,8 @@ def select_timestep(
         backend: ``"auto"`` (fused Triton kernel on CUDA, its PyTorch twin ``"matmul"`` on CPU), ``"triton"``,
             ``"matmul"`` or ``"torch"`` (the reference).
         chunk_size / memory_budget: samples per forward, or the bytes a chunk may use.
+        overlap: on CUDA, compute the statistics on a side stream beside the forward, joined after each chunk
+            (same results; see :class:`~aselect_kernels.taps.TapSet`); ignored on the CPU.
     """
     primary = get_scorer(scorer)
     if direction is not None:
@@ -73,11 +76,12 @@ def select_timestep(
     n_img = images.shape[0]
     feature_fns = {s.name: s.feature_fn for s in scorers if s.feature_fn is not None}
     start = time.perf_counter()
-    with TapSet(model, specs, n_img * len(ts), feature_fns=feature_fns, config=config, backend=backend) as tapset:
+    with TapSet(model, specs, n_img * len(ts), feature_fns=feature_fns, config=config, backend=backend,
+                overlap=overlap) as tapset:
         info = run_multi_timestep(
             model, images, ts, noiser, on_chunk=lambda rows: setattr(tapset, "rows", rows),
             conditioning=conditioning, seed=seed, shared_noise=shared_noise, chunk_size=chunk_size,
-            memory_budget=memory_budget, progress=progress, call=call,
+            memory_budget=memory_budget, progress=progress, call=call, on_chunk_end=tapset.join,
         )
         collected = tapset.collect()
     columns = tapset.columns
@@ -90,7 +94,8 @@ def select_timestep(
     result = SelectionResult(
         timesteps=ts, taps=[s.name for s in specs], scorers=[s.name for s in scorers],
         directions={s.name: s.direction for s in scorers}, moments=moments, primary=primary.name,
-        meta=_meta(model, images, noiser, config, backend, info, time.perf_counter() - start, seed, shared_noise),
+        meta={**_meta(model, images, noiser, config, backend, info, time.perf_counter() - start, seed, shared_noise),
+              "overlap": overlap},
     )
     result.per_sample = values  # [B, T, P, S], not serialized
     return result
