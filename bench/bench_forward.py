@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import statistics
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -65,24 +65,29 @@ def capture(fn: Callable[[], object], device: torch.device) -> torch.cuda.CUDAGr
 
 
 class Variant:
-    """One way to run the forward: hooks entered for its lifetime, a call, and its statistics."""
+    """One way to run the forward: its taps (hooked only inside :meth:`active`), a call, and its statistics."""
 
     def __init__(self, name: str, bundle: DitBundle, taps: list[TapSpec], batch: int, inputs: tuple,
                  backend: str | None, overlap: bool = False, graph: bool = False) -> None:
         self.name, self.bundle, self.inputs, self.graph = name, bundle, inputs, graph
         self.scored = backend is not None
-        device = inputs[0].device
+        self.rows = torch.arange(batch, device=inputs[0].device)
         self.tapset = (TapSet(bundle.model, taps, batch, backend=backend, overlap=overlap) if self.scored
                        else None)
         self._graph: torch.cuda.CUDAGraph | None = None
-        if self.tapset is not None:
-            self.tapset.__enter__()
-            self.tapset.rows = torch.arange(batch, device=device)
-        if graph:
-            try:
-                self._graph = capture(self._eager, device)
-            finally:
-                self.close()  # the graph keeps the kernels and the buffers; the hooks are no longer needed
+        if graph:  # the graph keeps the kernels and the buffers: no hooks needed afterwards
+            with self.active():
+                self._graph = capture(self._eager, inputs[0].device)
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        """The taps hooked into the model (eager variants; a graph replays without hooks)."""
+        if self.tapset is None or self._graph is not None:
+            yield
+            return
+        with self.tapset:
+            self.tapset.rows = self.rows
+            yield
 
     def _eager(self) -> None:
         with nvtx_range(f"aselect.variant.{self.name}", self.inputs[0].is_cuda):
@@ -98,10 +103,6 @@ class Variant:
 
     def stats(self) -> dict[str, torch.Tensor] | None:
         return None if self.tapset is None else self.tapset.collect()
-
-    def close(self) -> None:
-        if self.tapset is not None:
-            self.tapset.remove()
 
 
 def variant_specs(backends: Sequence[str], cuda: bool, smoke: bool) -> dict[str, dict[str, Any]]:
@@ -147,24 +148,22 @@ def bench_forward(device: torch.device, smoke: bool, prefer: str, batch: int, pr
             kwargs = {k: v for k, v in spec.items() if k not in ("twin", "untimed")}
             try:
                 v = Variant(name, bundle, taps, batch, inputs, **kwargs)
-                v()
+                with v.active():
+                    v()
                 sync(device)
                 got = v.stats()
                 if got is not None:
                     stats[name] = got
-                if spec.get("untimed"):
-                    v.close()
-                else:
+                if not spec.get("untimed"):
                     variants[name] = v
             except Exception:
                 res["variants"][name] = {"error": traceback.format_exc()}
         times: dict[str, list[float]] = {n: [] for n in variants}
         for _ in range(rounds):
             for name, v in variants.items():
-                times[name] += time_calls(lambda _, v=v: v(), 1, device, warmup=0, reps=1)
+                with v.active():  # hooks registered outside the timed call
+                    times[name] += time_calls(lambda _, v=v: v(), 1, device, warmup=0, reps=1)
         peaks = {name: peak_bytes(v, device) for name, v in variants.items() if not v.graph}
-        for v in variants.values():
-            v.close()
     for name, v in variants.items():
         base = "unscored_graph" if v.graph else "unscored"
         entry: dict[str, Any] = {**summary(times[name]), "times_ms": times[name], "scored": v.scored,
@@ -192,10 +191,11 @@ def peak_bytes(v: Variant, device: torch.device) -> int | None:
     """Peak allocated bytes during one call (CUDA only)."""
     if device.type != "cuda":
         return None
-    sync(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    v()
-    sync(device)
+    with v.active():
+        sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        v()
+        sync(device)
     return torch.cuda.max_memory_allocated(device)
 
 
