@@ -10,7 +10,7 @@ bracket the timed iterations.  ``--overlap`` scores the taps on a side stream (`
 random ``--shape`` inputs (default the headline ``128,256,1152`` bf16), ``--iters`` times, each call inside an
 outermost ``aselect.tap`` range with the backend's name nested in it.
 
-Nsight Systems (timeline; if ``nsys`` is not on the PATH, the Nsight Compute bundle may carry a copy)::
+Nsight Systems (timeline; if ``nsys`` is not on the PATH, the Nsight Compute bundle may include a copy)::
 
     nsys profile -t cuda,nvtx --capture-range=cudaProfilerApi -o /tmp/scored_fwd \\
         python python/profile_scored_forward.py --iters 3
