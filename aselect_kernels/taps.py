@@ -24,8 +24,8 @@ hook records an event on the current stream, the side stream waits on it and sco
 (``record_stream`` keeps it alive until then), and :meth:`TapSet.join` makes the current stream wait for the side
 stream at the end of each chunk.  Results are bitwise those of ``overlap=False`` (same kernels, same inputs).  It
 needs a model that does not modify a tapped output in place after its hook: :meth:`TapSet.join` raises when it
-sees that happen to a tapped tensor that is still alive.  On CPU tensors, and while ``torch.compile`` traces, the
-option does nothing.
+sees that happen to a tapped tensor that is still alive (outside ``torch.inference_mode``).  On CPU tensors, and
+while ``torch.compile`` traces, the option does nothing.
 """
 
 from __future__ import annotations
@@ -266,7 +266,8 @@ class TapSet:
         if self.rows.is_cuda:
             self.rows.record_stream(side)
         base = x if x._base is None else x._base  # the module's output (x may be a view that dies with the hook)
-        self._pending.append((spec.name, weakref.ref(base), base._version))
+        if not base.is_inference():  # inference tensors keep no version counter: nothing to check
+            self._pending.append((spec.name, weakref.ref(base), base._version))
         with torch.cuda.stream(side):
             self._score(spec, x)
 

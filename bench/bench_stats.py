@@ -901,7 +901,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print_tables(report)
     if path is not None:
         print(f"[bench] wrote {path}")
-    failed = [k for k, c in report.get("checks", {}).items() if isinstance(c, dict) and c.get("status") == "FAILED"]
+    failed = [k for k, c in report.get("checks", {}).items()
+              if isinstance(c, dict) and c.get("status") in ("FAILED", "ERROR")]
     return 1 if report["errors"] or report["schema_problems"] or failed else 0
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU benchmark and check of aselect_kernels in ONE command, from the repository root:
 #
-#     bash bench/run_all_gpu.sh            # on a CUDA machine: under 9 minutes: RUN_ALL_BUDGET_S (515 s) + 15 s
+#     bash bench/run_all_gpu.sh            # on a CUDA machine: under 9 minutes: RUN_ALL_BUDGET_S (505 s) + shutdown
 #     bash bench/run_all_gpu.sh --smoke    # the same scripts' CPU paths (TRITON_INTERPRET=1), a few minutes
 #
 # Results go to $OUT when it is set (the output folder), else to bench/results/<device-slug>/ (smoke: a new
@@ -51,7 +51,7 @@ if ((SMOKE)); then
     OUT="${OUT:-$(mktemp -d /tmp/aselect-smoke.XXXXXX)}"
     SLUG=smoke-cpu
 else
-    BUDGET="${RUN_ALL_BUDGET_S:-515}"
+    BUDGET="${RUN_ALL_BUDGET_S:-505}"
     SLUG="$("$PY" -c 'import re, torch; print(re.sub("[^a-z0-9]+", "-", torch.cuda.get_device_name(0).lower()).strip("-"))' \
         2>/dev/null || echo no-gpu)"
     OUT="${OUT:-bench/results/$SLUG}"
@@ -91,15 +91,14 @@ find_tool() {
         head -n 1
 }
 
-# sanitize TOOL: compute-sanitizer TOOL over the short GPU subset of gpu_checks.py, appended to sanitizer.log
+# sanitize TOOL RESERVE_S: compute-sanitizer TOOL over the short GPU subset of gpu_checks.py (a run_step),
+# then its log appended to sanitizer.log
 sanitize() {
     local tool="$1" log="$SCRATCH/sanitizer_$1.log"
     # no caching allocator: every tensor its own cudaMalloc, so an out-of-bounds access cannot hide in a pool
-    PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$CS" --tool "$tool" --print-limit 20 --error-exitcode 3 --log-file "$log" \
-        "$PY" bench/gpu_checks.py --sanitizer --out "$SCRATCH/gpu_checks_$tool.json"
-    local rc=$?
-    { echo "##### compute-sanitizer --tool $tool (rc $rc)"; cat "$log" 2>/dev/null; } >>"$OUT/sanitizer.log"
-    return $rc
+    run_step "$tool" 35 "$2" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$CS" --tool "$tool" --print-limit 20 \
+        --error-exitcode 3 --log-file "$log" "$PY" bench/gpu_checks.py --sanitizer --out "$SCRATCH/gc_$tool.json"
+    { echo "##### compute-sanitizer --tool $tool"; cat "$log" 2>/dev/null; } >>"$OUT/sanitizer.log"
 }
 
 # copy_result SRC_DIR FILE: keep one JSON of a step that writes into its own folder
@@ -165,11 +164,12 @@ EOF
         run_step bench_stats 230 180 bash -c "'$PY' bench/bench_stats.py --out '$OUT' --budget-s \$((STEP_LIMIT - 15))"
         run_step gpu_checks 80 130 "$PY" bench/gpu_checks.py --out "$OUT/gpu_checks.json"
         run_step ncu 60 100 bash bench/profile_kernels.sh "$OUT/ncu.txt"
+        local CS
         CS="$(find_tool compute-sanitizer)"
         if [[ -n "$CS" ]]; then
             : >"$OUT/sanitizer.log"
-            run_step memcheck 35 80 bash -c "sanitize memcheck"
-            run_step racecheck 35 65 bash -c "sanitize racecheck"
+            sanitize memcheck 80
+            sanitize racecheck 65
             grep -h "ERROR SUMMARY\|RACECHECK SUMMARY" "$OUT/sanitizer.log" || echo "sanitizer: no summary line"
         else
             not_run memcheck "compute-sanitizer not found"
@@ -185,7 +185,5 @@ EOF
     OUT="$OUT" STEPS="$STEPS" SLUG="$SLUG" "$PY" bench/run_all_summary.py
 }
 
-export -f sanitize
-export CS="" SCRATCH OUT PY
 main 2>&1 | tee "$OUT/run_all.log"
 rm -rf "$STEPS" "$SCRATCH"
