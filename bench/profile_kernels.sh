@@ -3,8 +3,9 @@
 #
 #     bash bench/profile_kernels.sh OUT_FILE [N,L,C]
 #
-# 1. ncu on every kernel inside the `aselect.tap` NVTX ranges of
-#    `python/profile_scored_forward.py --kernel-only` (each backend once, [128, 256, 1152] bf16 by default):
+# 1. ncu on every kernel between the cudaProfilerStart/Stop of
+#    `python/profile_scored_forward.py --kernel-only` (each backend once, [128, 256, 1152] bf16 by default; the NVTX
+#    range of each kernel names its backend):
 #    achieved DRAM and L2 bytes, registers, local-memory (spill) traffic, occupancy, warp stall reasons,
 #    global-load requests vs sectors (16-byte loads give 16 sectors per warp request) and the instruction mix.
 #    If this ncu rejects one of the extra metrics, the sections alone are collected.
@@ -35,11 +36,11 @@ sections=(--section SpeedOfLight --section MemoryWorkloadAnalysis --section Memo
     --section InstructionStats --section ComputeWorkloadAnalysis)
 target=("$PY" python/profile_scored_forward.py --kernel-only --iters 1 --shape "$shape")
 if [[ -n "$ncu" ]]; then
-    echo "##### ncu $("$ncu" --version | tail -n 1): shape $shape, kernels in aselect.tap ranges" >>"$out"
-    if ! "$ncu" --nvtx --nvtx-include "aselect.tap/" --launch-count 8 --clock-control none "${sections[@]}" \
+    echo "##### ncu $("$ncu" --version | tail -n 1): shape $shape, the kernels of each backend's call" >>"$out"
+    if ! "$ncu" --nvtx --profile-from-start off --launch-count 8 --clock-control none "${sections[@]}" \
         --metrics "$metrics" --page details --log-file "$tmp" "${target[@]}"; then
         echo "##### ncu with the extra metrics failed ($(grep -m1 -i error "$tmp")); sections only" >>"$out"
-        "$ncu" --nvtx --nvtx-include "aselect.tap/" --launch-count 8 --clock-control none "${sections[@]}" \
+        "$ncu" --nvtx --profile-from-start off --launch-count 8 --clock-control none "${sections[@]}" \
             --page details --log-file "$tmp" "${target[@]}" || echo "##### ncu failed" >>"$out"
     fi
     cat "$tmp" >>"$out"

@@ -8,18 +8,22 @@ bracket the timed iterations.  ``--overlap`` scores the taps on a side stream (`
 
 ``--kernel-only`` instead calls each statistics backend (``triton``, and ``cuda`` when the package has it) on
 random ``--shape`` inputs (default the headline ``128,256,1152`` bf16), ``--iters`` times, each call inside an
-outermost ``aselect.tap`` range with the backend's name nested in it.
+outermost ``aselect.tap`` range with the backend's name nested in it, and the calls of each backend between
+``cudaProfilerStart/Stop`` (for ``ncu --profile-from-start off``).
 
 Nsight Systems (timeline; if ``nsys`` is not on the PATH, the Nsight Compute bundle may include a copy)::
 
     nsys profile -t cuda,nvtx --capture-range=cudaProfilerApi -o /tmp/scored_fwd \\
         python python/profile_scored_forward.py --iters 3
 
-Nsight Compute (kernels inside the tap ranges only; a trailing ``/`` names a push/pop range, ``*`` in a filter
-stands for whole nesting levels, not for part of a name: hence the constant ``aselect.tap`` range)::
+Nsight Compute, on the tap kernels of the forward (a trailing ``/`` names a push/pop range, ``*`` in a filter
+stands for whole nesting levels, not for part of a name: hence the constant ``aselect.tap`` range), or on the
+kernels alone between the profiler start/stop calls of ``--kernel-only``::
 
     ncu --nvtx --nvtx-include "aselect.tap/" --set full --clock-control none --launch-count 4 \\
-        -o /tmp/tap_kernels python python/profile_scored_forward.py --kernel-only --iters 1
+        -o /tmp/tap_kernels python python/profile_scored_forward.py --iters 1
+    ncu --nvtx --profile-from-start off --set full --clock-control none --launch-count 8 \\
+        -o /tmp/kernels python python/profile_scored_forward.py --kernel-only --iters 1
 
 ``bench/profile_kernels.sh`` runs the second with the sections and metrics the kernel work reads (DRAM and L2
 bytes, registers, spills, occupancy, stall reasons, load widths) and adds the SASS of the kernels.
@@ -57,9 +61,13 @@ def profile_kernels(shape: Sequence[int], iters: int, device: torch.device, dtyp
         compute_stats(xs[0], StatsConfig(), backend)  # warm-up outside the ranges: JIT, basis upload
         sync(device)
         t0 = time.perf_counter()
+        if cuda:
+            torch.cuda.profiler.start()
         for i in range(iters):
             with nvtx_range("aselect.tap", cuda), nvtx_range(backend, cuda):
                 out = compute_stats(xs[i % 2], StatsConfig(), backend)
+        if cuda:
+            torch.cuda.profiler.stop()
         sync(device)
         print(f"[profile] {backend} {list(shape)} {dtype}: {iters} calls in {(time.perf_counter() - t0) * 1e3:.2f} ms, "
               f"finite rows {int(out.isfinite().all(dim=1).sum())}/{shape[0]}", flush=True)
