@@ -278,6 +278,7 @@ def run_multi_timestep(
     memory_budget: int | None = None,
     call: Callable | None = None,
     progress: bool = True,
+    on_chunk_end: Callable[[], object] | None = None,
 ) -> RunInfo:
     """Run every (image, timestep) pair through ``model`` in chunks.
 
@@ -289,6 +290,8 @@ def run_multi_timestep(
             ``False`` draws one per (image, t).
         chunk_size: samples per forward; derived from ``memory_budget`` (bytes) when ``None``.
         call: ``call(model, x_t, t_model, image_index, conditioning, n_images)``, default :func:`default_call`.
+        on_chunk_end: called after each chunk's forward (overlapped taps join their side stream there:
+            :meth:`~aselect_kernels.taps.TapSet.join`).
     """
     device, dtype = model_device_dtype(model)
     check_images(model, images, device)
@@ -335,6 +338,8 @@ def run_multi_timestep(
                 on_chunk(rows)
             with nvtx(f"aselect.chunk{k}"):
                 forward(rows)
+                if on_chunk_end is not None:
+                    on_chunk_end()
             if bar is not None:
                 bar.update(rows.numel())
     if device.type == "cuda":

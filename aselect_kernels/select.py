@@ -44,6 +44,7 @@ def select_timestep(
     memory_budget: int | None = None,
     progress: bool = True,
     call=None,
+    overlap: bool = False,
 ) -> SelectionResult:
     """Score (timestep x tap) with label-free statistics and select the best.
 
@@ -61,6 +62,9 @@ def select_timestep(
             ``"matmul"`` or ``"torch"`` (the reference).
         chunk_size / memory_budget: samples per forward (a whole number), or the bytes a chunk may use (floats
             are floored: ``2.5e5`` is 250000 bytes); both must be positive.
+        overlap: on CUDA, compute the statistics on a side stream beside the forward, joined after each chunk
+            (same results; see :class:`~aselect_kernels.taps.TapSet`); ignored on the CPU.
+        backend also takes ``"cuda"`` (the CUDA C++ kernel of ``csrc/``).
 
     Timesteps are sorted ascending (see :func:`~aselect_kernels.noise.parse_timesteps`); every argument is checked
     before the first forward.
@@ -78,11 +82,12 @@ def select_timestep(
     n_img = images.shape[0]
     feature_fns = {s.name: s.feature_fn for s in scorers if s.feature_fn is not None}
     start = time.perf_counter()
-    with TapSet(model, specs, n_img * len(ts), feature_fns=feature_fns, config=config, backend=backend) as tapset:
+    with TapSet(model, specs, n_img * len(ts), feature_fns=feature_fns, config=config, backend=backend,
+                overlap=overlap) as tapset:
         info = run_multi_timestep(
             model, images, ts, noiser, on_chunk=lambda rows: setattr(tapset, "rows", rows),
             conditioning=conditioning, seed=seed, shared_noise=shared_noise, chunk_size=chunk_size,
-            memory_budget=memory_budget, progress=progress, call=call,
+            memory_budget=memory_budget, progress=progress, call=call, on_chunk_end=tapset.join,
         )
         collected = tapset.collect()
     columns = tapset.columns
@@ -95,7 +100,8 @@ def select_timestep(
     result = SelectionResult(
         timesteps=ts, taps=[s.name for s in specs], scorers=[s.name for s in scorers],
         directions={s.name: s.direction for s in scorers}, moments=moments, primary=primary.name,
-        meta=_meta(model, images, noiser, config, backend, info, time.perf_counter() - start, seed, shared_noise),
+        meta={**_meta(model, images, noiser, config, backend, info, time.perf_counter() - start, seed, shared_noise),
+              "overlap": overlap},
     )
     result.per_sample = values  # [B, T, P, S], not serialized
     return result

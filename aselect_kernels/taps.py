@@ -18,11 +18,20 @@ block.  In a plain DiT (``blocks.i.attn`` / ``blocks.i.mlp``) the same holds for
 
 :class:`TapSet` is a context manager: hooks are removed when it exits, even on error, and keep nothing but the
 statistics (``[n, 6]`` per tap and chunk, written into a device buffer: no host synchronisation).
+
+With ``overlap=True`` the statistics of CUDA taps run on a side stream, beside the layers that follow the tap: the
+hook records an event on the current stream, the side stream waits on it and scores the tensor
+(``record_stream`` keeps it alive until then), and :meth:`TapSet.join` makes the current stream wait for the side
+stream at the end of each chunk.  Results are bitwise those of ``overlap=False`` (same kernels, same inputs).  It
+needs a model that does not modify a tapped output in place after its hook: :meth:`TapSet.join` raises when it
+sees that happen to a tapped tensor that is still alive (outside ``torch.inference_mode``).  On CPU tensors, and
+while ``torch.compile`` traces, the option does nothing.
 """
 
 from __future__ import annotations
 
 import re
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -253,15 +262,18 @@ class TapSet:
         total: number of samples of the whole run (rows of the result buffers).
         stat_fn: ``x [n, L, C] -> [n, k]`` statistics of one tapped output (the fused kernel by default).
         feature_fns: extra per-sample scores computed from the raw tapped tensor (user scorers), name -> fn.
+        overlap: score CUDA taps on a side stream (see the module docstring); ``stat_fn`` and ``feature_fns`` must
+            then be free of host synchronisations.  A no-op on the CPU.
 
-    Before each chunk the caller sets :attr:`rows` (a device ``long`` tensor: the rows of this chunk's samples).
+    Before each chunk the caller sets :attr:`rows` (a device ``long`` tensor: the rows of this chunk's samples),
+    and after it calls :meth:`join` (:meth:`collect` joins too).
     """
 
     def __init__(
         self, model: nn.Module, taps: Sequence[TapSpec], total: int,
         stat_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
         feature_fns: dict[str, FeatureFn] | None = None, config: StatsConfig = StatsConfig(), backend: str = "auto",
-        nvtx: bool = False,
+        nvtx: bool = False, overlap: bool = False,
     ) -> None:
         from .stats import compute_stats
 
@@ -276,6 +288,11 @@ class TapSet:
         self._rows: torch.Tensor | None = None
         self._fired: set[str] = set()  # taps recorded since rows was last set
         self.nvtx = nvtx
+        if not isinstance(overlap, bool):
+            raise TypeError(f"overlap must be True or False, got {overlap!r}")
+        self.overlap = overlap
+        self._side: dict[torch.device, torch.cuda.Stream] = {}  # device -> side stream (overlap)
+        self._pending: list[tuple[str, weakref.ref, int]] = []  # (tap, tensor, version) scored on a side stream
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     @property
@@ -305,22 +322,65 @@ class TapSet:
                     "(does the model duplicate the batch, e.g. for guidance?)"
                 )
             self.shapes[spec.name] = (x.shape[1], x.shape[2])
-            mark = self.nvtx and x.is_cuda and not torch.compiler.is_compiling()
-            if mark:  # a constant outer range (for ncu --nvtx-include "aselect.tap/") around the tap's own name
-                torch.cuda.nvtx.range_push("aselect.tap")
-                torch.cuda.nvtx.range_push(spec.name)
-            cols = [self.stat_fn(x)] + [fn(x).to(torch.float32).reshape(-1, 1) for fn in self.feature_fns.values()]
-            if mark:
-                torch.cuda.nvtx.range_pop()
-                torch.cuda.nvtx.range_pop()
-            values = torch.cat(cols, dim=1) if len(cols) > 1 else cols[0]
-            buf = self.buffers.get(spec.name)
-            if buf is None:
-                buf = torch.full((self.total, values.shape[1]), float("nan"), device=values.device)
-                self.buffers[spec.name] = buf
-            buf.index_copy_(0, self.rows.to(buf.device), values.to(torch.float32))
+            if self.overlap and x.is_cuda and not torch.compiler.is_compiling():
+                self._score_on_side_stream(spec, x)
+            else:
+                self._score(spec, x)
 
         return hook
+
+    def _score(self, spec: TapSpec, x: torch.Tensor) -> None:
+        """Statistics of ``x`` into the rows of this chunk, on the current stream."""
+        mark = self.nvtx and x.is_cuda and not torch.compiler.is_compiling()
+        if mark:  # a constant outer range (for ncu --nvtx-include "aselect.tap/") around the tap's own name
+            torch.cuda.nvtx.range_push("aselect.tap")
+            torch.cuda.nvtx.range_push(spec.name)
+        cols = [self.stat_fn(x)] + [fn(x).to(torch.float32).reshape(-1, 1) for fn in self.feature_fns.values()]
+        if mark:
+            torch.cuda.nvtx.range_pop()
+            torch.cuda.nvtx.range_pop()
+        values = torch.cat(cols, dim=1) if len(cols) > 1 else cols[0]
+        buf = self.buffers.get(spec.name)
+        if buf is None:
+            buf = torch.full((self.total, values.shape[1]), float("nan"), device=values.device)
+            self.buffers[spec.name] = buf
+        buf.index_copy_(0, self.rows.to(buf.device), values.to(torch.float32))
+
+    def _score_on_side_stream(self, spec: TapSpec, x: torch.Tensor) -> None:
+        """:meth:`_score` on the device's side stream, ordered after everything queued so far on the current one."""
+        main = torch.cuda.current_stream(x.device)
+        side = self._side.get(x.device)
+        if side is None:
+            side = self._side[x.device] = torch.cuda.Stream(x.device)
+        ready = torch.cuda.Event()
+        ready.record(main)
+        side.wait_event(ready)
+        x.record_stream(side)  # the allocator must not reuse x's memory before the side stream has read it
+        if self.rows.is_cuda:
+            self.rows.record_stream(side)
+        base = x if x._base is None else x._base  # the module's output (x may be a view that dies with the hook)
+        if not base.is_inference():  # inference tensors keep no version counter: nothing to check
+            self._pending.append((spec.name, weakref.ref(base), base._version))
+        with torch.cuda.stream(side):
+            self._score(spec, x)
+
+    def join(self) -> None:
+        """Make the current stream wait for the statistics queued on side streams (a no-op without overlap).
+
+        Raises ``RuntimeError`` if a tapped tensor scored on a side stream was modified in place after its hook
+        (the side stream may have read the modified values): score that model with ``overlap=False``.
+        """
+        for device, side in self._side.items():
+            done = torch.cuda.Event()
+            done.record(side)
+            torch.cuda.current_stream(device).wait_event(done)
+        pending, self._pending = self._pending, []
+        changed = sorted({name for name, ref, version in pending if (t := ref()) is not None and t._version != version})
+        if changed:
+            raise RuntimeError(
+                f"taps {changed} were modified in place after their hook, so statistics computed beside the "
+                "forward may have read the modified values: use overlap=False for this model"
+            )
 
     def __enter__(self) -> TapSet:
         try:
@@ -344,6 +404,7 @@ class TapSet:
 
     def collect(self) -> dict[str, torch.Tensor]:
         """All statistics, moved to the host once: tap name -> ``[total, len(columns)]`` float32."""
+        self.join()
         missing = [s.name for s in self.taps if s.name not in self.buffers]
         if missing:
             raise RuntimeError(f"taps {missing} never fired: is the module used in the forward?")

@@ -1,25 +1,29 @@
 """Side-by-side benchmark of the fused A-SelecT statistics on one card, in one run.
 
-``python bench/bench_stats.py [--smoke] [--out DIR] [--sections copy,kernel,forward]``
+``python bench/bench_stats.py [--smoke] [--out DIR] [--sections ...] [--budget-s S]``
 
-Sections (each figure is a median; inputs are random, never zeros):
+Sections, in the order they run (each figure is a median; inputs are random, never zeros, and rotate among
+buffers that together exceed the L2):
 
-* ``copy``: device-to-device copy bandwidth ((read + write bytes) / time) on a buffer far larger than the L2, and a
-  read-only reduction bandwidth, as the ceilings;
-* ``kernel``: :func:`aselect_kernels.ops.fused_stats.fused_stats` on ``[N, 256, 1152]`` bf16 (DiT-XL/2) for N in
-  (1, 8, 128) and on the embedded model's ``[N, 196, EMB_C]`` (fp32/bf16), 1-D and 2-D hfr, rotating among distinct
-  input buffers whose total exceeds the L2.  Effective GB/s counts ``x`` read once.  Kernel times are taken two
-  ways: CUDA events around each Python call (``launch``, what a caller sees, launch overhead included) and CUDA-graph
-  replay (``graph``, device time); GB/s and % of copy use the graph time when the capture worked.  The same
-  statistics by the eager reference, by ``torch.compile(reference_stats)`` and by a graph-break-free rewrite of the
-  reference compiled with ``fullgraph=True`` (headline case) give the speed-ups (launch time against launch time);
-* ``forward``: the DiT-XL/2-sized forward (diffusers ``DiTTransformer2DModel``, random bf16 weights, batch 128;
-  a self-contained plain DiT of the same sizes when diffusers is missing) unscored, with eager reference hooks and
-  with fused taps on all 56 attention-out / MLP-out outputs: median time, overhead, peak memory.
+* ``analysis``: the bytes and flops of the low-frequency projection: K (basis rows) of every kernel case, and the
+  token count L at which the 1-D projection turns compute-bound against the ceilings measured below;
+* ``ceilings``: device-to-device copy ((read + write bytes) / time) and read-only (a bf16 -> fp32 sum) bandwidth
+  on a buffer far larger than the L2, and dense matmul throughput (bf16, tf32);
+* ``checks``: the scored forward's contract on CUDA (:mod:`bench_forward`): overlapped taps equal plain taps
+  bitwise, no host synchronisation inside a scored chunk, one scored chunk captured in a CUDA graph whose replay
+  equals eager, an in-place change after a tap caught under overlap;
+* ``kernel``: every statistics backend available (``triton``; ``cuda`` when the package has it) on the shapes of
+  :func:`gpu_cases` (DiT-XL/2 ``[N, 256, 1152]`` for N = 1, 8, 128, 1024, 1-D and 2-D 16x16; ``[32, 1024, 1536]``
+  2-D 32x32; ``[4, 4096, 3072]`` 2-D 64x64; the embedded model's ``[1024, 196, 96]`` and ``[1024, 196, 384]``).
+  Device time is the median of CUDA-graph replays (launch time, CUDA events around each Python call, is kept
+  too); GB/s count ``x`` read once, as a percentage of the read and of the copy ceilings.  The headline case also
+  times the eager reference and ``torch.compile(reference_stats)``;
+* ``forward_b128_56``, ``launch``, ``forward_b8_56``, ``forward_b128_140``: the DiT-XL/2-sized forward
+  (:mod:`bench_forward`) and the host cost of launching one scored tap at N = 8 for each backend.
 
-Then the targets, met or missed and by how much.  ``--smoke`` runs every code path on the CPU with tiny shapes
-(``TRITON_INTERPRET=1``) and writes nothing unless ``--out`` is given.  JSON goes to ``<out>/<device-slug>.json``,
-rewritten after each section so that a run cut short keeps what it measured.
+Then the targets, met or missed (:data:`TARGETS`).  ``--smoke`` runs every code path on the CPU with tiny shapes
+(``TRITON_INTERPRET=1``).  JSON goes to ``<out>/<device-slug>.json`` (smoke: ``smoke-cpu.json``), rewritten after
+each section so that a run cut short keeps what it measured; ``--budget-s`` skips the sections that no longer fit.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import sys
 import time
 import traceback
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,29 +50,41 @@ import torch
 from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run from a checkout without ``pip install``
-    sys.path.insert(0, str(REPO))
+for _p in (REPO, Path(__file__).resolve().parent):  # run from a checkout without ``pip install``
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
 
+from aselect_kernels.frequency import band_counts  # noqa: E402
 from aselect_kernels.model import EMBEDDED_CONFIG  # noqa: E402
 from aselect_kernels.reference import STAT_NAMES, StatsConfig, reference_stats  # noqa: E402
-from aselect_kernels.taps import TapSet, TapSpec, resolve_taps  # noqa: E402
+from aselect_kernels.taps import TapSpec, resolve_taps  # noqa: E402
 
-#: Channels of the embedded model's taps (its hidden width).
+#: Channels of the embedded model's taps (its hidden width) and of its MLP's hidden activations.
 EMB_C = EMBEDDED_CONFIG["num_attention_heads"] * EMBEDDED_CONFIG["attention_head_dim"]
+EMB_HIDDEN = 4 * EMB_C
 
-#: Targets: name -> (comparison, threshold, unit).
-TARGETS: dict[str, tuple[str, float, str]] = {
-    "fused_pct_of_copy": (">=", 80.0, "%"),
-    "speedup_vs_compile": (">=", 30.0, "x"),
-    "speedup_vs_eager": (">=", 40.0, "x"),
-    "forward_overhead_pct": ("<=", 2.0, "%"),
-    "extra_peak_memory_pct": ("<=", 1.0, "%"),
+#: Targets: name -> (comparison, threshold, unit, what is measured).
+TARGETS: dict[str, tuple[str, float, str, str]] = {
+    "kernel_pct_of_read_headline": (">=", 80.0, "%", "fused stats [128, 256, 1152] bf16 1-D, best backend, % of "
+                                                     "the read ceiling"),
+    "kernel_min_pct_of_read_16mb": (">=", 60.0, "%", "lowest % of the read ceiling over the cases of >= 16 MB "
+                                                     "(best backend per case)"),
+    "forward_b128_56_overhead_pct": ("<=", 2.0, "%", "DiT-XL/2 bf16 batch 128, 56 attn+MLP taps, time over "
+                                                     "unscored (best eager scored variant)"),
+    "forward_b128_140_overhead_pct": ("<=", 5.0, "%", "same, all 140 taps of preset 'all'"),
+    "forward_b8_56_overhead_pct": ("<=", 5.0, "%", "same, batch 8, 56 taps"),
+    "extra_peak_memory_pct": ("<=", 1.0, "%", "extra peak memory of that variant, batch 128, 56 taps"),
+    "stretch_forward_b128_56_overhead_pct": ("<=", 0.5, "%", "stretch: batch 128, 56 taps"),
 }
+#: Cases of at least this many bytes must reach 60 % of the read ceiling.
+BIG_CASE_BYTES = 16 * 10**6
 
-#: DiT-XL/2 (256 px latents) and the 2-block model of ``--smoke``.
+#: Model sizes: DiT-XL/2 (256 px latents), a small one for the CUDA checks, and the 2-block model of ``--smoke``.
 DIT_SIZES: dict[str, dict[str, int]] = {
     "xl": {"layers": 28, "heads": 16, "head_dim": 72, "in_channels": 4, "out_channels": 8, "sample_size": 32,
            "patch": 2, "classes": 1000},
+    "check": {"layers": 2, "heads": 4, "head_dim": 32, "in_channels": 4, "out_channels": 8, "sample_size": 16,
+              "patch": 2, "classes": 10},
     "tiny": {"layers": 2, "heads": 2, "head_dim": 8, "in_channels": 4, "out_channels": 8, "sample_size": 16,
              "patch": 2, "classes": 10},
 }
@@ -193,27 +209,96 @@ def summary(times: Sequence[float]) -> dict[str, float]:
     return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times), "n": len(times)}
 
 
-# ----------------------------------------------------------------------------------------------------- copy
+# -------------------------------------------------------------------------------------------------- ceilings
 
 
-def bench_copy(device: torch.device, smoke: bool) -> dict[str, Any]:
-    """Copy and read-only bandwidth on one large random buffer (several times the L2)."""
+def bench_ceilings(device: torch.device, smoke: bool) -> dict[str, Any]:
+    """Copy and read-only bandwidth on one large random buffer (several times the L2), and matmul throughput."""
     nbytes = (8 << 20) if smoke else max(1 << 30, 16 * l2_bytes(device))
     src = torch.randn(nbytes // 4, device=device)
     dst = torch.empty_like(src)
     reps = 3 if smoke else 30
-    copy = summary(time_calls(lambda _: dst.copy_(src), 1, device, warmup=3 if not smoke else 1, reps=reps))
+    copy = summary(time_calls(lambda _: dst.copy_(src), 1, device, warmup=1 if smoke else 3, reps=reps))
     half = src.view(torch.bfloat16)  # same bytes, read once by a bf16 -> fp32 sum
     read = summary(time_calls(lambda _: half.sum(dtype=torch.float32), 1, device, warmup=2, reps=reps))
-    out = {
+    out: dict[str, Any] = {
         "bytes": nbytes, "copy": copy, "read": read,
         "copy_gbps": 2 * nbytes / copy["median_ms"] / 1e6,
         "read_gbps": nbytes / read["median_ms"] / 1e6,
+        "matmul_tflops": {},
     }
+    n = 256 if smoke else 8192
+    for name, dtype, tf32 in (("bf16", torch.bfloat16, False), ("tf32", torch.float32, True)):
+        g = torch.Generator(device=device).manual_seed(1)
+        a = torch.randn(n, n, device=device, generator=g).to(dtype)
+        b = torch.randn(n, n, device=device, generator=g).to(dtype)
+        old = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        try:
+            ms = statistics.median(time_calls(lambda _, a=a, b=b: a @ b, 1, device, warmup=2,
+                                              reps=3 if smoke else 10))
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = old
+        out["matmul_tflops"][name] = 2 * n**3 / ms / 1e9
     return out
 
 
-# --------------------------------------------------------------------------------------------------- kernel
+# -------------------------------------------------------------------------------------------------- analysis
+
+
+def projection_intensity(length: int, grid: tuple[int, int] | None, cutoff: float, itemsize: int,
+                         dots: int) -> dict[str, Any]:
+    """K (low non-DC basis rows) and the projection's flops per byte of ``x``: ``2 K dots / itemsize``.
+
+    The low-frequency energy is ``||B x||^2`` with ``B`` ``[K, L]``: each element of ``x`` meets each basis row
+    once per dot (``dots`` = 2 when the basis is split into hi + lo halves of a 16-bit input dtype, else 1).
+    """
+    k = band_counts(length, grid, cutoff)[0]
+    return {"L": length, "grid": list(grid) if grid else None, "K": k, "dots": dots,
+            "flops_per_element": 2 * k * dots, "flops_per_byte": 2 * k * dots / itemsize}
+
+
+def compute_bound_point(ridge: float, cutoff: float, itemsize: int, dots: int, max_length: int = 16384
+                        ) -> int | None:
+    """Smallest 1-D token count L whose projection intensity reaches ``ridge`` flops/byte (None up to max_length)."""
+    lo, hi = 2, max_length
+    if projection_intensity(hi, None, cutoff, itemsize, dots)["flops_per_byte"] < ridge:
+        return None
+    while lo < hi:  # K grows with L (the low band is a fixed fraction of it): bisect
+        mid = (lo + hi) // 2
+        if projection_intensity(mid, None, cutoff, itemsize, dots)["flops_per_byte"] >= ridge:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def analysis(cases: Sequence[Case], ceilings: dict[str, Any] | None) -> dict[str, Any]:
+    """K and intensity of every case, the ridge points of the measured ceilings, and the 1-D compute-bound L."""
+    out: dict[str, Any] = {"cases": {}, "note": (
+        "flops/byte of the low-frequency projection alone (the moments and the entropy add a few flops per "
+        "element); ridge = measured matmul flops / measured read bandwidth; above it the projection is "
+        "compute-bound")}
+    for c in cases:
+        item = torch.empty((), dtype=c.dtype).element_size()
+        out["cases"][c.name] = projection_intensity(c.length, c.config.resolve_grid(c.length), c.config.cutoff,
+                                                    item, 2 if item == 2 else 1)
+    if ceilings and ceilings.get("read_gbps"):
+        read = ceilings["read_gbps"] * 1e9
+        out["ridge_flops_per_byte"] = {k: v * 1e12 / read for k, v in ceilings["matmul_tflops"].items()}
+        cutoff = StatsConfig().cutoff
+        out["compute_bound_1d"] = {
+            f"{name}_dots{dots}": {"ridge": ridge, "dots": dots,
+                                   "first_L": compute_bound_point(ridge, cutoff, 2, dots)}
+            for name, ridge in out["ridge_flops_per_byte"].items() for dots in (1, 2)
+        }
+        for c in cases:
+            entry = out["cases"][c.name]
+            entry["compute_bound_vs_bf16_mma"] = entry["flops_per_byte"] >= out["ridge_flops_per_byte"]["bf16"]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- kernel
 
 
 @dataclass
@@ -226,7 +311,6 @@ class Case:
     channels: int
     dtype: torch.dtype
     config: StatsConfig = field(default_factory=StatsConfig)
-    compile_priority: int | None = None  # compile torch.compile(reference) in this order; None = not at all
     headline: bool = False
 
     @property
@@ -238,32 +322,40 @@ class Case:
                 "config": asdict(self.config), "bytes_read": self.nbytes, "headline": self.headline}
 
 
-XL_2D = StatsConfig(hfr_dims=2, grid=(16, 16))
-EMB_2D = StatsConfig(hfr_dims=2, grid=(14, 14))
+def _grid(side: int) -> StatsConfig:
+    return StatsConfig(hfr_dims=2, grid=(side, side))
 
 
 def gpu_cases() -> list[Case]:
-    """DiT-XL/2 ``[N, 256, 1152]`` bf16 and the embedded model's ``[N, 196, EMB_C]``, 1-D and 2-D hfr."""
+    """The kernel cases, headline first."""
     bf16, fp32 = torch.bfloat16, torch.float32
-    return [
-        Case("xl_n1_bf16_1d", 1, 256, 1152, bf16, compile_priority=5),
-        Case("xl_n8_bf16_1d", 8, 256, 1152, bf16, compile_priority=4),
-        Case("xl_n128_bf16_1d", 128, 256, 1152, bf16, compile_priority=0, headline=True),
-        Case("xl_n128_bf16_2d", 128, 256, 1152, bf16, XL_2D, compile_priority=2),
-        Case("emb_n64_fp32_2d", 64, 196, EMB_C, fp32, EMB_2D),
-        Case("emb_n1024_fp32_1d", 1024, 196, EMB_C, fp32, compile_priority=3),
-        Case("emb_n1024_bf16_1d", 1024, 196, EMB_C, bf16),
-        Case("emb_n1024_fp32_2d", 1024, 196, EMB_C, fp32, EMB_2D, compile_priority=1),
-        Case("emb_n1024_bf16_2d", 1024, 196, EMB_C, bf16, EMB_2D, compile_priority=6),
+    xl = [Case(f"xl_n{n}_bf16_{d}d", n, 256, 1152, bf16, _grid(16) if d == 2 else StatsConfig())
+          for d in (1, 2) for n in (1, 8, 128, 1024)]
+    head = next(c for c in xl if c.name == "xl_n128_bf16_1d")
+    head.headline = True
+    return [head] + [c for c in xl if c is not head] + [
+        Case("sd3_n32_bf16_2d", 32, 1024, 1536, bf16, _grid(32)),  # SD3 / PixArt at 512 px
+        Case("flux_n4_bf16_2d", 4, 4096, 3072, bf16, _grid(64)),  # Flux at 1024 px
+        Case("emb_n1024_fp32_1d", 1024, 196, EMB_C, fp32),
+        Case("emb_n1024_fp32_2d", 1024, 196, EMB_C, fp32, _grid(14)),
+        Case("emb_hidden_n1024_fp32_1d", 1024, 196, EMB_HIDDEN, fp32),
+        Case("emb_hidden_n1024_bf16_1d", 1024, 196, EMB_HIDDEN, bf16),
     ]
 
 
 def smoke_cases() -> list[Case]:
     """Tiny shapes for the CPU interpreter; cutoffs leave at least 4 frequencies on each side."""
     return [
-        Case("tiny_n2_bf16_1d", 2, 64, 48, torch.bfloat16, compile_priority=0, headline=True),
+        Case("tiny_n2_bf16_1d", 2, 64, 48, torch.bfloat16, headline=True),
         Case("tiny_n2_fp32_2d", 2, 64, 40, torch.float32, StatsConfig(cutoff=0.5, hfr_dims=2, grid=(8, 8))),
     ]
+
+
+def kernel_backends() -> list[str]:
+    """The statistics backends to benchmark: ``triton`` and, when the package has it, ``cuda``."""
+    from aselect_kernels import stats
+
+    return [b for b in ("triton", "cuda") if b in stats.BACKENDS]
 
 
 def make_inputs(case: Case, device: torch.device, n_buffers: int, seed: int) -> list[torch.Tensor]:
@@ -286,30 +378,148 @@ def rotation_count(nbytes: int, device: torch.device, smoke: bool) -> int:
     return max(2, min(want, 512, (6 << 30) // nbytes))
 
 
-def _hfr_nobreak(x: torch.Tensor, high: torch.Tensor, grid: tuple[int, int] | None) -> torch.Tensor:
-    if grid is None:
-        spec = torch.fft.fft(x, dim=1)
-    else:
-        spec = torch.fft.fft2(x.reshape(x.shape[0], grid[0], grid[1], x.shape[2]), dim=(1, 2)).flatten(1, 2)
-    power = torch.view_as_real(spec).square().sum(-1)  # [N, L, C] |X|^2 without complex abs
-    e_total = power.sum(dim=(1, 2))
-    e_high = (power * high[None, :, None]).sum(dim=(1, 2))
-    return torch.where(e_total > 0, e_high / e_total, torch.full_like(e_total, float("nan")))
+def max_errors(out: torch.Tensor, ref: torch.Tensor) -> dict[str, float | bool]:
+    """Per-statistic max |out - ref| / max(|ref|, 1) and whether the NaN patterns agree."""
+    out, ref = out.double().cpu(), ref.double().cpu()
+    nan_ok = bool(torch.equal(out.isnan(), ref.isnan()))
+    err = ((out - ref).abs() / ref.abs().clamp(min=1.0)).nan_to_num(0.0)
+    res: dict[str, float | bool] = {name: float(err[:, i].max()) for i, name in enumerate(STAT_NAMES)}
+    res["nan_pattern_equal"] = nan_ok
+    return res
 
 
-def reference_nobreak(x: torch.Tensor, high: torch.Tensor, grid: tuple[int, int] | None) -> torch.Tensor:
-    """The reference statistics rewritten without graph breaks (mask as a product, no Python checks).
+def worst_error(errors: dict[str, float | bool]) -> float:
+    """The largest per-statistic error of :func:`max_errors`."""
+    return max(float(v) for k, v in errors.items() if k != "nan_pattern_equal")
 
-    ``high`` is the float ``[L]`` high-frequency mask.  A stronger ``torch.compile`` baseline than
-    ``reference_stats``, which breaks the graph on ``int(tensor)`` and boolean-mask indexing.
+
+def time_backend(fn: Callable[[int], torch.Tensor], case: Case, n_buf: int, device: torch.device, smoke: bool,
+                 ceilings: dict[str, Any] | None) -> dict[str, Any]:
+    """Launch and graph-replay time of ``fn`` over the rotated inputs, GB/s and % of the ceilings."""
+    budget, lo, hi = (40.0, 2, 3) if smoke else (150.0, 10, 200)
+    res: dict[str, Any] = {}
+    reps = adaptive_reps(fn, n_buf, device, budget, lo, hi)
+    res["launch"] = summary(time_calls(fn, n_buf, device, warmup=3, reps=reps))
+    if device.type == "cuda":
+        try:
+            res["graph_ms"] = graph_call_ms(fn, n_buf, device, replays=max(5, min(30, reps // n_buf + 5)))
+        except Exception as exc:
+            res["graph_ms"], res["graph_error"] = None, _short(exc)
+    res["device_ms"] = res.get("graph_ms") or res["launch"]["median_ms"]
+    res["gbps"] = case.nbytes / res["device_ms"] / 1e6
+    for ceiling in ("read", "copy"):
+        if ceilings and ceilings.get(f"{ceiling}_gbps"):
+            res[f"pct_of_{ceiling}"] = 100.0 * res["gbps"] / ceilings[f"{ceiling}_gbps"]
+    return res
+
+
+def bench_kernel_case(case: Case, device: torch.device, smoke: bool, ceilings: dict[str, Any] | None,
+                      backends: Sequence[str], compile_enabled: bool) -> dict[str, Any]:
+    """Every backend on one case (checked against the reference first); eager and compiled reference on the
+    headline."""
+    from aselect_kernels.stats import compute_stats
+
+    n_buf = rotation_count(case.nbytes, device, smoke)
+    xs = make_inputs(case, device, n_buf, seed=zlib.crc32(case.name.encode()))
+    res: dict[str, Any] = {**case.describe(), "n_buffers": n_buf, "rotation_bytes": n_buf * case.nbytes,
+                           "backends": {}}
+    cfg = case.config
+    ref = reference_stats(xs[0], cfg)
+    for backend in backends:
+        def kernel(i: int, backend: str = backend) -> torch.Tensor:
+            return compute_stats(xs[i], cfg, backend)
+
+        try:
+            entry = {"sanity_vs_reference": max_errors(kernel(0), ref)}
+            entry.update(time_backend(kernel, case, n_buf, device, smoke, ceilings))
+        except Exception:
+            entry = {"error": traceback.format_exc()}
+            print(entry["error"], file=sys.stderr, flush=True)
+        res["backends"][backend] = entry
+    timed = {b: e for b, e in res["backends"].items() if "device_ms" in e}
+    if timed:
+        res["best_backend"] = min(timed, key=lambda b: timed[b]["device_ms"])
+    if case.headline:
+        budget, lo = (40.0, 2) if smoke else (150.0, 10)
+        def eager(i: int) -> torch.Tensor:
+            return reference_stats(xs[i], cfg)
+
+        res["eager"] = summary(time_calls(eager, n_buf, device, warmup=2,
+                                          reps=adaptive_reps(eager, n_buf, device, budget, lo, 30)))
+        if compile_enabled:
+            compiled, info = compile_reference(case, xs[0])
+            res["compile"] = info
+            res["compile_sanity"] = max_errors(compiled(xs[0]), ref)
+            res["compiled"] = summary(time_calls(lambda i: compiled(xs[i]), n_buf, device, warmup=2,
+                                                 reps=adaptive_reps(lambda i: compiled(xs[i]), n_buf, device,
+                                                                    budget, lo, 50)))
+        for e in timed.values():
+            e["speedup_vs_eager"] = res["eager"]["median_ms"] / e["launch"]["median_ms"]
+            if "compiled" in res:
+                e["speedup_vs_compile"] = res["compiled"]["median_ms"] / e["launch"]["median_ms"]
+    return res
+
+
+# ---------------------------------------------------------------------------------------------------- launch
+
+
+def bench_launch(device: torch.device, smoke: bool, backends: Sequence[str]) -> dict[str, Any]:
+    """Host microseconds to launch one scored tap at N = 8, ``[8, 256, 1152]`` bf16 (smoke: a tiny shape).
+
+    Per backend: ``compute_stats`` itself, and the whole tap hook (:class:`~aselect_kernels.taps.TapSet` on an
+    ``nn.Identity``: selection, statistics and the row write), plain and overlapped; for ``triton`` also
+    ``torch.ops.aselect.sample_stats`` (the dispatcher path that ``torch.compile`` uses).  Each figure is the
+    median over 5 batches of calls timed on the host with no synchronisation inside a batch; ``device_us`` is the
+    graph-replay time of the same call, for comparison.
     """
-    xf = x.float()
-    logp = torch.log_softmax(xf, dim=2)
-    return torch.stack([
-        xf.mean(dim=(1, 2)), xf.square().mean(dim=(1, 2)), xf.var(dim=1).mean(dim=1),
-        -(logp.exp() * logp).sum(dim=2).mean(dim=1),
-        _hfr_nobreak(xf, high, grid), _hfr_nobreak(xf - xf.mean(dim=1, keepdim=True), high, grid),
-    ], dim=1)
+    from aselect_kernels.ops.custom_op import config_to_args
+    from aselect_kernels.stats import compute_stats
+    from aselect_kernels.taps import TapSet, TapSpec
+
+    shape, dtype = ((8, 64, 48), torch.float32) if smoke else ((8, 256, 1152), torch.bfloat16)
+    x = torch.randn(shape, device=device, generator=torch.Generator(device=device).manual_seed(8)).to(dtype)
+    cfg = StatsConfig()
+    calls = 1 if smoke else 200
+    holder = nn.ModuleDict({"tap": nn.Identity()})
+    rows = torch.arange(shape[0], device=device)
+
+    def host_us(fn: Callable[[], object]) -> dict[str, float]:
+        for _ in range(1 if smoke else 2):
+            fn()
+        sync(device)
+        batches = []
+        for _ in range(1 if smoke else 5):
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            batches.append((time.perf_counter() - t0) / calls * 1e6)
+            sync(device)
+        return {"median_us": statistics.median(batches), "min_us": min(batches), "calls": calls}
+
+    out: dict[str, Any] = {"shape": list(shape), "dtype": str(dtype), "backends": {}}
+    op_args = config_to_args(cfg)
+    for backend in backends:
+        entry: dict[str, Any] = {}
+        try:
+            entry["compute_stats"] = host_us(lambda b=backend: compute_stats(x, cfg, b))
+            for overlap in (False, True):
+                with TapSet(holder, [TapSpec.parse("tap")], shape[0], backend=backend, overlap=overlap) as ts:
+                    ts.rows = rows
+                    entry["tap_overlapped" if overlap else "tap"] = host_us(lambda: holder["tap"](x))
+                    ts.join()
+            if backend == "triton":
+                entry["torch_ops"] = host_us(lambda: torch.ops.aselect.sample_stats(x, *op_args))
+            if device.type == "cuda":
+                entry["device_us"] = 1e3 * graph_call_ms(lambda _, b=backend: compute_stats(x, cfg, b), 1, device, 20)
+        except Exception:
+            entry["error"] = traceback.format_exc()
+            print(entry["error"], file=sys.stderr, flush=True)
+        out["backends"][backend] = entry
+    return out
+
+
+
+# ---------------------------------------------------------------------------------------------- compile
 
 
 def _partial_reference(x: torch.Tensor) -> torch.Tensor:
@@ -360,109 +570,6 @@ def compile_reference(case: Case, x: torch.Tensor) -> tuple[Callable[[torch.Tens
     return partial, info
 
 
-def explain_reference(case: Case, x: torch.Tensor) -> dict[str, Any]:
-    """Graph and break counts of ``reference_stats`` under dynamo, with the first break reasons."""
-    import torch._dynamo
-
-    try:
-        ex = torch._dynamo.explain(reference_stats)(x, case.config)
-    except Exception as exc:
-        return {"error": _short(exc)}
-    reasons = [str(getattr(r, "reason", r)).strip().splitlines()[0][:200] for r in ex.break_reasons]
-    return {"graph_count": ex.graph_count, "graph_break_count": ex.graph_break_count,
-            "break_reasons": sorted(set(reasons))[:5]}
-
-
-def max_errors(out: torch.Tensor, ref: torch.Tensor) -> dict[str, float | bool]:
-    """Per-statistic max |out - ref| / max(|ref|, 1) and whether the NaN patterns agree."""
-    out, ref = out.double().cpu(), ref.double().cpu()
-    nan_ok = bool(torch.equal(out.isnan(), ref.isnan()))
-    err = ((out - ref).abs() / ref.abs().clamp(min=1.0)).nan_to_num(0.0)
-    res: dict[str, float | bool] = {name: float(err[:, i].max()) for i, name in enumerate(STAT_NAMES)}
-    res["nan_pattern_equal"] = nan_ok
-    return res
-
-
-def bench_kernel_case(case: Case, device: torch.device, smoke: bool, copy_gbps: float | None,
-                      compile_enabled: bool) -> dict[str, Any]:
-    """Time the fused kernel, the eager reference and the compiled reference on one case."""
-    from aselect_kernels.ops.fused_stats import fused_stats
-
-    n_buf = rotation_count(case.nbytes, device, smoke)
-    xs = make_inputs(case, device, n_buf, seed=zlib.crc32(case.name.encode()))
-    res: dict[str, Any] = case.describe()
-    res["n_buffers"] = n_buf
-    res["rotation_bytes"] = n_buf * case.nbytes
-    cfg = case.config
-    cuda = device.type == "cuda"
-    budget = 40.0 if smoke else 300.0
-    lo, hi = (2, 3) if smoke else (10, 300)
-
-    def kernel(i: int) -> torch.Tensor:
-        return fused_stats(xs[i], cfg)
-
-    res["sanity_vs_reference_fp32"] = max_errors(kernel(0), reference_stats(xs[0], cfg))
-    reps = adaptive_reps(kernel, n_buf, device, budget, lo, hi)
-    res["kernel_launch"] = summary(time_calls(kernel, n_buf, device, warmup=3, reps=reps))
-    if cuda:
-        try:
-            res["kernel_graph_ms"] = graph_call_ms(kernel, n_buf, device, replays=max(5, min(50, reps // n_buf + 5)))
-        except Exception as exc:
-            res["kernel_graph_ms"] = None
-            res["kernel_graph_error"] = _short(exc)
-    dev_ms = res.get("kernel_graph_ms") or res["kernel_launch"]["median_ms"]
-    res["kernel_device_ms"] = dev_ms
-    res["kernel_gbps"] = case.nbytes / dev_ms / 1e6
-    res["kernel_gbps_launch"] = case.nbytes / res["kernel_launch"]["median_ms"] / 1e6
-    if copy_gbps:
-        res["kernel_pct_of_copy"] = 100.0 * res["kernel_gbps"] / copy_gbps
-        res["kernel_pct_of_copy_launch"] = 100.0 * res["kernel_gbps_launch"] / copy_gbps
-
-    def eager(i: int) -> torch.Tensor:
-        return reference_stats(xs[i], cfg)
-
-    reps = adaptive_reps(eager, n_buf, device, budget, lo, 50)
-    res["eager"] = summary(time_calls(eager, n_buf, device, warmup=2, reps=reps))
-    k_ms = res["kernel_launch"]["median_ms"]
-    res["speedup_vs_eager"] = res["eager"]["median_ms"] / k_ms
-
-    if compile_enabled:
-        compiled, info = compile_reference(case, xs[0])
-        res["compile"] = info
-        res["compile_sanity"] = max_errors(compiled(xs[0]), reference_stats(xs[0], cfg))
-        reps = adaptive_reps(lambda i: compiled(xs[i]), n_buf, device, budget, lo, 100)
-        res["compiled"] = summary(time_calls(lambda i: compiled(xs[i]), n_buf, device, warmup=2, reps=reps))
-        res["speedup_vs_compile"] = res["compiled"]["median_ms"] / k_ms
-        if case.headline:
-            res["compile"]["explain"] = explain_reference(case, xs[0])
-            res["compile_nobreak"] = bench_nobreak(case, xs, device, budget, lo, k_ms)
-    else:
-        res["compile"] = {"status": "skipped (compile budget or not selected)"}
-    return res
-
-
-def bench_nobreak(case: Case, xs: list[torch.Tensor], device: torch.device, budget: float, lo: int,
-                  kernel_ms: float) -> dict[str, Any]:
-    """``torch.compile(reference_nobreak, fullgraph=True)``: the strongest compiled baseline, on the headline."""
-    from aselect_kernels.frequency import high_frequency_mask
-
-    grid = case.config.resolve_grid(case.length)
-    high = high_frequency_mask(case.length, grid, case.config.cutoff).to(device=device, dtype=torch.float32)
-    fn = torch.compile(reference_nobreak, fullgraph=True, dynamic=False)
-    out: dict[str, Any] = {}
-    t0 = time.perf_counter()
-    try:
-        y = fn(xs[0], high, grid)
-        sync(device)
-    except Exception as exc:
-        return {"status": "failed", "reason": _short(exc)}
-    out.update(status="ok", compile_s=time.perf_counter() - t0,
-               sanity=max_errors(y, reference_stats(xs[0], case.config)))
-    reps = adaptive_reps(lambda i: fn(xs[i], high, grid), len(xs), device, budget, lo, 100)
-    out["timing"] = summary(time_calls(lambda i: fn(xs[i], high, grid), len(xs), device, warmup=2, reps=reps))
-    out["speedup"] = out["timing"]["median_ms"] / kernel_ms
-    return out
-
 
 # -------------------------------------------------------------------------------------------------- models
 
@@ -497,6 +604,10 @@ class DitBundle:
         y = torch.randint(0, s["classes"], (batch,), device=device, generator=g)
         return x.to(dtype), t, y
 
+    def taps_for(self, preset: str) -> list[TapSpec]:
+        """The tap specs of a preset of :mod:`aselect_kernels.taps` (``attn_mlp``: 2 per block, ``all``: 5)."""
+        return resolve_taps(self.model, preset)
+
     def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> object:
         if self.kind.startswith("diffusers"):
             return self.model(hidden_states=x, timestep=t, class_labels=y, return_dict=False)
@@ -504,7 +615,7 @@ class DitBundle:
 
 
 def diffusers_available() -> bool:
-    """Whether diffusers imports (the device image has it only when its wheels are carried)."""
+    """Whether diffusers imports."""
     try:
         import diffusers  # noqa: F401
     except Exception:
@@ -516,7 +627,7 @@ def build_dit(size: str, device: torch.device, dtype: torch.dtype, prefer: str =
     """DiT-XL/2 (``size="xl"``) or the smoke model (``"tiny"``), random weights, eval mode, on ``device``.
 
     ``prefer`` is ``"auto"`` (diffusers when importable), ``"diffusers"`` or ``"plain"``.  Taps: the
-    ``attn_mlp`` preset for diffusers; explicit ``blocks.i.attn`` / ``blocks.i.mlp`` paths for the plain DiT.
+    ``attn_mlp`` preset (attention and MLP outputs of every block; :meth:`DitBundle.taps_for` gives others).
     """
     s = DIT_SIZES[size]
     use_diffusers = prefer == "diffusers" or (prefer == "auto" and diffusers_available())
@@ -530,126 +641,65 @@ def build_dit(size: str, device: torch.device, dtype: torch.dtype, prefer: str =
                 out_channels=s["out_channels"], num_layers=s["layers"], sample_size=s["sample_size"],
                 patch_size=s["patch"], num_embeds_ada_norm=s["classes"],
             )
-            kind, taps = "diffusers DiTTransformer2DModel", resolve_taps(model, "attn_mlp")
+            kind = "diffusers DiTTransformer2DModel"
         else:
             model = PlainDiT(s["layers"], s["heads"], s["head_dim"], s["in_channels"], s["out_channels"],
                              s["sample_size"], s["patch"], s["classes"])
-            paths = [f"blocks.{i}.{part}" for i in range(s["layers"]) for part in ("attn", "mlp")]
-            kind, taps = "plain DiT (bench_stats.PlainDiT)", resolve_taps(model, paths)
+            kind = "plain DiT (bench_stats.PlainDiT)"
+        taps = resolve_taps(model, "attn_mlp")
     model = nn.Module.to(model, device=device, dtype=dtype).eval()  # (diffusers' .to() warns on any cast)
     return DitBundle(model, kind, taps, s)
 
-
-# ------------------------------------------------------------------------------------------------- forward
-
-
-@contextlib.contextmanager
-def scoring(bundle: DitBundle, variant: str, batch: int, backend: str) -> Iterator[TapSet | None]:
-    """Hooks of one forward variant: ``unscored`` (none), ``eager_reference`` or ``fused``."""
-    if variant == "unscored":
-        yield None
-        return
-    tapset = (TapSet(bundle.model, bundle.taps, batch, backend="torch") if variant == "eager_reference"
-              else TapSet(bundle.model, bundle.taps, batch, backend=backend))
-    with tapset:
-        tapset.rows = torch.arange(batch, device=next(bundle.model.parameters()).device)
-        yield tapset
-
-
-def bench_forward(device: torch.device, smoke: bool, prefer: str) -> dict[str, Any]:
-    """Unscored vs eager-reference hooks vs fused taps on the DiT forward: times, overheads, peak memory."""
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    size, batch = ("tiny", 4) if smoke else ("xl", 128)
-    backend = "triton" if smoke else "auto"  # smoke: the kernel under the interpreter; GPU: the dispatcher
-    t0 = time.perf_counter()
-    bundle = build_dit(size, device, dtype, prefer)
-    build_s = time.perf_counter() - t0
-    x, t, y = bundle.inputs(batch, device, dtype)
-    res: dict[str, Any] = {
-        "model": bundle.kind, "size": size, "sizes": bundle.sizes, "batch": batch, "dtype": str(dtype),
-        "tokens": (bundle.sizes["sample_size"] // bundle.sizes["patch"]) ** 2,
-        "hidden": bundle.sizes["heads"] * bundle.sizes["head_dim"], "n_taps": len(bundle.taps),
-        "taps": [s.name for s in bundle.taps], "fused_backend": backend, "build_s": build_s,
-        "params": sum(p.numel() for p in bundle.model.parameters()),
-    }
-    variants = ("unscored", "eager_reference", "fused")
-    warmup, rounds = (1, 2) if smoke else (2, 7)
-    times: dict[str, list[float]] = {v: [] for v in variants}
-    stats: dict[str, dict[str, torch.Tensor]] = {}
-
-    def run(v: str) -> None:
-        with nvtx_range(f"aselect.chunk0.{v}", device.type == "cuda"):
-            bundle(x, t, y)
-
-    with torch.no_grad():
-        for v in variants:  # warm-up (kernel JIT, cuBLAS/cuFFT plans) and the statistics kept for a check
-            with scoring(bundle, v, batch, backend) as ts:
-                for _ in range(warmup):
-                    run(v)
-                sync(device)
-                if ts is not None:
-                    stats[v] = ts.collect()
-        for _ in range(rounds):  # interleaved rounds, so drift hits every variant alike
-            for v in variants:
-                with scoring(bundle, v, batch, backend):
-                    times[v] += time_calls(lambda _, v=v: run(v), 1, device, warmup=0, reps=1)
-        peaks: dict[str, int | None] = {}
-        for v in variants:
-            with scoring(bundle, v, batch, backend):
-                run(v)
-                sync(device)
-                if device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats(device)
-                    base = torch.cuda.memory_allocated(device)
-                    run(v)
-                    sync(device)
-                    peaks[v] = torch.cuda.max_memory_allocated(device)
-                    res.setdefault("allocated_before_bytes", {})[v] = base
-                else:
-                    peaks[v] = None
-    base_ms = statistics.median(times["unscored"])
-    for v in variants:
-        entry: dict[str, Any] = summary(times[v])
-        entry["times_ms"] = times[v]
-        entry["peak_bytes"] = peaks[v]
-        entry["overhead_pct"] = 100.0 * (entry["median_ms"] - base_ms) / base_ms
-        if peaks[v] is not None and peaks["unscored"]:
-            entry["extra_peak_pct"] = 100.0 * (peaks[v] - peaks["unscored"]) / peaks["unscored"]
-        res[v] = entry
-    ref, fus = stats["eager_reference"], stats["fused"]
-    res["fused_vs_reference_taps"] = {
-        "max_rel_err": max(max(v for k, v in max_errors(fus[n], ref[n]).items() if k != "nan_pattern_equal")
-                           for n in ref),
-        "nan_patterns_equal": all(bool(max_errors(fus[n], ref[n])["nan_pattern_equal"]) for n in ref),
-    }
-    return res
 
 
 # -------------------------------------------------------------------------------------------------- targets
 
 
+def _kernel_pct(case: dict[str, Any]) -> tuple[float | None, str | None]:
+    """% of the read ceiling of a case's best backend (and which)."""
+    best = case.get("best_backend")
+    if best is None:
+        return None, None
+    return case["backends"][best].get("pct_of_read"), best
+
+
+def _forward_best(fwd: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """The eager scored variant with the lowest time overhead (graph replay has its own baseline)."""
+    scored = {v: e for v, e in fwd.get("variants", {}).items()
+              if e.get("scored") and not e.get("graph") and v != "eager_reference" and "overhead_pct" in e}
+    if not scored:
+        return None, {}
+    name = min(scored, key=lambda v: scored[v]["overhead_pct"])
+    return name, scored[name]
+
+
 def evaluate_targets(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Each target's value (headline kernel case; the fused forward), threshold, met/missed and margin."""
-    head = next((c for c in report.get("kernel", {}).get("cases", []) if c.get("headline")), {})
-    fwd = report.get("forward", {})
-    values = {
-        "fused_pct_of_copy": head.get("kernel_pct_of_copy"),
-        "speedup_vs_compile": head.get("speedup_vs_compile"),
-        "speedup_vs_eager": head.get("speedup_vs_eager"),
-        "forward_overhead_pct": fwd.get("fused", {}).get("overhead_pct"),
-        "extra_peak_memory_pct": fwd.get("fused", {}).get("extra_peak_pct"),
-    }
+    """Each target of :data:`TARGETS`: its value, threshold, met/missed and margin (``met`` None: not measured)."""
+    cases = [c for c in report.get("kernel", {}).get("cases", []) if "backends" in c]
+    values: dict[str, tuple[float | None, dict[str, Any]]] = {}
+    head = next((c for c in cases if c.get("headline")), None)
+    pct, backend = _kernel_pct(head) if head else (None, None)
+    values["kernel_pct_of_read_headline"] = (pct, {"case": head and head["name"], "backend": backend})
+    big = [(c["name"], *_kernel_pct(c)) for c in cases if c["bytes_read"] >= BIG_CASE_BYTES]
+    big = [b for b in big if b[1] is not None]
+    worst = min(big, key=lambda b: b[1]) if big else None
+    values["kernel_min_pct_of_read_16mb"] = (
+        worst[1] if worst else None,
+        {"case": worst[0], "backend": worst[2], "cases": len(big)} if worst else {})
+    for key in ("b128_56", "b128_140", "b8_56"):
+        variant, entry = _forward_best(report.get(f"forward_{key}", {}))
+        values[f"forward_{key}_overhead_pct"] = (entry.get("overhead_pct"), {"variant": variant})
+        if key == "b128_56":
+            values["extra_peak_memory_pct"] = (entry.get("extra_peak_pct"), {"variant": variant})
+            values["stretch_forward_b128_56_overhead_pct"] = (entry.get("overhead_pct"), {"variant": variant})
     out = {}
-    for name, (op, thr, unit) in TARGETS.items():
-        v = values[name]
-        entry: dict[str, Any] = {"target": f"{op} {thr:g}{unit}", "value": v, "unit": unit}
+    for name, (op, thr, unit, what) in TARGETS.items():
+        v, detail = values[name]
+        entry: dict[str, Any] = {"target": f"{op} {thr:g}{unit}", "value": v, "unit": unit, "what": what, **detail}
         if v is None:
-            entry.update(met=None, margin=None, note="not measured")
+            entry.update(met=None, margin=None)
         else:
-            met = v >= thr if op == ">=" else v <= thr
-            entry.update(met=met, margin=(v - thr) if op == ">=" else (thr - v))  # > 0: met by that much
-            if unit == "x" or name == "fused_pct_of_copy":
-                entry["ratio_to_target"] = v / thr
+            entry.update(met=bool(v >= thr if op == ">=" else v <= thr), margin=(v - thr) if op == ">=" else thr - v)
         out[name] = entry
     return out
 
@@ -657,55 +707,94 @@ def evaluate_targets(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
 # ---------------------------------------------------------------------------------------------------- report
 
 
+#: Keys every report has, and those every target entry has.
+REPORT_KEYS = ("env", "targets", "targets_spec", "errors", "section_s")
+TARGET_KEYS = ("target", "value", "unit", "met", "margin", "what")
+
+
+def validate_report(report: dict[str, Any]) -> list[str]:
+    """Problems with a report's structure (empty when it is well formed): what the summary and RESULTS.md read."""
+    problems = [f"missing key {k!r}" for k in REPORT_KEYS if k not in report]
+    for name in TARGETS:
+        t = report.get("targets", {}).get(name)
+        if t is None:
+            problems.append(f"target {name!r} missing")
+            continue
+        problems += [f"target {name!r} lacks {k!r}" for k in TARGET_KEYS if k not in t]
+        if t.get("met") is not None and not isinstance(t.get("value"), (int, float)):
+            problems.append(f"target {name!r} is met/missed without a value")
+    for c in report.get("kernel", {}).get("cases", []):
+        if "backends" not in c:
+            problems.append(f"kernel case {c.get('name')!r} has no backends")
+            continue
+        for b, e in c["backends"].items():
+            if "error" not in e and not all(k in e for k in ("device_ms", "gbps", "launch")):
+                problems.append(f"kernel case {c['name']!r} backend {b!r} lacks timings")
+    for key in (k for k in report if k.startswith("forward_")):
+        fwd = report[key]
+        if "skipped" in fwd:
+            continue
+        if "unscored" not in fwd.get("variants", {}):
+            problems.append(f"{key} has no unscored baseline")
+        for v, e in fwd.get("variants", {}).items():
+            if "error" not in e and "median_ms" not in e:
+                problems.append(f"{key} variant {v!r} lacks a median")
+    return problems
+
+
 def _fmt(v: Any, spec: str = ".1f") -> str:
     return "-" if v is None else format(v, spec)
 
 
 def print_tables(report: dict[str, Any]) -> None:
-    """The human-readable summary (printed last: the device tool returns the end of the output)."""
+    """The human-readable summary (printed last, so that the end of the log has it)."""
     env = report["env"]
     print(f"\n== {env.get('device')} | torch {env['torch']} | triton {env.get('triton')} | "
           f"diffusers {env.get('diffusers')}{' | SMOKE (not performance)' if env['smoke'] else ''}")
-    cp = report.get("copy")
-    if cp:
-        print(f"copy {cp['copy_gbps']:.0f} GB/s (read+write, {cp['bytes'] / 2**20:.0f} MiB); "
-              f"read-only reduction {cp['read_gbps']:.0f} GB/s")
+    ce = report.get("ceilings")
+    if ce:
+        print(f"ceilings: copy {ce['copy_gbps']:.0f} GB/s, read {ce['read_gbps']:.0f} GB/s "
+              f"({ce['bytes'] / 2**20:.0f} MiB); matmul " +
+              ", ".join(f"{k} {v:.1f} TFLOP/s" for k, v in ce["matmul_tflops"].items()))
+    an = report.get("analysis", {})
+    for key, v in an.get("compute_bound_1d", {}).items():
+        print(f"1-D projection compute-bound from L = {v['first_L']} ({key}, ridge {v['ridge']:.0f} flop/B)")
     cases = report.get("kernel", {}).get("cases", [])
     if cases:
-        print(f"{'case':22} {'shape':>18} {'dtype':>9} {'launch us':>10} {'graph us':>9} {'GB/s':>7} "
-              f"{'%copy':>6} {'eager us':>10} {'compile us':>11} {'x eager':>8} {'x comp':>7}")
-        for c in cases:
-            if "eager" not in c:
-                print(f"{c['name']:22} ERROR: {str(c.get('error', 'incomplete')).strip().splitlines()[-1][:90]}")
+        print(f"{'case':26} {'shape':>16} {'K':>5} {'backend':>7} {'graph us':>9} {'launch us':>10} {'GB/s':>6} "
+              f"{'%read':>6} {'%copy':>6}")
+    for c in cases:
+        k = an.get("cases", {}).get(c["name"], {}).get("K")
+        for b, e in c.get("backends", {}).items():
+            if "device_ms" not in e:
+                print(f"{c['name']:26} {b:>7} ERROR {str(e.get('error', '')).strip().splitlines()[-1][:80]}")
                 continue
-            g = c.get("kernel_graph_ms")
-            print(f"{c['name']:22} {'x'.join(map(str, c['shape'])):>18} {c['dtype'].replace('torch.', ''):>9} "
-                  f"{c['kernel_launch']['median_ms'] * 1e3:10.1f} {_fmt(g * 1e3 if g else None):>9} "
-                  f"{c['kernel_gbps']:7.0f} {_fmt(c.get('kernel_pct_of_copy')):>6} "
-                  f"{c['eager']['median_ms'] * 1e3:10.1f} "
-                  f"{_fmt(c['compiled']['median_ms'] * 1e3 if 'compiled' in c else None):>11} "
-                  f"{c['speedup_vs_eager']:8.1f} {_fmt(c.get('speedup_vs_compile')):>7}")
-            nb = c.get("compile_nobreak", {})
-            if "timing" in nb:
-                print(f"{'':22} graph-break-free reference, fullgraph compile: {nb['timing']['median_ms'] * 1e3:.1f} us"
-                      f" (kernel {nb['speedup']:.1f}x faster)")
-    for key in ("forward", "forward_plain"):
+            print(f"{c['name']:26} {'x'.join(map(str, c['shape'])):>16} {_fmt(k, 'd'):>5} {b:>7} "
+                  f"{_fmt(e.get('graph_ms') and e['graph_ms'] * 1e3):>9} {e['launch']['median_ms'] * 1e3:10.1f} "
+                  f"{e['gbps']:6.0f} {_fmt(e.get('pct_of_read')):>6} {_fmt(e.get('pct_of_copy')):>6}")
+    for b, e in report.get("launch", {}).get("backends", {}).items():
+        parts = [f"{k} {v['median_us']:.1f}" for k, v in e.items() if isinstance(v, dict)]
+        print(f"launch host us, {b}: " + ", ".join(parts) + f"; device {_fmt(e.get('device_us'))}")
+    for key in ("forward_b128_56", "forward_b8_56", "forward_b128_140"):
         fwd = report.get(key)
-        if not fwd or "unscored" not in fwd:
+        if not fwd or "variants" not in fwd:
             continue
-        print(f"{key}: {fwd['model']}, {fwd['size']}, batch {fwd['batch']}, {fwd['n_taps']} taps, {fwd['dtype']}, "
-              f"fused vs reference taps max rel err {fwd['fused_vs_reference_taps']['max_rel_err']:.1e}")
-        for v in ("unscored", "eager_reference", "fused"):
-            e = fwd[v]
-            pk = e.get("peak_bytes")
-            print(f"  {v:16} {e['median_ms']:9.2f} ms  overhead {e['overhead_pct']:7.2f}%  "
-                  f"peak {_fmt(pk / 2**30 if pk else None, '.3f')} GiB  extra {_fmt(e.get('extra_peak_pct'), '.2f')}%")
+        print(f"{key}: {fwd['model']}, batch {fwd['batch']}, {fwd['n_taps']} taps, {fwd['dtype']}")
+        for v, e in fwd["variants"].items():
+            if "median_ms" not in e:
+                print(f"  {v:18} ERROR {str(e.get('error', '')).strip().splitlines()[-1][:80]}")
+                continue
+            print(f"  {v:18} {e['median_ms']:9.2f} ms  overhead {_fmt(e.get('overhead_pct'), '7.2f')}%  "
+                  f"extra peak {_fmt(e.get('extra_peak_pct'), '.3f')}%  equal {e.get('stats_equal', '-')}")
+    for name, c in report.get("checks", {}).items():
+        if isinstance(c, dict):
+            print(f"check {name:28} {c.get('status')}")
     for name, t in report.get("targets", {}).items():
         state = {True: "MET", False: "MISSED", None: "n/a"}[t["met"]]
-        print(f"target {name:24} {t['target']:>8}  value {_fmt(t['value'], '.2f'):>9}  {state:6} "
+        print(f"target {name:38} {t['target']:>8}  value {_fmt(t['value'], '.2f'):>9}  {state:6} "
               f"margin {_fmt(t['margin'], '+.2f')}")
     for name, err in report.get("errors", {}).items():
-        print(f"ERROR in {name}: {err.splitlines()[-1]}")
+        print(f"ERROR in {name}: {err.strip().splitlines()[-1]}")
 
 
 def save(report: dict[str, Any], path: Path | None) -> None:
@@ -713,89 +802,108 @@ def save(report: dict[str, Any], path: Path | None) -> None:
     if path is None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(path.name + ".part")
     tmp.write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")
     tmp.replace(path)
+
+
+#: Sections in the order they run, and the seconds each is expected to need on an H100 (for ``--budget-s``).
+SECTIONS: dict[str, float] = {"analysis": 1, "ceilings": 8, "checks": 20, "kernel": 90, "forward_b128_56": 40,
+                              "launch": 10, "forward_b8_56": 15, "forward_b128_140": 45}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU under TRITON_INTERPRET=1")
     parser.add_argument("--out", type=Path, default=None,
-                        help="folder for <device-slug>.json (default bench/results; --smoke: none)")
-    parser.add_argument("--sections", default="copy,kernel,forward", help="comma list of copy,kernel,forward")
+                        help="folder for <device-slug>.json (default bench/results/<device-slug>; --smoke: none)")
+    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list of {', '.join(SECTIONS)}")
     parser.add_argument("--model", choices=("auto", "diffusers", "plain"), default="auto")
-    parser.add_argument("--compile-budget-s", type=float, default=90.0,
-                        help="stop compiling new kernel cases once torch.compile has used this much wall time")
-    parser.add_argument("--no-compile", action="store_true", help="skip torch.compile baselines")
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help="skip a section when less than its expected time is left of this many seconds")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     args = parser.parse_args(argv)
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        parser.error(f"unknown sections {unknown}: choose from {list(SECTIONS)}")
     if args.smoke:
         os.environ["TRITON_INTERPRET"] = "1"  # before anything imports the kernel module
-        torch.set_num_threads(min(2, torch.get_num_threads()))
+        torch.set_num_threads(1)  # tiny shapes: one thread is fastest, above all on a busy machine
     elif not torch.cuda.is_available():
         parser.error("no CUDA device: run with --smoke for the CPU check")
+    import bench_forward
+
     device = torch.device("cpu") if args.smoke else torch.device("cuda", torch.cuda.current_device())
-    out_dir = args.out if args.out is not None else (None if args.smoke else REPO / "bench" / "results")
     env = env_info(device, args.smoke)
     slug = "smoke-cpu" if args.smoke else slugify(env["device"])
+    out_dir = args.out if args.out is not None else (None if args.smoke else REPO / "bench" / "results" / slug)
     path = out_dir / f"{slug}.json" if out_dir is not None else None
-    sections = {s.strip() for s in args.sections.split(",") if s.strip()}
-    report: dict[str, Any] = {"env": env, "targets_spec": TARGETS, "errors": {}}
+    backends = kernel_backends()
+    env["backends"] = backends
+    report: dict[str, Any] = {"env": env, "targets_spec": TARGETS, "errors": {}, "section_s": {}, "skipped": {}}
     _set_recompile_limit(64)
+    cases = smoke_cases() if args.smoke else gpu_cases()
     t_start = time.perf_counter()
 
-    def section(name: str, fn: Callable[[], Any]) -> None:
+    def kernels() -> dict[str, Any]:
+        out: dict[str, Any] = {"backends": backends, "cases": []}
+        report["kernel"] = out
+        for c in cases:
+            print(f"[bench]   {c.name}", flush=True)
+            try:
+                r = bench_kernel_case(c, device, args.smoke, report.get("ceilings"), backends,
+                                      c.headline and not args.no_compile)
+            except Exception:
+                r = {**c.describe(), "error": traceback.format_exc()}
+                print(r["error"], file=sys.stderr, flush=True)
+            out["cases"].append(r)
+            report["targets"] = evaluate_targets(report)
+            save(report, path)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        return out
+
+    runners: dict[str, Callable[[], Any]] = {
+        "analysis": lambda: analysis(cases, report.get("ceilings")),
+        "ceilings": lambda: bench_ceilings(device, args.smoke),
+        "checks": lambda: bench_forward.run_checks(device, args.smoke, args.model, backends),
+        "kernel": kernels,
+        "launch": lambda: bench_launch(device, args.smoke, backends),
+    }
+    for key, (batch, preset) in bench_forward.FORWARD_CONFIGS.items():
+        runners[f"forward_{key}"] = (lambda b=batch, p=preset: bench_forward.bench_forward(
+            device, args.smoke, args.model, b, p, backends))
+    for name in sections:
+        left = None if args.budget_s is None else args.budget_s - (time.perf_counter() - t_start)
+        if left is not None and left < SECTIONS[name]:
+            report["skipped"][name] = f"{left:.0f} s left of the budget, {SECTIONS[name]:.0f} s expected"
+            print(f"[bench] {name} skipped: {report['skipped'][name]}", flush=True)
+            continue
         t0 = time.perf_counter()
         print(f"[bench] {name} ...", flush=True)
         try:
-            report[name] = fn()
+            report[name] = runners[name]()
         except Exception:
             report["errors"][name] = traceback.format_exc()
             print(report["errors"][name], file=sys.stderr, flush=True)
-        report.setdefault("section_s", {})[name] = time.perf_counter() - t0
+        report["section_s"][name] = time.perf_counter() - t0
+        if name == "ceilings" and "analysis" in report:  # the ridge points need the ceilings
+            report["analysis"] = analysis(cases, report["ceilings"])
         report["targets"] = evaluate_targets(report)
         save(report, path)
-
-    if "copy" in sections:
-        section("copy", lambda: bench_copy(device, args.smoke))
-    if "kernel" in sections:
-        copy_gbps = report.get("copy", {}).get("copy_gbps") if not args.smoke else None
-
-        def kernels() -> dict[str, Any]:
-            cases = smoke_cases() if args.smoke else gpu_cases()
-            order = sorted((c for c in cases if c.compile_priority is not None), key=lambda c: c.compile_priority)
-            chosen = {order[0].name} if args.smoke else {c.name for c in order}
-            out: dict[str, Any] = {"cases": []}
-            report["kernel"] = out
-            spent = 0.0
-            for c in cases:
-                want = not args.no_compile and c.name in chosen and (spent < args.compile_budget_s or c.headline)
-                print(f"[bench]   {c.name} (compile: {want})", flush=True)
-                try:
-                    r = bench_kernel_case(c, device, args.smoke, copy_gbps, want)
-                except Exception:
-                    r = {**c.describe(), "error": traceback.format_exc()}
-                    print(r["error"], file=sys.stderr, flush=True)
-                spent += r.get("compile", {}).get("compile_s", 0.0) + r.get("compile_nobreak", {}).get("compile_s", 0)
-                out["cases"].append(r)
-                save(report, path)
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-            out["compile_wall_s"] = spent
-            return out
-
-        section("kernel", kernels)
-    if "forward" in sections:
-        section("forward", lambda: bench_forward(device, args.smoke, args.model))
-        if args.smoke and args.model == "auto" and diffusers_available():  # smoke: the fallback model's path too
-            section("forward_plain", lambda: bench_forward(device, args.smoke, "plain"))
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     report["total_s"] = time.perf_counter() - t_start
     report["targets"] = evaluate_targets(report)
+    report["schema_problems"] = validate_report(report)
     save(report, path)
     print_tables(report)
     if path is not None:
         print(f"[bench] wrote {path}")
-    return 1 if report["errors"] else 0
+    failed = [k for k, c in report.get("checks", {}).items()
+              if isinstance(c, dict) and c.get("status") in ("FAILED", "ERROR")]
+    return 1 if report["errors"] or report["schema_problems"] or failed else 0
 
 
 if __name__ == "__main__":

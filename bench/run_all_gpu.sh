@@ -1,57 +1,73 @@
 #!/usr/bin/env bash
-# Every GPU check and benchmark of aselect_kernels in ONE command, for a device session.
+# Every GPU benchmark and check of aselect_kernels in ONE command, from the repository root:
 #
-# From the device tool (one call; the repo root is the working directory there):
-#     run(command="bash bench/run_all_gpu.sh", timeout_s=595, carry=[".whl"])
-# carry [".whl"] only if diffusers wheels were prepared (see below); without them the forward benchmark uses the
-# self-contained plain DiT-XL/2 of bench/bench_stats.py and says so in its JSON.  The whole run is held to
-# RUN_ALL_BUDGET_S (default 570 s) by per-step timeouts; expected wall time on an H100 is about 4-6 minutes.
+#     bash bench/run_all_gpu.sh            # on a CUDA machine: under 9 minutes: RUN_ALL_BUDGET_S (505 s) + shutdown
+#     bash bench/run_all_gpu.sh --smoke    # the same scripts' CPU paths (TRITON_INTERPRET=1), a few minutes
 #
-# Steps (each guarded: a failure or timeout is recorded and the next step still runs; every step writes its JSON
-# as it goes, so a step cut short keeps what it measured):
-#   0. install carried wheels (.whl/*.whl -> /tmp/site, the device README's recipe); print GPU, driver, versions
-#   1. bench/gpu_checks.py          -> $OUT/gpu_checks.json      correctness (poisoned buffers, fp64 reference,
-#                                                                 determinism, torch.compile fullgraph)
-#   2. bench/bench_stats.py         -> $OUT/<device-slug>.json   copy bandwidth, kernel vs eager vs compile,
-#                                                                 DiT-XL/2 scored forward, targets
-#   3. pytest bench (benchmarks)    -> $OUT/pytest_bench.json
-#   4. compute-sanitizer memcheck over gpu_checks.py --sanitizer -> $OUT/sanitizer.log (ERROR SUMMARY line)
-#   5. bench/block_sweep.py         -> $OUT/block_sweep.json     block sizes x warps of the kernel, 4 shapes
-#   6. ncu on the tap kernels of python/profile_scored_forward.py -> $OUT/ncu_tap_kernel.csv (details page)
-#   7. only with RUN_GPU_VALIDATE=1: bench/gpu_validate.py -> $OUT/gpu_validate.json, selection vs the exhaustive
-#      probe grid timed on the GPU (the grid alone needs about 505 s on an H100: give it its own call)
-#   then $OUT/steps.json (rc and seconds per step) and a short summary printed last; $OUT/run_all.log holds it all.
-# $OUT is the device tool's output folder; elsewhere the results go to bench/results.  At most 8 files land in
-# $OUT (the tool returns at most 8).
+# Results go to $OUT when it is set (the output folder), else to bench/results/<device-slug>/ (smoke: a new
+# temporary folder).  At most 8 files land there, each written as its step goes:
+#   <device-slug>.json  bench/bench_stats.py: read/copy/matmul ceilings, K and the compute-bound point, kernel of
+#                       each backend on every shape, scored-forward checks (overlap, no host sync, CUDA graph),
+#                       DiT-XL/2 forward variants at batch 128 and 8 on 56 and 140 taps, launch cost, targets;
+#                       at the end also "steps" (rc and seconds of every step below)
+#   gpu_checks.json     bench/gpu_checks.py: accuracy against the fp64 reference with poisoned buffers, determinism,
+#                       compile
+#   ncu.txt             bench/profile_kernels.sh: Nsight Compute sections and metrics of the kernels on the
+#                       headline shape, and their SASS (load widths, MMA instructions, registers, spills)
+#   sanitizer.log       compute-sanitizer memcheck, then racecheck, over bench/gpu_checks.py --sanitizer
+#   pytest_bench.json   pytest-benchmark medians (bench/test_bench_stats.py)
+#   gpu_validate.json   bench/gpu_validate.py at its defaults: selection and the probe grid, timed on the GPU
+#   block_sweep.json    bench/block_sweep.py
+#   run_all.log         this whole log, ending with a summary
 #
-# Preparing the diffusers wheels (here, once; .whl/ is gitignored and must stay under ~40 MB):
+# Steps run in this order (the owed figures first), each under `timeout`: a step gets min(its cap, time left
+# minus what the later steps are guaranteed), is skipped when that is under 20 s, and a failure or timeout is
+# recorded while the next step still runs.  Caps in seconds:
+#   cuda_build 120 | bench_stats 230 | gpu_checks 80 | ncu 60 | memcheck 35 | racecheck 35 | pytest_bench 40 |
+#   gpu_validate 60 | block_sweep 40
+# cuda_build compiles (or loads) the package's CUDA C++ backend once, when the package has one, so that no
+# benchmark times a build.
+#
+# Diffusers: used when importable.  Wheels in .whl/ (gitignored) are installed first into a temporary folder,
+# e.g. prepared on a machine with network access:
 #     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 #         -d .whl diffusers==0.42.1 importlib_metadata==8.7.0
-#     unzip -p .whl/diffusers-*.whl '*/METADATA' | grep ^Requires-Dist     # skip the 'extra ==' lines
-# diffusers 0.42.1 needs importlib_metadata, filelock, huggingface-hub>=1.32,<3, numpy, regex, requests,
-# safetensors>=0.8, Pillow.  The device image (KINDS.md) has all of them (huggingface_hub 1.33.0, safetensors
-# 0.8.0) except importlib_metadata, which diffusers imports only on Python < 3.8 but which is carried anyway:
-# 8.7.0, whose only need (zipp) is in the image (10.x also wants lazy-importer).  Do not carry a second copy of a
-# package the image has.  The two wheels come to about 6.4 MB.
+# Its other requirements (filelock, huggingface-hub>=1.32,<3, numpy, regex, requests, safetensors>=0.8, Pillow)
+# must already be installed.  Without diffusers the forward benchmark uses the plain DiT-XL/2 of
+# bench/bench_stats.py and says so in its JSON.
 set -uo pipefail
 
 cd "$(dirname "$0")/.." || exit 2
-OUT="${OUT:-bench/results}"
-mkdir -p "$OUT"
+SMOKE="${SMOKE:-0}"
+[[ "${1:-}" == "--smoke" ]] && SMOKE=1
 PY="${PYTHON:-python3}"
-BUDGET="${RUN_ALL_BUDGET_S:-570}"
+export PYTHONUNBUFFERED=1
+export TRITON_CACHE_DIR="${TRITON_CACHE_DIR:-/tmp/aselect-triton-cache}"
+export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-/tmp/aselect-torch-extensions}"
+if ((SMOKE)); then
+    export TRITON_INTERPRET=1
+    BUDGET="${RUN_ALL_BUDGET_S:-900}"
+    OUT="${OUT:-$(mktemp -d /tmp/aselect-smoke.XXXXXX)}"
+    SLUG=smoke-cpu
+else
+    BUDGET="${RUN_ALL_BUDGET_S:-505}"
+    SLUG="$("$PY" -c 'import re, torch; print(re.sub("[^a-z0-9]+", "-", torch.cuda.get_device_name(0).lower()).strip("-"))' \
+        2>/dev/null || echo no-gpu)"
+    OUT="${OUT:-bench/results/$SLUG}"
+fi
+mkdir -p "$OUT"
 DEADLINE=$((SECONDS + BUDGET))
 STEPS="$(mktemp)"
-export PYTHONUNBUFFERED=1
+SCRATCH="$(mktemp -d)"
 
-# run_step NAME MAX_S RESERVE_S CMD...: run CMD with a timeout of min(MAX_S, time left - RESERVE_S), where
+# run_step NAME CAP_S RESERVE_S CMD...: run CMD with a timeout of min(CAP_S, time left - RESERVE_S), where
 # RESERVE_S is kept for the steps after it; record rc and seconds (124/137: timed out).
 run_step() {
-    local name="$1" max="$2" reserve="$3"
+    local name="$1" cap="$2" reserve="$3"
     shift 3
     local left=$((DEADLINE - SECONDS - reserve))
-    local limit=$((max < left ? max : left))
+    local limit=$((cap < left ? cap : left))
     if ((limit < 20)); then
         echo "=== [$name] skipped: only ${left}s left of the ${BUDGET}s budget"
         printf '%s\tskipped\t0\n' "$name" >>"$STEPS"
@@ -59,34 +75,70 @@ run_step() {
     fi
     echo "=== [$name] (timeout ${limit}s) $*"
     local t0=$SECONDS
-    timeout --signal=INT --kill-after=15 "$limit" "$@"
+    STEP_LIMIT=$limit timeout --signal=INT --kill-after=10 "$limit" "$@"
     local rc=$?
     echo "=== [$name] rc=$rc in $((SECONDS - t0))s"
     printf '%s\t%s\t%s\n' "$name" "$rc" "$((SECONDS - t0))" >>"$STEPS"
 }
 
+not_run() {  # not_run NAME WHY
+    echo "=== [$1] not run: $2"
+    printf '%s\t%s\t0\n' "$1" "$2" >>"$STEPS"
+}
+
+find_tool() {
+    command -v "$1" || ls /usr/local/cuda/bin/"$1" /usr/local/cuda*/bin/"$1" /opt/nvidia/*/"$1" 2>/dev/null |
+        head -n 1
+}
+
+# sanitize TOOL RESERVE_S: compute-sanitizer TOOL over the short GPU subset of gpu_checks.py (a run_step),
+# then its log appended to sanitizer.log
+sanitize() {
+    local tool="$1" log="$SCRATCH/sanitizer_$1.log"
+    # no caching allocator: every tensor its own cudaMalloc, so an out-of-bounds access cannot hide in a pool
+    run_step "$tool" 35 "$2" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$CS" --tool "$tool" --print-limit 20 \
+        --error-exitcode 3 --log-file "$log" "$PY" bench/gpu_checks.py --sanitizer --out "$SCRATCH/gc_$tool.json"
+    { echo "##### compute-sanitizer --tool $tool"; cat "$log" 2>/dev/null; } >>"$OUT/sanitizer.log"
+}
+
+# copy_result SRC_DIR FILE: keep one JSON of a step that writes into its own folder
+copy_result() {
+    if [[ -f "$1/$2" ]]; then cp "$1/$2" "$OUT/$2"; else echo "no $2 written (files: $(ls "$1" 2>/dev/null))"; fi
+}
+
+CUDA_BUILD='
+import time, torch
+from aselect_kernels import stats
+if "cuda" not in stats.BACKENDS:
+    print("the package has no cuda backend: nothing to build")
+    raise SystemExit(0)
+t0 = time.perf_counter()
+x = torch.randn(2, 16, 8, device="cuda")
+print("cuda backend:", stats.compute_stats(x, backend="cuda").shape, f"ready in {time.perf_counter() - t0:.1f} s")
+'
+
 main() {
-    echo "=== run_all_gpu.sh: OUT=$OUT budget ${BUDGET}s, $(date -u +%FT%TZ)"
+    echo "=== run_all_gpu.sh: OUT=$OUT, budget ${BUDGET}s, smoke=$SMOKE, $(date -u +%FT%TZ)"
     if compgen -G ".whl/*.whl" >/dev/null; then
-        if "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-            .whl/*.whl; then
-            export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
-            echo "=== installed carried wheels: $(cd .whl && ls *.whl | tr '\n' ' ')"
+        if "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+            --target "$SCRATCH/site" .whl/*.whl; then
+            export PYTHONPATH="$SCRATCH/site${PYTHONPATH:+:$PYTHONPATH}"
+            echo "=== installed wheels from .whl/: $(cd .whl && ls *.whl | tr '\n' ' ')"
         else
-            echo "=== WARNING: carried wheels failed to install; going on without them"
+            echo "=== WARNING: the wheels in .whl/ failed to install; going on without them"
         fi
-    else
-        echo "=== no .whl/ carried: diffusers only if the image has it (else the plain DiT fallback)"
     fi
     export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # aselect_kernels from this checkout, uninstalled
 
-    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem,temperature.gpu,power.draw \
-        --format=csv || echo "nvidia-smi failed"
+    if ((!SMOKE)); then
+        nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem,temperature.gpu,power.draw \
+            --format=csv || echo "nvidia-smi failed"
+    fi
     "$PY" - <<'EOF' || echo "version probe failed"
 import importlib, platform
 import torch
 print("python", platform.python_version(), "| torch", torch.__version__, "| cuda", torch.version.cuda)
-for name in ("triton", "diffusers", "numpy", "pytest_benchmark", "huggingface_hub"):
+for name in ("triton", "diffusers", "numpy", "pytest_benchmark"):
     try:
         print(name, getattr(importlib.import_module(name), "__version__", "?"))
     except Exception as exc:
@@ -96,98 +148,42 @@ if torch.cuda.is_available():
     print("device", p.name, f"sm_{p.major}{p.minor}", p.multi_processor_count, "SMs",
           f"L2 {getattr(p, 'L2_cache_size', 0) / 2**20:.0f} MiB", f"{p.total_memory / 2**30:.1f} GiB")
 else:
-    print("NO CUDA DEVICE VISIBLE")
+    print("no CUDA device visible")
 EOF
 
-    run_step gpu_checks 170 330 "$PY" bench/gpu_checks.py --out "$OUT/gpu_checks.json"
-    run_step bench_stats 240 250 "$PY" bench/bench_stats.py --out "$OUT"
-    run_step pytest_bench 100 210 "$PY" -m pytest bench -q -p no:cacheprovider \
-        --benchmark-json="$OUT/pytest_bench.json" --benchmark-columns=min,median,max,rounds
-
-    local cs
-    cs="$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer \
-        /usr/local/cuda*/bin/compute-sanitizer /opt/nvidia/*/compute-sanitizer 2>/dev/null | head -n 1)"
-    if [[ -n "$cs" ]]; then
-        # no caching allocator: every tensor its own cudaMalloc, so an out-of-bounds access cannot hide in a pool
-        run_step sanitizer 100 170 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$cs" --tool memcheck --print-limit 20 \
-            --error-exitcode 3 --log-file "$OUT/sanitizer.log" \
-            "$PY" bench/gpu_checks.py --sanitizer --out /tmp/gpu_checks_sanitizer.json
-        grep -h "ERROR SUMMARY" "$OUT/sanitizer.log" || echo "sanitizer: no ERROR SUMMARY line (see sanitizer.log)"
+    if ((SMOKE)); then
+        not_run cuda_build smoke
+        run_step bench_stats 600 60 "$PY" bench/bench_stats.py --smoke --out "$OUT"
+        run_step gpu_checks 200 30 "$PY" bench/gpu_checks.py --smoke --out "$OUT/gpu_checks.json"
+        run_step profile 120 0 bash -c "'$PY' python/profile_scored_forward.py --smoke --kernel-only --iters 1 &&
+            '$PY' python/profile_scored_forward.py --smoke --overlap --iters 1"
+        for step in ncu memcheck racecheck pytest_bench gpu_validate block_sweep; do not_run "$step" smoke; done
     else
-        echo "=== [sanitizer] compute-sanitizer not found"
-        printf 'sanitizer\tnot-found\t0\n' >>"$STEPS"
+        run_step cuda_build 120 400 "$PY" -c "$CUDA_BUILD"
+        # bench_stats skips its own late sections when its budget runs short (STEP_LIMIT minus a margin)
+        run_step bench_stats 230 180 bash -c "'$PY' bench/bench_stats.py --out '$OUT' --budget-s \$((STEP_LIMIT - 15))"
+        run_step gpu_checks 80 130 "$PY" bench/gpu_checks.py --out "$OUT/gpu_checks.json"
+        run_step ncu 60 100 bash bench/profile_kernels.sh "$OUT/ncu.txt"
+        local CS
+        CS="$(find_tool compute-sanitizer)"
+        if [[ -n "$CS" ]]; then
+            : >"$OUT/sanitizer.log"
+            sanitize memcheck 80
+            sanitize racecheck 65
+            grep -h "ERROR SUMMARY\|RACECHECK SUMMARY" "$OUT/sanitizer.log" || echo "sanitizer: no summary line"
+        else
+            not_run memcheck "compute-sanitizer not found"
+            not_run racecheck "compute-sanitizer not found"
+        fi
+        run_step pytest_bench 40 45 "$PY" -m pytest bench/test_bench_stats.py -q -p no:cacheprovider \
+            --benchmark-json="$OUT/pytest_bench.json" --benchmark-columns=min,median,max,rounds
+        run_step gpu_validate 60 20 "$PY" bench/gpu_validate.py --out "$SCRATCH/validate"
+        copy_result "$SCRATCH/validate" gpu_validate.json
+        run_step block_sweep 40 0 "$PY" bench/block_sweep.py --out "$SCRATCH/sweep"
+        copy_result "$SCRATCH/sweep" block_sweep.json
     fi
-
-    run_step block_sweep 150 80 "$PY" bench/block_sweep.py --out "$OUT"
-
-    local ncu
-    ncu="$(command -v ncu || ls /usr/local/cuda/bin/ncu /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu \
-        2>/dev/null | head -n 1)"
-    if [[ -n "$ncu" ]]; then
-        # the fused kernel inside the DiT-XL/2 forward's tap ranges (see python/profile_scored_forward.py)
-        run_step ncu 120 0 "$ncu" --nvtx --nvtx-include "aselect.tap/" --set full --clock-control none \
-            -k regex:_sample_stats_kernel --launch-count 2 --csv --page details --log-file "$OUT/ncu_tap_kernel.csv" \
-            "$PY" python/profile_scored_forward.py --iters 1
-    else
-        echo "=== [ncu] Nsight Compute not found"
-        printf 'ncu\tnot-found\t0\n' >>"$STEPS"
-    fi
-
-    if [[ "${RUN_GPU_VALIDATE:-0}" == 1 ]]; then
-        run_step gpu_validate 590 0 "$PY" bench/gpu_validate.py --out "$OUT"
-    fi
-
-    OUT="$OUT" STEPS="$STEPS" "$PY" - <<'EOF'
-import glob, json, os
-out, rows = os.environ["OUT"], [line.rstrip("\n").split("\t") for line in open(os.environ["STEPS"])]
-steps = {name: {"rc": rc, "seconds": int(sec)} for name, rc, sec in rows}
-json.dump(steps, open(os.path.join(out, "steps.json"), "w"), indent=1)
-print("\n==================== SUMMARY ====================")
-for name, s in steps.items():
-    print(f"step {name:13} rc={s['rc']:>9} {s['seconds']:4d}s")
-try:
-    gc = json.load(open(os.path.join(out, "gpu_checks.json")))
-    sm = gc.get("summary", {})
-    print("gpu_checks:", "ALL PASSED" if sm.get("passed") else f"FAILED {sm.get('failed')}",
-          "| poison hits", sm.get("poison_hits"), "| compile", gc.get("compile", {}).get("fullgraph"),
-          gc.get("compile", {}).get("explain"))
-except Exception as exc:
-    print("gpu_checks: no result:", exc)
-skip = {"gpu_checks.json", "pytest_bench.json", "steps.json", "gpu_validate.json"}
-for path in sorted(p for p in glob.glob(os.path.join(out, "*.json")) if os.path.basename(p) not in skip):
-    r = json.load(open(path))
-    print(f"bench {os.path.basename(path)}: {r['env'].get('device')}, torch {r['env']['torch']}, "
-          f"triton {r['env'].get('triton')}, errors {list(r.get('errors', {}))}")
-    cp = r.get("copy", {})
-    if cp:
-        print(f"  copy {cp['copy_gbps']:.0f} GB/s, read {cp['read_gbps']:.0f} GB/s")
-    for c in r.get("kernel", {}).get("cases", []):
-        if "eager" in c:
-            print(f"  {c['name']:20} {c['kernel_device_ms'] * 1e3:8.1f} us {c['kernel_gbps']:6.0f} GB/s "
-                  f"{c.get('kernel_pct_of_copy', 0):5.1f}% copy  x{c['speedup_vs_eager']:.1f} eager  "
-                  f"x{c.get('speedup_vs_compile') or float('nan'):.1f} compile")
-    f = r.get("forward", {})
-    if "fused" in f:
-        print(f"  forward {f['model']} b{f['batch']}: {f['unscored']['median_ms']:.1f} ms unscored, "
-              f"eager ref +{f['eager_reference']['overhead_pct']:.1f}%, fused +{f['fused']['overhead_pct']:.2f}% "
-              f"time, +{f['fused'].get('extra_peak_pct', float('nan')):.2f}% peak memory")
-    for name, t in r.get("targets", {}).items():
-        state = {True: "MET", False: "MISSED", None: "n/a"}[t["met"]]
-        value = "-" if t["value"] is None else f"{t['value']:.2f}"
-        print(f"  target {name:22} {t['target']:>7} value {value:>8} {state}")
-try:
-    gv = json.load(open(os.path.join(out, "gpu_validate.json")))
-    print("gpu_validate:", {k: v.get("wall_s") for k, v in gv["steps"].items()}, "ratios", gv.get("ratios"))
-except Exception as exc:
-    print("gpu_validate: no result:", exc)
-try:
-    pb = json.load(open(os.path.join(out, "pytest_bench.json")))
-    for b in pb.get("benchmarks", []):
-        print(f"pytest {b['name']:48} median {b['stats']['median'] * 1e6:10.1f} us")
-except Exception as exc:
-    print("pytest_bench: no result:", exc)
-EOF
+    OUT="$OUT" STEPS="$STEPS" SLUG="$SLUG" "$PY" bench/run_all_summary.py
 }
 
 main 2>&1 | tee "$OUT/run_all.log"
-rm -f "$STEPS"
+rm -rf "$STEPS" "$SCRATCH"

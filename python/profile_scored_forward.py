@@ -1,21 +1,34 @@
-"""Profile the DiT-XL/2-sized scored forward: fused taps on all 56 attention-out / MLP-out outputs, NVTX-annotated.
+"""Profile the DiT-XL/2-sized scored forward (fused taps on all 56 attention-out / MLP-out outputs), or the
+statistics kernels alone on one shape, NVTX-annotated.
 
-Runs ``--iters`` timed iterations (after one warm-up outside the profiled range) of a batch split into chunks.
-NVTX ranges: ``aselect.iter{i}`` > ``aselect.chunk{k}`` (one forward) > ``aselect.tap`` > ``<tap name>`` (the
-statistics of one tap, e.g. ``transformer_blocks.27.ff``).  ``cudaProfilerStart/Stop`` bracket the timed iterations.
+Forward mode runs ``--iters`` timed iterations (after one warm-up outside the profiled range) of a batch split
+into chunks.  NVTX ranges: ``aselect.iter{i}`` > ``aselect.chunk{k}`` (one forward) > ``aselect.tap`` >
+``<tap name>`` (the statistics of one tap, e.g. ``transformer_blocks.27.ff``).  ``cudaProfilerStart/Stop``
+bracket the timed iterations.  ``--overlap`` scores the taps on a side stream (``TapSet(overlap=True)``).
 
-Nsight Systems (timeline; KINDS.md saw nsys missing from the device PATH, try the Nsight Compute bundle's copy)::
+``--kernel-only`` instead calls each statistics backend (``triton``, and ``cuda`` when the package has it) on
+random ``--shape`` inputs (default the headline ``128,256,1152`` bf16), ``--iters`` times, each call inside an
+outermost ``aselect.tap`` range with the backend's name nested in it, and the calls of each backend between
+``cudaProfilerStart/Stop`` (for ``ncu --profile-from-start off``).
+
+Nsight Systems (timeline; if ``nsys`` is not on the PATH, the Nsight Compute bundle may include a copy)::
 
     nsys profile -t cuda,nvtx --capture-range=cudaProfilerApi -o /tmp/scored_fwd \\
         python python/profile_scored_forward.py --iters 3
 
-Nsight Compute (kernels inside the tap ranges only; a trailing ``/`` names a push/pop range, ``*`` in a filter
-stands for whole nesting levels, not for part of a name: hence the constant ``aselect.tap`` range)::
+Nsight Compute, on the tap kernels of the forward (a trailing ``/`` names a push/pop range, ``*`` in a filter
+stands for whole nesting levels, not for part of a name: hence the constant ``aselect.tap`` range), or on the
+kernels alone between the profiler start/stop calls of ``--kernel-only``::
 
-    ncu --nvtx --nvtx-include "aselect.tap/" --set full --clock-control none -k regex:_sample_stats_kernel \\
-        --launch-count 4 -o /tmp/tap_kernels python python/profile_scored_forward.py --iters 1
+    ncu --nvtx --nvtx-include "aselect.tap/" --set full --clock-control none --launch-count 4 \\
+        -o /tmp/tap_kernels python python/profile_scored_forward.py --iters 1
+    ncu --nvtx --profile-from-start off --set full --clock-control none --launch-count 8 \\
+        -o /tmp/kernels python python/profile_scored_forward.py --kernel-only --iters 1
 
-``--smoke`` runs two tiny blocks on the CPU (``TRITON_INTERPRET=1``, kernel under the interpreter), no profiler.
+``bench/profile_kernels.sh`` runs the second with the sections and metrics the kernel work reads (DRAM and L2
+bytes, registers, spills, occupancy, stall reasons, load widths) and adds the SASS of the kernels.
+
+``--smoke`` runs two tiny blocks (or a tiny kernel shape) on the CPU (``TRITON_INTERPRET=1``), no profiler.
 Diffusers' ``DiTTransformer2DModel`` is used when it imports, else the plain DiT of ``bench/bench_stats.py``.
 """
 
@@ -32,9 +45,33 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from bench_stats import build_dit, nvtx_range, sync  # noqa: E402
+from bench_stats import build_dit, kernel_backends, nvtx_range, sync  # noqa: E402
 
+from aselect_kernels.reference import StatsConfig  # noqa: E402
+from aselect_kernels.stats import compute_stats  # noqa: E402
 from aselect_kernels.taps import TapSet  # noqa: E402
+
+
+def profile_kernels(shape: Sequence[int], iters: int, device: torch.device, dtype: torch.dtype) -> int:
+    """Each backend on random ``shape`` inputs, every call in ``aselect.tap`` > ``<backend>`` ranges."""
+    g = torch.Generator(device=device).manual_seed(0)
+    xs = [torch.randn(*shape, device=device, generator=g).to(dtype) for _ in range(2)]
+    cuda = device.type == "cuda"
+    for backend in kernel_backends():
+        compute_stats(xs[0], StatsConfig(), backend)  # warm-up outside the ranges: JIT, basis upload
+        sync(device)
+        t0 = time.perf_counter()
+        if cuda:
+            torch.cuda.profiler.start()
+        for i in range(iters):
+            with nvtx_range("aselect.tap", cuda), nvtx_range(backend, cuda):
+                out = compute_stats(xs[i % 2], StatsConfig(), backend)
+        if cuda:
+            torch.cuda.profiler.stop()
+        sync(device)
+        print(f"[profile] {backend} {list(shape)} {dtype}: {iters} calls in {(time.perf_counter() - t0) * 1e3:.2f} ms, "
+              f"finite rows {int(out.isfinite().all(dim=1).sum())}/{shape[0]}", flush=True)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -44,8 +81,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=None, help="samples per iteration (default 128; smoke 4)")
     parser.add_argument("--chunk", type=int, default=None, help="samples per forward (default: the whole batch)")
     parser.add_argument("--model", choices=("auto", "diffusers", "plain"), default="auto")
-    parser.add_argument("--backend", choices=("auto", "triton", "matmul", "torch"), default=None,
-                        help="statistics backend of the taps (default auto; smoke triton)")
+    parser.add_argument("--backend", default=None, help="statistics backend of the taps (default auto; smoke triton)")
+    parser.add_argument("--overlap", action="store_true", help="score the taps on a side stream")
+    parser.add_argument("--kernel-only", action="store_true", help="the statistics kernels alone on --shape")
+    parser.add_argument("--shape", default="128,256,1152", help="N,L,C of --kernel-only (smoke: 2,64,48)")
     args = parser.parse_args(argv)
     if args.smoke:
         os.environ["TRITON_INTERPRET"] = "1"
@@ -55,6 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     cuda = not args.smoke
     device = torch.device("cuda") if cuda else torch.device("cpu")
     dtype = torch.bfloat16 if cuda else torch.float32
+    if args.kernel_only:
+        shape = [2, 64, 48] if args.smoke else [int(v) for v in args.shape.split(",")]
+        return profile_kernels(shape, args.iters, device, dtype)
     batch = args.batch or (4 if args.smoke else 128)
     chunk = args.chunk or batch
     backend = args.backend or ("triton" if args.smoke else "auto")
@@ -70,9 +112,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 tapset.rows = rows
                 with nvtx_range(f"aselect.chunk{k}", cuda):
                     bundle(x[rows], t[rows], y[rows])
+                    tapset.join()
 
     times = []
-    with TapSet(bundle.model, bundle.taps, batch, backend=backend, nvtx=True) as tapset, torch.no_grad():
+    with TapSet(bundle.model, bundle.taps, batch, backend=backend, nvtx=True, overlap=args.overlap) as tapset, \
+            torch.no_grad():
         iteration(-1, tapset)  # warm-up: kernel JIT, cuBLAS handles
         sync(device)
         if cuda:
