@@ -352,10 +352,20 @@ def smoke_cases() -> list[Case]:
 
 
 def kernel_backends() -> list[str]:
-    """The statistics backends to benchmark: ``triton`` and, when the package has it, ``cuda``."""
+    """The statistics backends to benchmark: ``triton`` and, when it can run here, ``cuda`` (the reason it cannot is
+    printed once)."""
     from aselect_kernels import stats
 
-    return [b for b in ("triton", "cuda") if b in stats.BACKENDS]
+    backends = ["triton"]
+    if "cuda" in stats.BACKENDS:
+        from aselect_kernels.ops.cuda_stats import unavailable_reason
+
+        reason = unavailable_reason()
+        if reason is None:
+            backends.append("cuda")
+        else:
+            print(f"backend 'cuda' skipped: {reason}", file=sys.stderr, flush=True)
+    return backends
 
 
 def make_inputs(case: Case, device: torch.device, n_buffers: int, seed: int) -> list[torch.Tensor]:
@@ -504,8 +514,12 @@ def bench_launch(device: torch.device, smoke: bool, backends: Sequence[str]) -> 
             entry["compute_stats"] = host_us(lambda b=backend: compute_stats(x, cfg, b))
             for overlap in (False, True):
                 with TapSet(holder, [TapSpec.parse("tap")], shape[0], backend=backend, overlap=overlap) as ts:
-                    ts.rows = rows
-                    entry["tap_overlapped" if overlap else "tap"] = host_us(lambda: holder["tap"](x))
+
+                    def one_forward(ts: TapSet = ts) -> None:
+                        ts.rows = rows  # a new forward: a tap records one call per forward
+                        holder["tap"](x)
+
+                    entry["tap_overlapped" if overlap else "tap"] = host_us(one_forward)
                     ts.join()
             if backend == "triton":
                 entry["torch_ops"] = host_us(lambda: torch.ops.aselect.sample_stats(x, *op_args))
