@@ -12,11 +12,12 @@ kernel sits in two files, each explained step by step:
 * :mod:`~aselect_kernels.ops.stats_merge` - the exact, ordered merge of a sample's partials into its six numbers,
   done by the sample's last work item (one launch; an atomic ticket decides who is last) or by a combine kernel.
 
-**Memory traffic.**  ``X`` is read once.  For ``L <= 256`` (DiT-XL/2's 256 tokens, the embedded model's 196) a
-channel block's tokens fit one tile: the first block of basis rows is loaded once per program and kept on chip,
-further row blocks reuse the tile in registers, and the row entropy states stay in registers across a group's
-channel blocks, so each work item writes ``3 L + 4`` floats.  Longer token axes walk 64-token tiles,
-software-pipelined (``tl.range(num_stages=...)``), and write their states per channel block.
+**Memory traffic.**  ``X`` is read once.  Where every token of a channel block fits one tile (``L <= 256``)
+and the basis is small (16 rows: 2-D ratios on DiT grids), the basis tile is loaded once per program and kept on
+chip, further basis-row blocks reuse the tile in registers, and the row entropy states stay in registers across a
+group of channel blocks, so each work item writes ``3 L + 4`` floats.  Otherwise the kernel walks token tiles,
+software-pipelined (``tl.range(num_stages=...)``), re-reads the basis tile per token tile (from L2) and writes its
+entropy states per channel block.  ``bench/NOTES.md`` has the traffic model, the compile facts and the predictions.
 
 **Tiling.**  Block sizes, warps, stages and the grid come from :func:`~aselect_kernels.ops.tiling.tiling`, a
 deterministic table keyed on ``(L, C, K, dtype, target)``, never on ``N``: a sample's result does not depend on the

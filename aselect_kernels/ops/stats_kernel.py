@@ -24,15 +24,17 @@ writes its block's states, and a group is one channel block.
 **Step 3 - the low-frequency energy on tensor cores.**  ``proj [BLOCK_K, BLOCK_C] += B [rows, tile] @ x_tile``
 with the real basis ``B [K, L]`` of :func:`~aselect_kernels.frequency.low_frequency_basis`, zero-padded to a
 multiple of ``BLOCK_K`` rows.  Per channel, ``E_low = sum_rows (proj - rowsum(B) (mu - shift))^2``: the exact
-leak of the rounded basis (whose rows do not sum to exactly 0) is removed.  With ``ONE_TILE`` the first block of
-basis rows is loaded once per program, before the work-item loop, and stays on chip; further row blocks reuse the
-tile that is already in registers.  Without it, further row blocks re-read the item's tiles (from L2).
+leak of the rounded basis (whose rows do not sum to exactly 0) is removed.  With ``ONE_TILE`` and
+``HOIST_BASIS`` the first block of basis rows is loaded once per program, before the work-item loop, and stays on
+chip; further row blocks reuse the tile that is already in registers.  Without ``ONE_TILE``, further row blocks
+re-read the item's tiles (from L2).
 
 *Operands.*  bf16/fp16 inputs are exact in their dtype and are fed raw against ``B = B_hi + B_lo`` split into two
 halves of the input dtype: two tensor-core dots, fp32 accumulation (``SPLIT_BASIS``).  fp32 inputs are fed as
-``x - k_c`` against an fp32 ``B`` with ``FP32_DOT`` precision: ``"tf32x3"`` (three TF32 dots, about 22 correct
-bits; NVIDIA only) or ``"ieee"`` (fp32 FMAs).  The interpreter computes half-precision dots wrongly, so there
-(``UPCAST_DOT``) the same operands are upcast to fp32 first.
+``x - k_c`` against an fp32 ``B`` with ``FP32_DOT`` precision: ``"tf32x3"`` (three TF32 dots on split operands,
+NVIDIA only; its rounding uses under 1 % of the fp32 tolerance, ``bench/tf32x3_error.py``) or ``"ieee"`` (fp32
+FMAs).  The interpreter computes half-precision dots wrongly, so there (``UPCAST_DOT``) the same operands are
+upcast to fp32 first.
 
 **Step 4 - partials and the merge.**  Each item writes ``sum x``, ``sum M2``, ``sum L mu^2``, ``E_low`` and its
 entropy states.  With ``MERGE_IN_KERNEL``, it then takes a ticket from its sample's counter (an atomic add, after
