@@ -191,18 +191,16 @@ def compare(out: torch.Tensor, ref: torch.Tensor, x: torch.Tensor, rtol: float) 
 
 
 def block_plan(x: torch.Tensor, config: StatsConfig, backend: str = "triton") -> list[int]:
-    """Bytes of the three buffers the kernel allocates (partials, entropy states, output), in its order."""
-    from aselect_kernels.frequency import low_frequency_basis
+    """Bytes of the buffers the kernel allocates, in its order (Triton: partials, entropy states, tickets, output;
+    CUDA: partials, entropy states, output)."""
     from aselect_kernels.ops import fused_stats as fused
 
     n, length, c = x.shape
     if backend == "cuda":  # csrc/aselect_stats.cu: 128-channel blocks, 4 partials and 3 states per token each
         num_cb = -(-c // 128)
         return [n * num_cb * 4 * 4, n * num_cb * 3 * length * 4, n * len(STAT_NAMES) * 4]
-    k = low_frequency_basis(length, config.resolve_grid(length), config.cutoff, dtype=torch.float64).shape[0]
-    _, bc, _ = fused.block_sizes(length, c, k)
-    num_cb = -(-c // bc)
-    return [n * num_cb * 4 * 4, n * num_cb * 3 * length * 4, n * len(STAT_NAMES) * 4]
+    tile = fused.kernel_tiling(length, c, config, x.dtype, fused.device_target(x.device))
+    return fused.buffer_bytes(n, length, c, tile)
 
 
 def poison_allocator(sizes: Sequence[int], device: torch.device, value: float) -> set[int]:

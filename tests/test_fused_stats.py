@@ -69,6 +69,22 @@ def test_many_channel_and_basis_blocks(dtype: torch.dtype) -> None:
     assert_stats_close(fused_stats(x, config), ref64(x, config), x, rtol)  # default blocks agree too
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_one_tile_groups_and_basis_blocks(dtype: torch.dtype) -> None:
+    """One tile of all 64 tokens, 16-channel blocks in groups of 3 (row entropy states merged in registers, 3
+    items per sample merged by the last), 3 basis-row blocks (the first hoisted, the others on the tile in
+    registers), a persistent grid of 2 programs; and the two-launch variant, bitwise equal."""
+    config = StatsConfig(cutoff=0.75)
+    x = randn((2, 64, 100), dtype, seed=8)
+    tile = fused.Tiling(block_l=64, block_c=16, block_k=16, group_c=3)
+    assert fused.num_groups(64, 100, tile) == 3
+    out = fused_stats(x, config, tile=tile, num_programs=2)
+    assert_stats_close(out, ref64(x, config), x, tolerance(dtype, 64, 100))
+    if dtype == torch.bfloat16:
+        assert torch.equal(out, fused_stats(x, config, tile=tile, merge_in_kernel=False))
+        assert torch.equal(out, fused_stats(x, config, tile=tile, hoist_basis=False))
+
+
 @pytest.mark.parametrize("channels", [1, 17])
 def test_few_channels(channels: int) -> None:
     """C below one block (padded channels must not leak); C = 1 has zero entropy."""
@@ -266,3 +282,78 @@ def test_auto_backend_on_the_gpu_path_compiles_without_graph_break(monkeypatch: 
     compiled = torch.compile(lambda z: stats.compute_stats(z * 2.0), fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(compiled(x), matmul_stats(x * 2.0))
     torch._dynamo.reset()
+
+
+# --- the GPU tilings, run on the CPU --------------------------------------------------------------------------
+
+#: Capabilities whose tiling rows ship (Ampere, Hopper); distinct rows only are run.
+GPU_TARGETS = ((8, 0), (9, 0))
+#: (id, L, C, config): the tapped shapes that ship (DiT-XL/2, the embedded model's 96 and 384 channels on its
+#: 14 x 14 grid, 1-D and 2-D) and awkward ones: L and C not powers of two, a non-square grid, L past one tile,
+#: several basis-row blocks.
+SHIPPED_SHAPES = [
+    ("xl_1d", 256, 1152, StatsConfig()),
+    ("xl_2d", 256, 1152, StatsConfig(hfr_dims=2)),
+    ("emb96_1d", 196, 96, StatsConfig()),
+    ("emb96_2d", 196, 96, StatsConfig(hfr_dims=2)),
+    ("emb384_1d", 196, 384, StatsConfig()),
+    ("emb384_2d", 196, 384, StatsConfig(hfr_dims=2)),
+    ("grid10x30_c100", 300, 100, StatsConfig(cutoff=0.3, hfr_dims=2, grid=(10, 30))),
+    ("l300_c70_kb3", 300, 70, StatsConfig(cutoff=0.45)),
+    ("l90_c130_kb2", 90, 130, StatsConfig(cutoff=0.9)),
+]
+
+
+def _gpu_cases() -> list:
+    cases = []
+    for name, length, channels, config in SHIPPED_SHAPES:
+        for dtype in (torch.float32, torch.bfloat16):
+            tiles = {fused.kernel_tiling(length, channels, config, dtype, target) for target in GPU_TARGETS}
+            for tile in sorted(tiles, key=repr):
+                tag = f"{name}-{str(dtype)[6:]}-{tile.block_l}x{tile.block_c}x{tile.block_k}g{tile.group_c}"
+                cases.append(pytest.param(length, channels, config, dtype, tile, id=tag))
+    return cases
+
+
+@pytest.mark.parametrize(("length", "channels", "config", "dtype", "tile"), _gpu_cases())
+def test_gpu_tiling_on_the_cpu(length: int, channels: int, config: StatsConfig, dtype: torch.dtype,
+                               tile: fused.Tiling) -> None:
+    """The exact tiling a GPU gets for a shipped shape, run by the interpreter: the channel blocks, groups and
+    basis-row blocks of the GPU, with a persistent grid smaller than the work (so programs take several items and
+    the merging item is not the last one launched).  Against the fp64 reference; on the smaller shapes also
+    bitwise equal to the two-launch merge and batch-invariant (the interpreter's cost grows with L C)."""
+    small = length * channels <= 20_000
+    n = 2 if small else 1
+    x = randn((n, length, channels), dtype, seed=length + channels)
+    items = n * fused.num_groups(length, channels, tile)
+    out = fused_stats(x, config, tile=tile, num_programs=max(1, items // 2 - 1))
+    assert_stats_close(out, ref64(x, config), x, tolerance(dtype, length, channels))
+    if small:
+        assert torch.equal(out, fused_stats(x, config, tile=tile, merge_in_kernel=False))
+        assert torch.equal(out[1:], fused_stats(x[1:], config, tile=tile))
+
+
+def test_gpu_tilings_cover_blocks() -> None:
+    """The shipped shapes above exercise several channel blocks, channel groups and basis-row blocks, and both
+    the one-tile and the token-tiled kernel."""
+    tiles = [(p.values[0], p.values[1], p.values[2], p.values[4]) for p in _gpu_cases()]
+    assert any(-(-c // t.block_c) > 1 and fused.num_groups(length, c, t) > 1 for length, c, _, t in tiles)
+    assert any(-(-fused.low_rows(length, cfg) // t.block_k) > 1 for length, _, cfg, t in tiles)
+    assert any(t.one_tile(length) and t.group_c > 1 for length, _, _, t in tiles)
+    assert any(not t.one_tile(length) for length, _, _, t in tiles)
+
+
+def test_tiling_table() -> None:
+    """Every row is valid, depends on (L, C, K, dtype, target) only, and bad targets are refused."""
+    for length in (16, 49, 196, 256, 300, 1024, 4096):
+        for channels in (1, 96, 1152, 3072):
+            for k in (0, 4, 38, 200):
+                for dtype in DTYPES:
+                    for target in ("interpreter", (7, 5), (8, 0), (9, 0)):
+                        row = fused.tiling(length, channels, k, dtype, target)
+                        row.check()
+                        assert row == fused.tiling(length, channels, k, dtype, target)
+    with pytest.raises(ValueError, match="target"):
+        fused.tiling(256, 1152, 38, torch.bfloat16, "gpu")
+    with pytest.raises(ValueError, match="group_c"):
+        fused.Tiling(64, 64, 16).with_overrides(group_c=0)
