@@ -179,7 +179,7 @@ EOF
             --benchmark-json="$OUT/pytest_bench.json" --benchmark-columns=min,median,max,rounds
         run_step gpu_validate 60 20 "$PY" bench/gpu_validate.py --out "$SCRATCH/validate"
         copy_result "$SCRATCH/validate" gpu_validate.json
-        run_step block_sweep 40 0 "$PY" bench/block_sweep.py --out "$SCRATCH/sweep"
+        run_step block_sweep 40 0 "$PY" bench/block_sweep.py --budget-s 32 --out "$SCRATCH/sweep"
         copy_result "$SCRATCH/sweep" block_sweep.json
     fi
     OUT="$OUT" STEPS="$STEPS" SLUG="$SLUG" "$PY" bench/run_all_summary.py
