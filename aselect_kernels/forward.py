@@ -143,7 +143,8 @@ def plan_chunk_size(total: int, sample_bytes: int, device: torch.device, memory_
 
 @dataclass
 class RunInfo:
-    """What a multi-timestep run did: samples, chunks, chunk size and wall time."""
+    """What a multi-timestep run did: samples of the whole run, and this process's chunks, chunk size and wall
+    time (a rank runs only its shard of the samples, :mod:`.distributed`)."""
 
     samples: int
     chunks: int
@@ -164,6 +165,7 @@ def run_multi_timestep(
     memory_budget: int | None = None,
     call: Callable | None = None,
     progress: bool = True,
+    rows: range | None = None,
 ) -> RunInfo:
     """Run every (image, timestep) pair through ``model`` in chunks.
 
@@ -175,6 +177,7 @@ def run_multi_timestep(
             ``False`` draws one per (image, t).
         chunk_size: samples per forward; derived from ``memory_budget`` (bytes) when ``None``.
         call: ``call(model, x_t, t_model, image_index, conditioning, n_images)``, default :func:`default_call`.
+        rows: the contiguous range of samples to run (a rank's shard, :mod:`.distributed`); all when ``None``.
     """
     device, dtype = model_device_dtype(model)
     if not isinstance(images, torch.Tensor) or images.dim() < 2:
@@ -190,6 +193,9 @@ def run_multi_timestep(
     call = call or default_call
     n_img, n_t = images.shape[0], len(ts)
     total = n_img * n_t
+    rows = range(total) if rows is None else rows
+    if rows.step != 1 or rows.start < 0 or rows.stop > max(total, rows.start):
+        raise ValueError(f"rows must be a contiguous range within [0, {total}), got {rows}")
     x0_all = images.to(dtype)
     t_all = torch.tensor(ts, device=device)
     noise_shape = (n_img,) if shared_noise else (n_img, n_t)
@@ -206,29 +212,30 @@ def run_multi_timestep(
         x_t, t_model, b = make_chunk(rows)
         return call(model, x_t, t_model, b, cond, n_img)
 
-    if chunk_size is None:
-        probe = torch.zeros(1, dtype=torch.long, device=device)
+    if chunk_size is None and len(rows):
+        probe = torch.tensor([rows.start], dtype=torch.long, device=device)
         sample_bytes = estimate_sample_bytes(model, probe, forward)
-        chunk_size = plan_chunk_size(total, sample_bytes, device, memory_budget)
+        chunk_size = plan_chunk_size(len(rows), sample_bytes, device, memory_budget)
+    chunk_size = 1 if chunk_size is None else chunk_size
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    starts = range(0, total, chunk_size)
+    starts = range(rows.start, rows.stop, chunk_size)
     bar = None
     if progress and len(starts) > 1:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, unit="sample", desc="scored forward", leave=False)
+        bar = tqdm(total=len(rows), unit="sample", desc="scored forward", leave=False)
     nvtx = torch.cuda.nvtx.range if device.type == "cuda" else (lambda name: nullcontext())
     start = time.perf_counter()
     with torch.no_grad():
         for k, s in enumerate(starts):
-            rows = torch.arange(s, min(s + chunk_size, total), device=device)
+            chunk = torch.arange(s, min(s + chunk_size, rows.stop), device=device)
             if on_chunk is not None:
-                on_chunk(rows)
+                on_chunk(chunk)
             with nvtx(f"aselect.chunk{k}"):
-                forward(rows)
+                forward(chunk)
             if bar is not None:
-                bar.update(rows.numel())
+                bar.update(chunk.numel())
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     if bar is not None:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import distributed
 from .forward import Conditioning, RunInfo, model_device_dtype, run_multi_timestep
 from .noise import Noiser, parse_timesteps
 from .reference import STAT_NAMES, StatsConfig
@@ -73,13 +74,11 @@ def select_timestep(
     n_img = images.shape[0]
     feature_fns = {s.name: s.feature_fn for s in scorers if s.feature_fn is not None}
     start = time.perf_counter()
-    with TapSet(model, specs, n_img * len(ts), feature_fns=feature_fns, config=config, backend=backend) as tapset:
-        info = run_multi_timestep(
-            model, images, ts, noiser, on_chunk=lambda rows: setattr(tapset, "rows", rows),
-            conditioning=conditioning, seed=seed, shared_noise=shared_noise, chunk_size=chunk_size,
-            memory_budget=memory_budget, progress=progress, call=call,
-        )
-        collected = tapset.collect()
+    tapset = TapSet(model, specs, n_img * len(ts), feature_fns=feature_fns, config=config, backend=backend)
+    collected, info = _run_taps(
+        model, images, ts, noiser, tapset, conditioning=conditioning, seed=seed, shared_noise=shared_noise,
+        chunk_size=chunk_size, memory_budget=memory_budget, progress=progress, call=call,
+    )
     columns = tapset.columns
     # per-sample scores [B, T, P, S]: the only host transfer of the run
     values = np.stack([
@@ -96,6 +95,19 @@ def select_timestep(
     return result
 
 
+def _run_taps(model: nn.Module, images: torch.Tensor, ts: list[int], noiser: Noiser, tapset: TapSet,
+              chunk_size: int | None, progress: bool, **run) -> tuple[dict[str, torch.Tensor], RunInfo]:
+    """Run ``tapset`` over this process's shard of the samples (all of them without a process group) and
+    return every sample's values, on every rank (:mod:`.distributed`)."""
+    rows = distributed.shard(images.shape[0] * len(ts), chunk_size)
+    with distributed.failing_together(), tapset:
+        info = run_multi_timestep(model, images, ts, noiser, on_chunk=lambda r: setattr(tapset, "rows", r),
+                                  chunk_size=chunk_size, progress=progress and distributed.is_main(), rows=rows,
+                                  **run)
+    distributed.merge_tap_buffers(tapset, rows)
+    return tapset.collect(), info
+
+
 def _meta(model: nn.Module, images: torch.Tensor, noiser: Noiser, config: StatsConfig, backend: str,
           info: RunInfo, wall: float, seed: int, shared_noise: bool) -> dict:
     device, dtype = model_device_dtype(model)
@@ -105,7 +117,7 @@ def _meta(model: nn.Module, images: torch.Tensor, noiser: Noiser, config: StatsC
         "cutoff": config.cutoff, "hfr_dims": config.hfr_dims, "grid": list(config.grid) if config.grid else None,
         "backend": backend, "stats": list(STAT_NAMES), "samples": info.samples, "chunks": info.chunks,
         "chunk_size": info.chunk_size, "forward_s": round(info.wall_s, 4), "wall_s": round(wall, 4),
-        "seed": seed, "shared_noise": shared_noise,
+        "seed": seed, "shared_noise": shared_noise, "world_size": distributed.world_size(),
     }
 
 
@@ -135,13 +147,9 @@ def capture_features(
         return x.float().mean(1) if pool else x.reshape(x.shape[0], -1)
 
     n, n_t = images.shape[0], len(ts)
-    with TapSet(model, specs, n * n_t, stat_fn=keep) as tapset:
-        info = run_multi_timestep(
-            model, images, ts, noiser, on_chunk=lambda rows: setattr(tapset, "rows", rows),
-            conditioning=conditioning, seed=seed, chunk_size=chunk_size, memory_budget=memory_budget,
-            progress=progress, call=call,
-        )
-        flat = tapset.collect()
+    tapset = TapSet(model, specs, n * n_t, stat_fn=keep)
+    flat, info = _run_taps(model, images, ts, noiser, tapset, conditioning=conditioning, seed=seed,
+                           chunk_size=chunk_size, memory_budget=memory_budget, progress=progress, call=call)
     shapes = tapset.shapes
     out = {}
     for name, value in flat.items():
