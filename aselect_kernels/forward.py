@@ -71,8 +71,13 @@ def _per_image(value: torch.Tensor | None, b: torch.Tensor, name: str, n_images:
 
 def default_call(model: nn.Module, x_t: torch.Tensor, t_model: torch.Tensor, b: torch.Tensor,
                  cond: Conditioning, n_images: int) -> object:
-    """Call a diffusers transformer (keyword ``hidden_states``) or a plain ``forward(x, t[, y])`` DiT."""
+    """Call a diffusers transformer (keyword ``hidden_states``; Flux through :func:`~aselect_kernels.flux.flux_call`)
+    or a plain ``forward(x, t[, y])`` DiT."""
     params = inspect.signature(model.forward).parameters
+    if "img_ids" in params and "txt_ids" in params:  # Flux: packed latents, position ids, sigma as timestep
+        from .flux import flux_call
+
+        return flux_call(model, x_t, t_model, b, cond, n_images)
     labels = _per_image(cond.class_labels, b, "class_labels", n_images)
     if labels is None and ("class_labels" in params or "y" in params):
         nc = null_class(model)

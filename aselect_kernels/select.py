@@ -23,8 +23,20 @@ from .scorers import DEFAULT_SCORER, Moments, Scorer, get_scorer, list_scorers
 from .taps import DEFAULT_TAPS, TapSet, resolve_taps
 
 
-def _noiser(noise: str | Noiser) -> Noiser:
-    return noise if isinstance(noise, Noiser) else Noiser(noise)
+def _noiser(noise: str | Noiser, images: torch.Tensor) -> Noiser:
+    if isinstance(noise, Noiser):
+        return noise
+    if noise == "flux":  # rectified flow with Flux's shift for this resolution
+        from .flux import flux_noiser
+
+        return flux_noiser(images)
+    return Noiser(noise)
+
+
+def _text_tokens(conditioning: Conditioning | None) -> int | None:
+    """Text tokens ahead of the image tokens in Flux's single-stream blocks (see :mod:`.taps`)."""
+    ehs = conditioning.encoder_hidden_states if conditioning is not None else None
+    return int(ehs.shape[1]) if ehs is not None and ehs.dim() == 3 else None
 
 
 def select_timestep(
@@ -56,7 +68,8 @@ def select_timestep(
             ``all``, ``attn_mlp``, with optional ``:blocks``) or module paths (:mod:`.taps`).
         scorer: the primary scorer (registered name or :class:`Scorer`); ``direction`` overrides its direction.
         extra_scorers: more scorers for the table; every registered statistic scorer is included by default.
-        noise: ``"ddpm"``, ``"flow"`` or a :class:`Noiser` wrapping a diffusers scheduler.
+        noise: ``"ddpm"``, ``"flow"``, ``"flux"`` (flow with Flux's shift for the images' resolution,
+            :func:`~aselect_kernels.noise.flux_shift`) or a :class:`Noiser` wrapping a diffusers scheduler.
         config: frequency settings of the statistics (cutoff, 1-D/2-D, grid).
         backend: ``"auto"`` (fused Triton kernel on CUDA, its PyTorch twin ``"matmul"`` on CPU), ``"triton"``,
             ``"matmul"`` or ``"torch"`` (the reference).
@@ -68,9 +81,9 @@ def select_timestep(
     others = [get_scorer(s) for s in extra_scorers] if extra_scorers is not None else [
         s for s in list_scorers() if s.stat is not None]
     scorers = [primary] + [s for s in others if s.name != primary.name]
-    noiser = _noiser(noise)
+    noiser = _noiser(noise, images)
     ts = noiser.check(parse_timesteps(timesteps))
-    specs = resolve_taps(model, taps)
+    specs = resolve_taps(model, taps, text_tokens=_text_tokens(conditioning))
     n_img = images.shape[0]
     feature_fns = {s.name: s.feature_fn for s in scorers if s.feature_fn is not None}
     start = time.perf_counter()
@@ -114,6 +127,7 @@ def _meta(model: nn.Module, images: torch.Tensor, noiser: Noiser, config: StatsC
     return {
         "model": type(model).__name__, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
         "images": int(images.shape[0]), "image_shape": list(images.shape[1:]), "noise": noiser.family,
+        "flow_shift": float(noiser.scheduler.config.get("shift", 1.0)) if noiser.family == "flow" else None,
         "cutoff": config.cutoff, "hfr_dims": config.hfr_dims, "grid": list(config.grid) if config.grid else None,
         "backend": backend, "stats": list(STAT_NAMES), "samples": info.samples, "chunks": info.chunks,
         "chunk_size": info.chunk_size, "forward_s": round(info.wall_s, 4), "wall_s": round(wall, 4),
@@ -139,9 +153,9 @@ def capture_features(
 
     Returns ``{tap: [B, T, C]}`` (mean over tokens) when ``pool``, else ``{tap: [B, T, L, C]}``, and the run info.
     """
-    noiser = _noiser(noise)
+    noiser = _noiser(noise, images)
     ts = noiser.check(parse_timesteps(timesteps))
-    specs = resolve_taps(model, taps)
+    specs = resolve_taps(model, taps, text_tokens=_text_tokens(conditioning))
 
     def keep(x: torch.Tensor) -> torch.Tensor:
         return x.float().mean(1) if pool else x.reshape(x.shape[0], -1)
