@@ -1,6 +1,6 @@
 """One rank of the 2-process test (tests/test_distributed.py), launched by ``torch.distributed.run``.
 
-Each rank runs, in order: ``aselect select`` and ``aselect validate`` through the command line, the API's
+Each rank runs, in order: ``aselect select``, ``validate`` and ``probe`` through the command line, the API's
 selection and dense probe grid on a tiny DiT (saving what this rank holds afterwards), a rank that raises, and
 last a rank that hangs (the process group does not survive the timeout).  What each rank saw goes to
 ``OUT/<name>.rank<r>.json`` / ``.npy``.
@@ -32,6 +32,8 @@ SELECT_ARGS = ["select", "--model", "embedded", "--timesteps", "0,300,700", "--t
                "--chunk-size", "4", "--device", "cpu", "--no-progress"]
 VALIDATE_ARGS = ["validate", "--n-train", "24", "--n-test", "16", "--n-select", "5", "--timesteps", "0,500",
                  "--taps", "mlp_hidden:5", "--no-dense", "--device", "cpu", "--no-progress"]
+PROBE_ARGS = ["probe", "--n-train", "24", "--n-test", "16", "--timesteps", "0,500", "--taps", "query:2",
+              "--device", "cpu", "--no-progress"]
 API_TS = [0, 250, 600, 999]
 API_CHUNK = 5
 #: How long the ranks wait for a hanging rank in the last scenario, seconds.
@@ -77,6 +79,7 @@ def run(out: Path, images: str) -> None:
     codes = {
         "select": main(SELECT_ARGS + ["--images", images, "--out", str(out / "select")]),
         "validate": main(VALIDATE_ARGS + ["--out", str(out / "validate")]),
+        "probe": main(PROBE_ARGS + ["--out", str(out / "probe")]),
     }
     save("codes", codes)
     model, x, train, test = api_inputs()

@@ -24,7 +24,7 @@ import torch
 from aselect_kernels import distributed
 from aselect_kernels.cli import main
 
-from dist_worker import SELECT_ARGS, VALIDATE_ARGS, api_dense, api_inputs, api_select
+from dist_worker import PROBE_ARGS, SELECT_ARGS, VALIDATE_ARGS, api_dense, api_inputs, api_select
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Run facts that legitimately differ between one process and two.
@@ -77,7 +77,7 @@ def _strip(value: object) -> object:
 
 
 def test_cli_select_two_ranks_equals_one_process(two_ranks, images_npz, tmp_path, one_thread):
-    assert _load(two_ranks, "codes") == [{"select": 0, "validate": 0}] * 2
+    assert _load(two_ranks, "codes") == [{"select": 0, "validate": 0, "probe": 0}] * 2
     assert main(SELECT_ARGS + ["--images", str(images_npz), "--out", str(tmp_path)]) == 0
     one = json.loads((tmp_path / "result.json").read_text())
     two = json.loads((two_ranks / "select" / "result.json").read_text())
@@ -94,6 +94,14 @@ def test_cli_validate_two_ranks_equals_one_process(two_ranks, tmp_path, one_thre
     assert two["world_size"] == 2 and one["world_size"] == 1
     assert len(two["classification"]["grid"]["metric"]) == 2  # 2 timesteps x 1 tap + the floor: 3 probe fits
     assert _strip(two) == _strip(one)  # probe accuracies, rho, gaps, bootstrap intervals: exact
+
+
+def test_cli_probe_two_ranks_equals_one_process(two_ranks, tmp_path, one_thread):
+    assert main(PROBE_ARGS + ["--out", str(tmp_path)]) == 0
+    one = json.loads((tmp_path / "probe.json").read_text())
+    two = json.loads((two_ranks / "probe" / "probe.json").read_text())
+    assert (two["world_size"], one["world_size"]) == (2, 1)
+    assert _strip(two) == _strip(one)  # the grid's accuracies and the raw-pixel floor: exact
 
 
 def test_api_per_sample_statistics_and_dense_grid_are_identical(two_ranks, one_thread):
