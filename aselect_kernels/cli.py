@@ -151,6 +151,9 @@ def cmd_select(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from .train import train
 
+    if distributed.active():
+        raise CliError("aselect train runs in one process: launch it without torchrun")
+
     summary = train(args.out, minutes=args.minutes or None, max_steps=args.max_steps, seed=args.seed,
                     device=args.device, batch_size=args.batch_size, lr=args.lr, num_threads=args.num_threads,
                     init_from=args.init_from, checkpoint_minutes=args.checkpoint_minutes,

@@ -36,6 +36,9 @@ PROBE_ARGS = ["probe", "--n-train", "24", "--n-test", "16", "--timesteps", "0,50
               "--device", "cpu", "--no-progress"]
 API_TS = [0, 250, 600, 999]
 API_CHUNK = 5
+#: Memory budget of the run where each rank plans its own chunks, bytes: 5 samples a chunk, so the shards of
+#: 6 samples do not fall on the one-process run's chunk bounds.
+BUDGET = 300_000
 #: How long the ranks wait for a hanging rank in the last scenario, seconds.
 HANG_TIMEOUT_S = 3.0
 
@@ -51,13 +54,16 @@ def api_inputs() -> tuple[torch.nn.Module, torch.Tensor, tuple, tuple]:
     return model, x, (xs[:6], u8[:6, 0], labels[:6]), (xs[6:], u8[6:, 0], labels[6:])
 
 
-def api_select(model: torch.nn.Module, x: torch.Tensor, call=None):
-    return select_timestep(model, x, API_TS, taps="all", backend="torch", chunk_size=API_CHUNK, progress=False,
-                           call=call)
+def api_select(model: torch.nn.Module, x: torch.Tensor, call=None, chunk_size: int | None = API_CHUNK,
+               memory_budget: int | None = None):
+    return select_timestep(model, x, API_TS, taps="all", backend="torch", chunk_size=chunk_size, progress=False,
+                           call=call, memory_budget=memory_budget)
 
 
 def api_dense(model: torch.nn.Module, train: tuple, test: tuple):
-    return dense_probe_grid(model, train, test, [0, 500], ["transformer_blocks.1"], 2, progress=False)
+    """One chunk for all 32 samples: rank 1's shard is empty and it learns the buffers' shapes from rank 0."""
+    return dense_probe_grid(model, train, test, [0, 500], ["transformer_blocks.1"], 2, chunk_size=64,
+                            progress=False)
 
 
 def _error_of(fn) -> dict:
@@ -85,6 +91,9 @@ def run(out: Path, images: str) -> None:
     model, x, train, test = api_inputs()
     res = api_select(model, x)
     np.save(out / f"per_sample.rank{r}.npy", res.per_sample)
+    budget = api_select(model, x, chunk_size=None, memory_budget=BUDGET)  # each rank sizes its own chunks
+    np.save(out / f"per_sample_budget.rank{r}.npy", budget.per_sample)
+    save("budget", {"mean": budget.mean.tolist(), "chunks": budget.meta["chunks"]})
     save("dense", {"metric": api_dense(model, train, test).metric.tolist()})
 
     def failing(model, x_t, t, b, cond, n):
