@@ -32,7 +32,9 @@ class Conditioning:
         class_labels: ``[B]`` class ids; ``None`` uses the null class of a class-conditional diffusers DiT.
         encoder_hidden_states: text tokens for SD3 / PixArt / Flux-style models, ``[B or 1, S, D]``.
         pooled_projections: pooled text embedding for SD3 / Flux, ``[B or 1, D]``.
-        model_kwargs: passed to the model as they are (e.g. PixArt's ``added_cond_kwargs``, Flux's ids).
+        model_kwargs: passed to the model as they are (e.g. PixArt's ``added_cond_kwargs``); for Flux its
+            ``guidance`` (one value or one per image, indexed per chunk) and, for packed inputs, ``img_ids``
+            (:mod:`.flux` builds the ids of latents ``[B, C, H, W]``).
     """
 
     class_labels: torch.Tensor | None = None
