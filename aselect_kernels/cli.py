@@ -6,12 +6,15 @@ Bad arguments end with one line ``aselect: error: ...`` and exit status 2, never
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+from . import distributed
 from .reference import StatsConfig
 from .scorers import DEFAULT_SCORER, list_scorers
 from .stats import BACKENDS
@@ -35,6 +38,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _device(name: str) -> torch.device:
+    if distributed.active() and name in ("auto", "cuda"):  # under torchrun: this rank's device
+        return distributed.local_device()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
@@ -84,6 +89,8 @@ def _run_selection(args: argparse.Namespace, model: torch.nn.Module, images: tor
         chunk_size=args.chunk_size, memory_budget=budget, progress=not args.no_progress,
     )
     wall = time.perf_counter() - start
+    if not distributed.is_main():
+        return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result.meta["command_wall_s"] = round(wall, 3)
@@ -145,6 +152,9 @@ def cmd_select(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from .train import train
 
+    if distributed.active():
+        raise CliError("aselect train runs in one process: launch it without torchrun")
+
     summary = train(args.out, minutes=args.minutes or None, max_steps=args.max_steps, seed=args.seed,
                     device=args.device, batch_size=args.batch_size, lr=args.lr, num_threads=args.num_threads,
                     init_from=args.init_from, checkpoint_minutes=args.checkpoint_minutes,
@@ -178,6 +188,8 @@ def cmd_probe(args: argparse.Namespace) -> None:
     (utr, ytr), (ute, yte), k = load_dataset(args.dataset, args.n_train, args.n_test, args.seed)
     grid = probe_grid(model, (_model_input(utr, device), ytr), (_model_input(ute, device), yte), args.timesteps,
                       args.taps, k, seed=args.seed, progress=not args.no_progress)
+    if not distributed.is_main():
+        return
     best = divmod(int(grid.metric.argmax()), len(grid.taps))
     print(f"raw-pixel probe: {100 * grid.floor:.2f}%")
     for p, tap in enumerate(grid.taps):
@@ -187,7 +199,7 @@ def cmd_probe(args: argparse.Namespace) -> None:
           f"({grid.forward_samples} forward samples, {grid.wall_s:.1f} s)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "probe.json").write_text(json.dumps(grid.to_dict(), indent=1))
+    (out / "probe.json").write_text(json.dumps({**grid.to_dict(), "world_size": distributed.world_size()}, indent=1))
     print(f"wrote {out / 'probe.json'}")
 
 
@@ -205,6 +217,8 @@ def cmd_validate(args: argparse.Namespace) -> None:
         candidates=args.candidates, seed=args.seed, progress=not args.no_progress,
     )
     report["wall_s"] = round(time.perf_counter() - start, 1)
+    if not distributed.is_main():
+        return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"validation_{args.dataset}.json").write_text(json.dumps(report, indent=1))
@@ -270,12 +284,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    joined = False
     try:
-        args.func(args)
+        joined = distributed.init_from_env()  # under torchrun: one rank per process; rank 0 prints and writes
+        with contextlib.redirect_stdout(sys.stdout if distributed.is_main() else io.StringIO()):
+            args.func(args)
     except (CliError, ValueError, TypeError, FileNotFoundError, RuntimeError, KeyError) as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"aselect: error: {msg}", file=sys.stderr)
         return 2
+    finally:
+        if joined:
+            distributed.shutdown()
     return 0
 
 

@@ -35,7 +35,9 @@ class Conditioning:
         class_labels: ``[B]`` class ids; ``None`` uses the null class of a class-conditional diffusers DiT.
         encoder_hidden_states: text tokens for SD3 / PixArt / Flux-style models, ``[B or 1, S, D]``.
         pooled_projections: pooled text embedding for SD3 / Flux, ``[B or 1, D]``.
-        model_kwargs: passed to the model as they are (e.g. PixArt's ``added_cond_kwargs``, Flux's ids).
+        model_kwargs: passed to the model as they are (e.g. PixArt's ``added_cond_kwargs``); for Flux its
+            ``guidance`` (one value or one per image, indexed per chunk) and, for packed inputs, ``img_ids``
+            (:mod:`.flux` builds the ids of latents ``[B, C, H, W]``).
     """
 
     class_labels: torch.Tensor | None = None
@@ -102,8 +104,13 @@ def _per_image(value: torch.Tensor | None, b: torch.Tensor, name: str, n_images:
 
 def default_call(model: nn.Module, x_t: torch.Tensor, t_model: torch.Tensor, b: torch.Tensor,
                  cond: Conditioning, n_images: int) -> object:
-    """Call a diffusers transformer (keyword ``hidden_states``) or a plain ``forward(x, t[, y])`` DiT."""
+    """Call a diffusers transformer (keyword ``hidden_states``; Flux through :func:`~aselect_kernels.flux.flux_call`)
+    or a plain ``forward(x, t[, y])`` DiT."""
     params = inspect.signature(model.forward).parameters
+    if "img_ids" in params and "txt_ids" in params:  # Flux: packed latents, position ids, sigma as timestep
+        from .flux import flux_call
+
+        return flux_call(model, x_t, t_model, b, cond, n_images)
     labels = _per_image(cond.class_labels, b, "class_labels", n_images)
     if labels is None and ("class_labels" in params or "y" in params):
         nc = null_class(model)
@@ -257,7 +264,8 @@ def check_images(model: nn.Module, images: object, device: torch.device, warn_ra
 
 @dataclass
 class RunInfo:
-    """What a multi-timestep run did: samples, chunks, chunk size and wall time."""
+    """What a multi-timestep run did: samples of the whole run, and this process's chunks, chunk size and wall
+    time (a rank runs only its shard of the samples, :mod:`.distributed`)."""
 
     samples: int
     chunks: int
@@ -279,6 +287,7 @@ def run_multi_timestep(
     call: Callable | None = None,
     progress: bool = True,
     on_chunk_end: Callable[[], object] | None = None,
+    rows: range | None = None,
 ) -> RunInfo:
     """Run every (image, timestep) pair through ``model`` in chunks.
 
@@ -292,6 +301,7 @@ def run_multi_timestep(
         call: ``call(model, x_t, t_model, image_index, conditioning, n_images)``, default :func:`default_call`.
         on_chunk_end: called after each chunk's forward (overlapped taps join their side stream there:
             :meth:`~aselect_kernels.taps.TapSet.join`).
+        rows: the contiguous range of samples to run (a rank's shard, :mod:`.distributed`); all when ``None``.
     """
     device, dtype = model_device_dtype(model)
     check_images(model, images, device)
@@ -303,6 +313,9 @@ def run_multi_timestep(
     call = call or default_call
     n_img, n_t = images.shape[0], len(ts)
     total = n_img * n_t
+    rows = range(total) if rows is None else rows
+    if rows.step != 1 or rows.start < 0 or rows.stop > max(total, rows.start):
+        raise ValueError(f"rows must be a contiguous range within [0, {total}), got {rows}")
     x0_all = images.to(dtype)
     t_all = torch.tensor(ts, device=device)
     noise_shape = (n_img,) if shared_noise else (n_img, n_t)
@@ -319,29 +332,30 @@ def run_multi_timestep(
         x_t, t_model, b = make_chunk(rows)
         return call(model, x_t, t_model, b, cond, n_img)
 
-    if chunk_size is None:
-        probe = torch.zeros(1, dtype=torch.long, device=device)
+    if chunk_size is None and len(rows):
+        probe = torch.tensor([rows.start], dtype=torch.long, device=device)
         sample_bytes = estimate_sample_bytes(model, probe, forward)
-        chunk_size = plan_chunk_size(total, sample_bytes, device, memory_budget)
-    starts = range(0, total, chunk_size)
+        chunk_size = plan_chunk_size(len(rows), sample_bytes, device, memory_budget)
+    chunk_size = 1 if chunk_size is None else chunk_size
+    starts = range(rows.start, rows.stop, chunk_size)
     bar = None
     if progress and len(starts) > 1:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, unit="sample", desc="scored forward", leave=False)
+        bar = tqdm(total=len(rows), unit="sample", desc="scored forward", leave=False)
     nvtx = torch.cuda.nvtx.range if device.type == "cuda" else (lambda name: nullcontext())
     start = time.perf_counter()
     with torch.no_grad():
         for k, s in enumerate(starts):
-            rows = torch.arange(s, min(s + chunk_size, total), device=device)
+            chunk = torch.arange(s, min(s + chunk_size, rows.stop), device=device)
             if on_chunk is not None:
-                on_chunk(rows)
+                on_chunk(chunk)
             with nvtx(f"aselect.chunk{k}"):
-                forward(rows)
+                forward(chunk)
                 if on_chunk_end is not None:
                     on_chunk_end()
             if bar is not None:
-                bar.update(rows.numel())
+                bar.update(chunk.numel())
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     if bar is not None:

@@ -7,7 +7,9 @@
 * ``"flow"`` (rectified flow, SD3 / Flux): integer ``t`` in ``[0, num_train_timesteps]``; ``x_t = sigma eps +
   (1 - sigma) x0`` with ``sigma`` the scheduler's sigma for training timestep t
   (``FlowMatchEulerDiscreteScheduler.scale_noise``; ``sigma = t / 1000`` when ``shift = 1``).  ``t = 0`` is the
-  clean image itself (``sigma = 0``), which the scheduler's training table does not list.
+  clean image itself (``sigma = 0``), which the scheduler's training table does not list.  With a shift ``s``
+  the scheduler's sigma is ``s u / (1 + (s - 1) u)``, ``u = t / 1000``; Flux's shift depends on the image token
+  count (:func:`flux_shift`; ``noise="flux"`` in :func:`~aselect_kernels.select.select_timestep`).
 
 Inference-time conventions index ``scheduler.timesteps``, which runs from noisy to clean.  With 1000 inference
 steps, index ``i`` is ``t = 999 - i`` for DDPM and ``t = 1000 - i`` for flow matching: the official A-SelecT
@@ -92,7 +94,7 @@ class Noiser:
         family: ``"ddpm"`` or ``"flow"``.
         scheduler: a diffusers ``DDPMScheduler`` / ``FlowMatchEulerDiscreteScheduler``; a default one is built
             when ``None`` (``num_train_timesteps=1000``; flow uses ``shift``).
-        shift: flow-matching sigma shift of the default scheduler (SD3 uses 3.0).
+        shift: flow-matching sigma shift of the default scheduler (SD3 uses 3.0; Flux :func:`flux_shift`).
     """
 
     family: str = "ddpm"
@@ -162,6 +164,24 @@ class Noiser:
             abar = self.scheduler.alphas_cumprod.to(t.device)[t.to(torch.long)]
             return torch.sqrt(1 - abar)
         return self._flow_sigma(t)
+
+
+def flux_shift(image_tokens: int, base_tokens: int = 256, max_tokens: int = 4096, base_shift: float = 0.5,
+               max_shift: float = 1.15) -> float:
+    """The flow-matching shift Flux uses at ``image_tokens`` tokens: ``exp(mu)``, ``mu`` linear in the token count
+    through ``(base_tokens, base_shift)`` and ``(max_tokens, max_shift)`` (extrapolated outside); the defaults
+    are Flux's scheduler configuration (``base_image_seq_len``, ``max_image_seq_len``, ``base_shift``,
+    ``max_shift``).
+
+    Flux's pipeline applies ``sigma' = e^mu / (e^mu + (1 / sigma - 1))`` (the scheduler's exponential time shift),
+    which is the static shift ``s sigma / (1 + (s - 1) sigma)`` with ``s = e^mu``: ``Noiser("flow",
+    shift=flux_shift(L))`` noises as Flux does at that resolution.
+    """
+    if image_tokens < 1:
+        raise ValueError(f"image_tokens must be >= 1, got {image_tokens}")
+    slope = (max_shift - base_shift) / (max_tokens - base_tokens)
+    mu = base_shift + slope * (image_tokens - base_tokens)
+    return math.exp(mu)
 
 
 def timestep_from_index(index: int, scheduler: object) -> int:

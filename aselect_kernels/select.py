@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import distributed
 from .forward import Conditioning, RunInfo, check_images, model_device_dtype, run_multi_timestep
 from .noise import Noiser, as_timestep, parse_timesteps
 from .reference import STAT_NAMES, StatsConfig
@@ -22,8 +23,20 @@ from .scorers import DEFAULT_SCORER, Moments, Scorer, get_scorer, list_scorers
 from .taps import DEFAULT_TAPS, TapSet, resolve_taps
 
 
-def _noiser(noise: str | Noiser) -> Noiser:
-    return noise if isinstance(noise, Noiser) else Noiser(noise)
+def _noiser(noise: str | Noiser, images: torch.Tensor) -> Noiser:
+    if isinstance(noise, Noiser):
+        return noise
+    if noise == "flux":  # rectified flow with Flux's shift for this resolution
+        from .flux import flux_noiser
+
+        return flux_noiser(images)
+    return Noiser(noise)
+
+
+def _text_tokens(conditioning: Conditioning | None) -> int | None:
+    """Text tokens ahead of the image tokens in Flux's single-stream blocks (see :mod:`.taps`)."""
+    ehs = conditioning.encoder_hidden_states if conditioning is not None else None
+    return int(ehs.shape[1]) if ehs is not None and ehs.dim() == 3 else None
 
 
 def select_timestep(
@@ -56,7 +69,8 @@ def select_timestep(
             ``all``, ``attn_mlp``, with optional ``:blocks``) or module paths (:mod:`.taps`).
         scorer: the primary scorer (registered name or :class:`Scorer`); ``direction`` overrides its direction.
         extra_scorers: more scorers for the table; every registered statistic scorer is included by default.
-        noise: ``"ddpm"``, ``"flow"`` or a :class:`Noiser` wrapping a diffusers scheduler.
+        noise: ``"ddpm"``, ``"flow"``, ``"flux"`` (flow with Flux's shift for the images' resolution,
+            :func:`~aselect_kernels.noise.flux_shift`) or a :class:`Noiser` wrapping a diffusers scheduler.
         config: frequency settings of the statistics (cutoff, 1-D/2-D, grid).
         backend: ``"auto"`` (fused Triton kernel on CUDA, its PyTorch twin ``"matmul"`` on CPU), ``"triton"``,
             ``"matmul"`` or ``"torch"`` (the reference).
@@ -75,21 +89,19 @@ def select_timestep(
     others = [get_scorer(s) for s in extra_scorers] if extra_scorers is not None else [
         s for s in list_scorers() if s.stat is not None]
     scorers = [primary] + [s for s in others if s.name != primary.name]
-    noiser = _noiser(noise)
+    noiser = _noiser(noise, images)
     ts = noiser.check(parse_timesteps(timesteps))
-    specs = resolve_taps(model, taps)
+    specs = resolve_taps(model, taps, text_tokens=_text_tokens(conditioning))
     check_images(model, images, model_device_dtype(model)[0], warn_range=False)
     n_img = images.shape[0]
     feature_fns = {s.name: s.feature_fn for s in scorers if s.feature_fn is not None}
     start = time.perf_counter()
-    with TapSet(model, specs, n_img * len(ts), feature_fns=feature_fns, config=config, backend=backend,
-                overlap=overlap) as tapset:
-        info = run_multi_timestep(
-            model, images, ts, noiser, on_chunk=lambda rows: setattr(tapset, "rows", rows),
-            conditioning=conditioning, seed=seed, shared_noise=shared_noise, chunk_size=chunk_size,
-            memory_budget=memory_budget, progress=progress, call=call, on_chunk_end=tapset.join,
-        )
-        collected = tapset.collect()
+    tapset = TapSet(model, specs, n_img * len(ts), feature_fns=feature_fns, config=config, backend=backend,
+                    overlap=overlap)
+    collected, info = _run_taps(
+        model, images, ts, noiser, tapset, conditioning=conditioning, seed=seed, shared_noise=shared_noise,
+        chunk_size=chunk_size, memory_budget=memory_budget, progress=progress, call=call,
+    )
     columns = tapset.columns
     # per-sample scores [B, T, P, S]: the only host transfer of the run
     values = np.stack([
@@ -107,16 +119,30 @@ def select_timestep(
     return result
 
 
+def _run_taps(model: nn.Module, images: torch.Tensor, ts: list[int], noiser: Noiser, tapset: TapSet,
+              chunk_size: int | None, progress: bool, **run) -> tuple[dict[str, torch.Tensor], RunInfo]:
+    """Run ``tapset`` over this process's shard of the samples (all of them without a process group) and
+    return every sample's values, on every rank (:mod:`.distributed`)."""
+    rows = distributed.shard(images.shape[0] * len(ts), chunk_size)
+    with distributed.failing_together(), tapset:
+        info = run_multi_timestep(model, images, ts, noiser, on_chunk=lambda r: setattr(tapset, "rows", r),
+                                  chunk_size=chunk_size, progress=progress and distributed.is_main(), rows=rows,
+                                  on_chunk_end=tapset.join, **run)
+    distributed.merge_tap_buffers(tapset, rows)
+    return tapset.collect(), info
+
+
 def _meta(model: nn.Module, images: torch.Tensor, noiser: Noiser, config: StatsConfig, backend: str,
           info: RunInfo, wall: float, seed: int, shared_noise: bool) -> dict:
     device, dtype = model_device_dtype(model)
     return {
         "model": type(model).__name__, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
         "images": int(images.shape[0]), "image_shape": list(images.shape[1:]), "noise": noiser.family,
+        "flow_shift": float(noiser.scheduler.config.get("shift", 1.0)) if noiser.family == "flow" else None,
         "cutoff": config.cutoff, "hfr_dims": config.hfr_dims, "grid": list(config.grid) if config.grid else None,
         "backend": backend, "stats": list(STAT_NAMES), "samples": info.samples, "chunks": info.chunks,
         "chunk_size": info.chunk_size, "forward_s": round(info.wall_s, 4), "wall_s": round(wall, 4),
-        "seed": seed, "shared_noise": shared_noise,
+        "seed": seed, "shared_noise": shared_noise, "world_size": distributed.world_size(),
     }
 
 
@@ -138,22 +164,18 @@ def capture_features(
 
     Returns ``{tap: [B, T, C]}`` (mean over tokens) when ``pool``, else ``{tap: [B, T, L, C]}``, and the run info.
     """
-    noiser = _noiser(noise)
+    noiser = _noiser(noise, images)
     ts = noiser.check(parse_timesteps(timesteps))
-    specs = resolve_taps(model, taps)
+    specs = resolve_taps(model, taps, text_tokens=_text_tokens(conditioning))
     check_images(model, images, model_device_dtype(model)[0], warn_range=False)
 
     def keep(x: torch.Tensor) -> torch.Tensor:
         return x.float().mean(1) if pool else x.reshape(x.shape[0], -1)
 
     n, n_t = images.shape[0], len(ts)
-    with TapSet(model, specs, n * n_t, stat_fn=keep) as tapset:
-        info = run_multi_timestep(
-            model, images, ts, noiser, on_chunk=lambda rows: setattr(tapset, "rows", rows),
-            conditioning=conditioning, seed=seed, chunk_size=chunk_size, memory_budget=memory_budget,
-            progress=progress, call=call,
-        )
-        flat = tapset.collect()
+    tapset = TapSet(model, specs, n * n_t, stat_fn=keep)
+    flat, info = _run_taps(model, images, ts, noiser, tapset, conditioning=conditioning, seed=seed,
+                           chunk_size=chunk_size, memory_budget=memory_budget, progress=progress, call=call)
     shapes = tapset.shapes
     out = {}
     for name, value in flat.items():

@@ -5,7 +5,11 @@ A tap is named by a dotted module path with optional selectors:
 * ``path@k``: element ``k`` of a tuple output (SD3's ``JointTransformerBlock`` returns
   ``(context, image)``: its image tokens are ``transformer_blocks.9@1``);
 * ``path[q]`` / ``[k]`` / ``[v]``: the first / second / third part of a fused qkv projection's channels
-  (facebookresearch DiT's ``blocks.9.attn.qkv[q]``).
+  (facebookresearch DiT's ``blocks.9.attn.qkv[q]``);
+* ``path[a:b]``: tokens ``a`` to ``b`` of the token axis, as a Python slice (either bound may be left out or
+  negative; before ``[q|k|v]`` when both are given).  Flux's single-stream blocks run text and image tokens
+  concatenated, text first: their image tokens are ``single_transformer_blocks.3.attn.to_q[S:]``, ``S`` the
+  number of text tokens.
 
 Without ``@k`` a tuple output gives its first tensor (SD3's joint attention returns ``(image, context)``: only image
 tokens are scored).  A 4-D output ``[N, C, H, W]`` is read as ``[N, H*W, C]``.
@@ -15,6 +19,16 @@ What each diffusers tap sees: ``attn1.to_q`` the query projection of the adaLN-m
 ``ff`` the MLP output, also before its gate; ``ff.net.0`` the MLP's hidden activation (GELU output, 4x wider);
 the block path the block's output, i.e. the residual stream after the
 block.  In a plain DiT (``blocks.i.attn`` / ``blocks.i.mlp``) the same holds for its gates.
+
+Flux (``FluxTransformer2DModel``): the preset's block ``i`` counts its double-stream ``transformer_blocks`` first,
+then its single-stream ``single_transformer_blocks``; every tap sees **image tokens only**.  Double-stream blocks
+keep text and image apart: ``attn.to_q`` and ``ff`` / ``ff.net.0`` are the image stream's (the text has
+``add_q_proj`` and ``ff_context``), the attention returns ``(image, text)`` (``attn@0``) and the block
+``(text, image)`` (``@1``).  A single-stream block returns ``(text, image)`` too (``@1``), but inside it
+``attn.to_q``, ``attn`` (attention output, no output projection), ``act_mlp`` (the MLP's GELU activation) and
+``proj_out`` (the joint output projection of attention and MLP, before the gate and the residual add: its
+``mlp_out``) carry ``S`` text tokens and then the image tokens, so their presets score ``[S:]``;
+:func:`resolve_taps` needs ``text_tokens = S`` (selection takes it from the conditioning).
 
 :class:`TapSet` is a context manager: hooks are removed when it exits, even on error, and keep nothing but the
 statistics (``[n, 6]`` per tap and chunk, written into a device buffer: no host synchronisation).
@@ -40,7 +54,8 @@ from torch import nn
 
 from .reference import STAT_NAMES, StatsConfig
 
-_SPEC = re.compile(r"^(?P<path>[A-Za-z0-9_.]+?)(?:@(?P<index>\d+))?(?:\[(?P<part>[qkv])\])?$")
+_SPEC = re.compile(r"^(?P<path>[A-Za-z0-9_.]+?)(?:@(?P<index>\d+))?"
+                   r"(?P<slice>\[(?P<start>-?\d+)?:(?P<stop>-?\d+)?\])?(?:\[(?P<part>[qkv])\])?$")
 
 #: Per-block tap templates of each model family (``{i}`` is the block index).
 PRESETS: dict[str, dict[str, str]] = {
@@ -65,6 +80,22 @@ PRESETS: dict[str, dict[str, str]] = {
         "mlp_hidden": "blocks.{i}.mlp.{act}",  # {act}: the activation child found in the MLP (plain_mlp_activation)
         "block_out": "blocks.{i}",
     },
+    "flux": {  # FluxTransformer2DModel's double-stream blocks (FluxTransformerBlock): the image stream
+        "query": "transformer_blocks.{i}.attn.to_q",
+        "attn_out": "transformer_blocks.{i}.attn@0",
+        "mlp_out": "transformer_blocks.{i}.ff",
+        "mlp_hidden": "transformer_blocks.{i}.ff.net.0",
+        "block_out": "transformer_blocks.{i}@1",
+    },
+}
+#: Flux's single-stream blocks (FluxSingleTransformerBlock), numbered after the double-stream ones: the image
+#: tokens follow ``{txt}`` text tokens on the token axis.
+FLUX_SINGLE: dict[str, str] = {
+    "query": "single_transformer_blocks.{i}.attn.to_q[{txt}:]",
+    "attn_out": "single_transformer_blocks.{i}.attn[{txt}:]",
+    "mlp_out": "single_transformer_blocks.{i}.proj_out[{txt}:]",
+    "mlp_hidden": "single_transformer_blocks.{i}.act_mlp[{txt}:]",
+    "block_out": "single_transformer_blocks.{i}@1",
 }
 #: Preset names that expand to several kinds per block.
 GROUPS: dict[str, tuple[str, ...]] = {
@@ -80,21 +111,27 @@ DEFAULT_TAPS = "mlp_hidden"
 
 @dataclass(frozen=True)
 class TapSpec:
-    """A parsed tap: module ``path``, tuple ``index`` and fused-qkv ``part``; ``name`` is the string given."""
+    """A parsed tap: module ``path``, tuple ``index``, token slice ``tokens`` and fused-qkv ``part``; ``name`` is
+    the string given."""
 
     name: str
     path: str
     index: int | None = None
     part: str | None = None
+    tokens: tuple[int | None, int | None] | None = None
 
     @classmethod
     def parse(cls, text: str) -> TapSpec:
         m = _SPEC.match(text.strip())
         if not m:
             raise ValueError(f"bad tap {text!r}: use a preset ({', '.join(preset_names())}, optionally with :blocks) "
-                             "or a dotted module path, optionally with @k or [q|k|v]")
+                             "or a dotted module path, optionally with @k, [a:b] or [q|k|v]")
         index = m.group("index")
-        return cls(text.strip(), m.group("path"), int(index) if index is not None else None, m.group("part"))
+        tokens = None
+        if m.group("slice"):
+            tokens = tuple(int(v) if v is not None else None for v in (m.group("start"), m.group("stop")))
+        return cls(text.strip(), m.group("path"), int(index) if index is not None else None, m.group("part"),
+                   tokens)
 
     def select(self, output: object) -> torch.Tensor:
         """The ``[N, L, C]`` tensor this tap scores, taken from a module's output."""
@@ -114,6 +151,11 @@ class TapSpec:
             x = x.flatten(2).transpose(1, 2)
         if x.dim() != 3:
             raise ValueError(f"tap {self.name!r}: output has rank {x.dim()} (shape {tuple(x.shape)}), need [N, L, C]")
+        if self.tokens is not None:
+            length = x.shape[1]
+            x = x[:, slice(*self.tokens)]
+            if x.shape[1] == 0:
+                raise ValueError(f"tap {self.name!r}: the token slice leaves no token of {length}")
         if self.part is not None:
             c = x.shape[-1]
             if c % 3:
@@ -124,8 +166,10 @@ class TapSpec:
 
 
 def model_family(model: nn.Module) -> str:
-    """The preset family of ``model``: ``diffusers-dit``, ``sd3`` or ``plain-dit``."""
+    """The preset family of ``model``: ``diffusers-dit``, ``sd3``, ``flux`` or ``plain-dit``."""
     name = type(model).__name__
+    if hasattr(model, "single_transformer_blocks") and hasattr(model, "transformer_blocks"):
+        return "flux"
     if name.startswith("SD3") or (hasattr(model, "transformer_blocks") and "Joint" in type(
             model.transformer_blocks[0]).__name__):
         return "sd3"
@@ -138,7 +182,8 @@ def model_family(model: nn.Module) -> str:
 
 def num_blocks(model: nn.Module) -> int:
     blocks = getattr(model, "transformer_blocks", None) or getattr(model, "blocks", None)
-    return len(blocks) if blocks is not None else 0
+    single = getattr(model, "single_transformer_blocks", None)  # Flux: numbered after the double-stream blocks
+    return (len(blocks) if blocks is not None else 0) + (len(single) if single is not None else 0)
 
 
 #: Module types of an MLP's hidden activation (the child that ``mlp_hidden`` taps in a plain DiT).
@@ -182,8 +227,25 @@ def _split_items(taps: str | Sequence[str]) -> list[str]:
     return items
 
 
-def _expand_preset(model: nn.Module, item: str, kinds: tuple[str, ...], blocks: str) -> list[TapSpec]:
-    family = PRESETS[model_family(model)]
+def _preset_tap(model: nn.Module, family: str, kind: str, i: int, text_tokens: int | None) -> str:
+    """The tap of preset ``kind`` at block ``i``; Flux's single-stream blocks follow its double-stream ones."""
+    n_double = len(getattr(model, "transformer_blocks", ()))
+    if family == "flux" and i >= n_double:
+        template = FLUX_SINGLE[kind]
+        if "{txt}" in template and text_tokens is None:
+            raise ValueError(f"Flux's single-stream taps ({kind}) score the image tokens after the text tokens: "
+                             "pass text_tokens (the length of encoder_hidden_states)")
+        return template.format(i=i - n_double, txt=text_tokens)
+    template = PRESETS[family][kind]
+    if "{act}" in template:
+        where = template.split(".{act}")[0].format(i=i)
+        template = template.replace("{act}", plain_mlp_activation(model.get_submodule(where), where))
+    return template.format(i=i)
+
+
+def _expand_preset(model: nn.Module, item: str, kinds: tuple[str, ...], blocks: str,
+                   text_tokens: int | None) -> list[TapSpec]:
+    family = model_family(model)
     count = num_blocks(model)
     try:
         idx = [int(b) for b in blocks.split(",")] if blocks else list(range(count))
@@ -193,15 +255,7 @@ def _expand_preset(model: nn.Module, item: str, kinds: tuple[str, ...], blocks: 
     if bad:
         raise ValueError(f"tap preset {item!r}: block {bad[0]} does not exist, {type(model).__name__} has {count} "
                          f"blocks (0..{count - 1})")
-    specs = []
-    for i in idx:
-        for k in kinds:
-            template = family[k]
-            if "{act}" in template:
-                where = template.split(".{act}")[0].format(i=i)
-                template = template.replace("{act}", plain_mlp_activation(model.get_submodule(where), where))
-            specs.append(TapSpec.parse(template.format(i=i)))
-    return specs
+    return [TapSpec.parse(_preset_tap(model, family, k, i, text_tokens)) for i in idx for k in kinds]
 
 
 def _check_qkv(model: nn.Module, spec: TapSpec) -> None:
@@ -218,10 +272,13 @@ def _check_qkv(model: nn.Module, spec: TapSpec) -> None:
         )
 
 
-def resolve_taps(model: nn.Module, taps: str | Sequence[str]) -> list[TapSpec]:
+def resolve_taps(model: nn.Module, taps: str | Sequence[str], text_tokens: int | None = None) -> list[TapSpec]:
     """Expand preset names (``query``, ``attn_out``, ``mlp_out``, ``mlp_hidden``, ``block_out``, ``all``,
     ``attn_mlp``; a suffix ``:i,j`` limits the blocks, e.g. ``query:9``; comma-separated presets and paths
-    combine, e.g. ``"mlp_hidden,block_out"``) and check every path exists in ``model``."""
+    combine, e.g. ``"mlp_hidden,block_out"``) and check every path exists in ``model``.
+
+    ``text_tokens``: the text tokens in front of the image tokens of Flux's single-stream blocks (needed only
+    for those presets)."""
     items = _split_items(taps)
     if not items:
         raise ValueError("no taps given")
@@ -232,7 +289,7 @@ def resolve_taps(model: nn.Module, taps: str | Sequence[str]) -> list[TapSpec]:
         if kinds is None:
             specs.append(TapSpec.parse(item))
         else:
-            specs += _expand_preset(model, item, kinds, blocks)
+            specs += _expand_preset(model, item, kinds, blocks, text_tokens)
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate taps in {names}")

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import distributed
 from .forward import Conditioning
 from .noise import Noiser, parse_timesteps
 from .probe import dense_probe_miou, dense_target, linear_probe_correct
@@ -141,15 +142,21 @@ def probe_grid(
     ts = parse_timesteps(timesteps)
     n, dev = xtr.shape[0], xtr.device  # probes are fitted on the model's device
     correct = np.zeros((len(ts), len(names), xte.shape[0]), dtype=bool)
+    floor_correct = np.zeros(xte.shape[0], dtype=bool)
     total = len(names) * len(ts) + 1
-    for p, name in enumerate(names):
-        f = feats[name]  # [N, T, C]
-        for ti in range(len(ts)):
-            feat = f[:, ti].to(dev)
-            correct[ti, p] = linear_probe_correct(feat[:n], ytr, feat[n:], yte, num_classes).numpy()
-            if on_fit is not None:
-                on_fit(p * len(ts) + ti + 1, total)
-    floor_correct = linear_probe_correct(xtr.flatten(1), ytr, xte.flatten(1), yte, num_classes).numpy()
+    with distributed.failing_together():  # with several processes, each fits the cells it owns
+        for p, name in enumerate(names):
+            f = feats[name]  # [N, T, C]
+            for ti in range(len(ts)):
+                if not distributed.owns(p * len(ts) + ti):
+                    continue
+                feat = f[:, ti].to(dev)
+                correct[ti, p] = linear_probe_correct(feat[:n], ytr, feat[n:], yte, num_classes).numpy()
+                if on_fit is not None:
+                    on_fit(p * len(ts) + ti + 1, total)
+        if distributed.owns(total - 1):
+            floor_correct = linear_probe_correct(xtr.flatten(1), ytr, xte.flatten(1), yte, num_classes).numpy()
+    correct, floor_correct = distributed.sum_over_ranks(correct), distributed.sum_over_ranks(floor_correct)
     if on_fit is not None:
         on_fit(total, total)
     return ProbeGrid(ts, names, correct.mean(-1), "accuracy", float(floor_correct.mean()), info.samples,
@@ -181,17 +188,21 @@ def dense_probe_grid(
     n, dev = xtr.shape[0], xtr.device
     k = num_classes + 1
     ttr, tte = dense_target(utr, ytr), dense_target(ute, yte)
-    miou = np.zeros((len(ts), len(feats)))
-    for p, name in enumerate(feats):
-        tokens = feats[name]  # [N, T, L, C]
-        for ti in range(len(ts)):
-            grid = tokens_to_grid(tokens[:, ti]).to(dev)
-            miou[ti, p] = dense_probe_miou(grid[:n], ttr, grid[n:], tte, k)
-    h, w = grid.shape[2:]
-    pixels = xtr.shape[-1] // w
-    raw = torch.cat([xtr, xte]).float()
-    raw_grid = torch.nn.functional.pixel_unshuffle(raw, pixels)  # [N, C*p*p, h, w]: each patch's pixels
-    floor = dense_probe_miou(raw_grid[:n], ttr, raw_grid[n:], tte, k)
+    miou = np.zeros(len(ts) * len(feats) + 1)  # the cells, then the raw-patch floor
+    with distributed.failing_together():  # with several processes, each fits the cells it owns
+        for p, name in enumerate(feats):
+            tokens = feats[name]  # [N, T, L, C]
+            for ti in range(len(ts)):
+                if distributed.owns(ti * len(feats) + p):
+                    grid = tokens_to_grid(tokens[:, ti]).to(dev)
+                    miou[ti * len(feats) + p] = dense_probe_miou(grid[:n], ttr, grid[n:], tte, k)
+        if distributed.owns(len(miou) - 1):
+            h, w = tokens_to_grid(tokens[:1, 0]).shape[2:]
+            raw = torch.cat([xtr, xte]).float()
+            raw_grid = torch.nn.functional.pixel_unshuffle(raw, xtr.shape[-1] // w)  # [N, C*p*p, h, w]: patches
+            miou[-1] = dense_probe_miou(raw_grid[:n], ttr, raw_grid[n:], tte, k)
+    miou = distributed.sum_over_ranks(miou)
+    floor, miou = float(miou[-1]), miou[:-1].reshape(len(ts), len(feats))
     return ProbeGrid(ts, list(feats), miou, "mIoU", floor, info.samples, time.perf_counter() - start)
 
 
@@ -426,7 +437,7 @@ def run_validation(
     grid = probe_grid(model, (xtr, ytr), (xte, yte), timesteps, taps, k, seed=seed, progress=progress)
     report: dict = {
         "dataset": dataset, "n_train": n_train, "n_test": n_test, "n_select": n_select, "timesteps": timesteps,
-        "taps": taps, "seed": seed,
+        "taps": taps, "seed": seed, "world_size": distributed.world_size(),
         "cost": {"select_wall_s": round(select_s, 3), "select_forward_samples": selection.meta["samples"],
                  "grid_wall_s": round(grid.wall_s, 3), "grid_forward_samples": grid.forward_samples,
                  "wall_ratio": grid.wall_s / select_s,

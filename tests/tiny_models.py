@@ -1,4 +1,4 @@
-"""Tiny models for the tests: diffusers DiT / PixArt / SD3 and a plain facebookresearch-style DiT module."""
+"""Tiny models for the tests: diffusers DiT / PixArt / SD3 / Flux and a plain facebookresearch-style DiT module."""
 
 from __future__ import annotations
 
@@ -40,6 +40,17 @@ def tiny_sd3(seed: int = 0) -> nn.Module:
     return SD3Transformer2DModel(
         sample_size=8, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=8, num_attention_heads=2,
         joint_attention_dim=16, caption_projection_dim=16, pooled_projection_dim=16, out_channels=4,
+    ).eval()
+
+
+def tiny_flux(seed: int = 0) -> nn.Module:
+    """A guidance-distilled Flux: 2 double-stream and 3 single-stream blocks, 4-channel latents (16 packed)."""
+    from diffusers import FluxTransformer2DModel
+
+    torch.manual_seed(seed)
+    return FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=2, num_single_layers=3, attention_head_dim=8, num_attention_heads=2,
+        joint_attention_dim=12, pooled_projection_dim=10, guidance_embeds=True, axes_dims_rope=(2, 2, 4),
     ).eval()
 
 
