@@ -55,6 +55,7 @@ class Family:
 
     build: Callable[[], tuple[nn.Module, torch.Tensor, Conditioning]]
     where: dict[str, Where]
+    blocks: Callable[[nn.Module], int] = lambda model: len(_blocks(model))  # blocks each kind expands to
 
 
 def _blocks(model: nn.Module) -> nn.ModuleList:
@@ -137,7 +138,7 @@ def _hand_hooks(model: nn.Module, family: Family, seen: dict[tuple[str, int], li
     """Hooks that record every (kind, block) tensor per chunk into ``seen``; returns their handles."""
     handles = []
     for kind, where in family.where.items():
-        for i in range(len(_blocks(model))):
+        for i in range(family.blocks(model)):
             store = seen[kind, i]
             module = where.module(model, i)
             if where.consumed:
@@ -216,19 +217,19 @@ def _taps_of(specs: list[TapSpec], family: Family) -> list[tuple[str, int]]:
 def test_each_kind_taps_its_tensor_in_every_block(family, kind):
     model = _built(family)[0]
     specs = resolve_taps(model, kind)
-    assert sorted(_taps_of(specs, family)) == [(kind, i) for i in range(len(_blocks(model)))]
+    assert sorted(_taps_of(specs, family)) == [(kind, i) for i in range(family.blocks(model))]
 
 
 @pytest.mark.parametrize("group", list(GROUP_KINDS))
 def test_groups_tap_each_of_their_kinds_once(family, group):
     model = _built(family)[0]
     keys = _taps_of(resolve_taps(model, group), family)
-    assert sorted(keys) == sorted((k, i) for i in range(len(_blocks(model))) for k in GROUP_KINDS[group])
+    assert sorted(keys) == sorted((k, i) for i in range(family.blocks(model)) for k in GROUP_KINDS[group])
 
 
 def test_a_block_suffix_taps_that_block(family):
     model = _built(family)[0]
-    keys = [(k, i) for k in KIND_NAMES for i in range(len(_blocks(model)))]
+    keys = [(k, i) for k in KIND_NAMES for i in range(family.blocks(model))]
     specs = [spec for k, i in keys for spec in resolve_taps(model, f"{k}:{i}")]
     assert len(specs) == len(keys)
     raw, seen, stats = _run(family, specs)
