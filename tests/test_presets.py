@@ -51,10 +51,12 @@ class Where:
 
 @dataclass(frozen=True, eq=False)  # hashed by identity: one build per family
 class Family:
-    """A tiny model with its inputs (``build``) and where each preset kind is read by hand."""
+    """A tiny model with its inputs (``build``), where each preset kind is read by hand, and the number of image
+    tokens (every hand-read tensor has them: no text tokens)."""
 
     build: Callable[[], tuple[nn.Module, torch.Tensor, Conditioning]]
     where: dict[str, Where]
+    tokens: int
     blocks: Callable[[nn.Module], int] = lambda model: len(_blocks(model))  # blocks each kind expands to
 
 
@@ -104,23 +106,24 @@ def _plain(out_layer: Callable[[nn.Module], nn.Module]) -> dict[str, Where]:
     }
 
 
-def _randn(*shape: int, seed: int = 0) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed + len(shape)))
+def _randn(*shape: int) -> torch.Tensor:
+    """Seeded inputs, the same for every run."""
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(0))
 
 
 LABELS = Conditioning(class_labels=torch.tensor([3, 7]))
 
 FAMILIES: dict[str, Family] = {
-    "dit": Family(lambda: (tiny_dit(layers=3), _randn(2, 1, 12, 12), LABELS), _diffusers("attn1")),
+    "dit": Family(lambda: (tiny_dit(layers=3), _randn(2, 1, 12, 12), LABELS), _diffusers("attn1"), 36),
     "pixart": Family(lambda: (tiny_pixart(), _randn(2, 4, 8, 8), Conditioning(
         encoder_hidden_states=_randn(2, 5, 16),
-        model_kwargs={"added_cond_kwargs": {"resolution": None, "aspect_ratio": None}})), _diffusers("attn1")),
+        model_kwargs={"added_cond_kwargs": {"resolution": None, "aspect_ratio": None}})), _diffusers("attn1"), 16),
     "sd3": Family(lambda: (tiny_sd3(), _randn(2, 4, 8, 8), Conditioning(
-        encoder_hidden_states=_randn(1, 5, 16), pooled_projections=_randn(2, 16))), _diffusers("attn")),
+        encoder_hidden_states=_randn(1, 5, 16), pooled_projections=_randn(2, 16))), _diffusers("attn"), 16),
     "plain-sequential": Family(lambda: (PlainDiT("sequential").eval(), _randn(2, 1, 12, 12), LABELS),
-                               _plain(lambda mlp: mlp[2])),
+                               _plain(lambda mlp: mlp[2]), 36),
     "plain-timm": Family(lambda: (PlainDiT("timm").eval(), _randn(2, 1, 12, 12), LABELS),
-                         _plain(lambda mlp: mlp.fc2)),
+                         _plain(lambda mlp: mlp.fc2), 36),
 }
 
 
@@ -181,6 +184,7 @@ def _run(family: Family, specs: list[TapSpec]) -> tuple[list[list[torch.Tensor]]
         for h in handles:
             h.remove()
     assert all(len(chunks) == -(-total // CHUNK) for chunks in seen.values()), "a hand hook fired too often"
+    assert all(x.shape[1] == family.tokens for chunks in seen.values() for x in chunks), "a hand hook saw text tokens"
     return raw, dict(seen), stats
 
 
