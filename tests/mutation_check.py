@@ -36,7 +36,56 @@ class Mutation:
     what: str
 
 
-MUTATIONS: tuple[Mutation, ...] = ()
+KERNEL_TESTS = ("tests/test_fused_stats.py",)
+MATMUL_TESTS = ("tests/test_matmul_stats.py",)
+
+MUTATIONS: tuple[Mutation, ...] = (
+    # The six bugs of the first audit.
+    Mutation("token-var-divisor", "aselect_kernels/ops/matmul_stats.py",
+             "sum_m2 / (channels * (length - 1))", "sum_m2 / (channels * length)", MATMUL_TESTS,
+             "token_var divides by C*L instead of C*(L-1) (matmul path)"),
+    Mutation("entropy-merge-sign", "aselect_kernels/ops/stats_merge.py",
+             "alpha * (t1 + d1 * s1) + beta * (t2 + d2 * s2)", "alpha * (t1 - d1 * s1) + beta * (t2 - d2 * s2)",
+             KERNEL_TESTS, "entropy-state merge sign flipped (Triton kernel)"),
+    Mutation("cutoff-ge", "aselect_kernels/frequency.py",
+             "mask = normalized_frequency(length, grid) > cutoff",
+             "mask = normalized_frequency(length, grid) >= cutoff",
+             ("tests/test_reference.py",), "high-frequency mask takes r >= cutoff instead of r > cutoff"),
+    Mutation("nan-flag-dropped", "aselect_kernels/scorers.py",
+             "ok = np.isfinite(v)\n        z = np.where(ok, v, 0.0)",
+             "ok = ~np.isnan(v)\n        z = np.where(ok, v, 0.0)",
+             ("tests/test_selection.py", "tests/test_result_json.py"), "Inf samples no longer flagged and excluded"),
+    Mutation("last-chunk-short", "aselect_kernels/forward.py",
+             "torch.arange(s, min(s + chunk_size, rows.stop), device=device)",
+             "torch.arange(s, min(s + chunk_size, rows.stop - 1), device=device)",
+             ("tests/test_selection.py",), "the last chunk ends one sample early"),
+    Mutation("sd3-mlp-out-text-stream", "aselect_kernels/taps.py",
+             '"mlp_out": "transformer_blocks.{i}.ff",\n        "mlp_hidden": "transformer_blocks.{i}.ff.net.0",\n'
+             '        "block_out": "transformer_blocks.{i}@1",\n    },\n    "plain-dit"',
+             '"mlp_out": "transformer_blocks.{i}.ff_context",\n'
+             '        "mlp_hidden": "transformer_blocks.{i}.ff.net.0",\n'
+             '        "block_out": "transformer_blocks.{i}@1",\n    },\n    "plain-dit"',
+             ("tests/test_presets.py",), "SD3 mlp_out preset reads the text stream (ff_context)"),
+    # Six more, of the same kinds.
+    Mutation("hfr-clamp-dropped", "aselect_kernels/ops/matmul_stats.py",
+             "e_high = (e_centred - e_low).clamp_min(0.0)", "e_high = e_centred - e_low",
+             ("tests/test_hardening.py", "tests/test_matmul_stats.py"), "high-frequency energy not clamped at 0"),
+    Mutation("mean-leak-uncorrected", "aselect_kernels/ops/stats_kernel.py",
+             "r = proj - rs[:, None] * centre[None, :]", "r = proj", KERNEL_TESTS,
+             "the rounded basis' leak of the channel mean is not subtracted (Triton kernel)"),
+    Mutation("basis-lo-dropped", "aselect_kernels/ops/stats_kernel.py",
+             "            proj = tl.dot(b_lo.to(tl.float32), op32, acc=proj, input_precision=\"ieee\")\n", "",
+             KERNEL_TESTS, "the low half of the split basis is dropped (bf16/fp16 inputs, Triton kernel)"),
+    Mutation("flow-noise-swapped", "aselect_kernels/noise.py",
+             "return sigma * noise + (1.0 - sigma) * x0", "return sigma * x0 + (1.0 - sigma) * noise",
+             ("tests/test_noise.py",), "rectified-flow interpolation swaps image and noise"),
+    Mutation("direction-ignored", "aselect_kernels/scorers.py",
+             'return int(np.argmax(masked) if direction == "max" else np.argmin(masked))',
+             "return int(np.argmax(masked))", ("tests/test_selection.py",), "selection takes the argmax for 'min'"),
+    Mutation("probe-l2-dropped", "aselect_kernels/probe.py",
+             "F.cross_entropy(x @ w + b, y) + l2 * (w * w).sum()", "F.cross_entropy(x @ w + b, y)",
+             ("tests/test_probe_validate.py",), "the probe's L2 penalty is left out of the loss"),
+)
 
 
 def tracked_files() -> list[str]:
