@@ -1,17 +1,51 @@
-"""aselect-kernels: fused statistics for automatic timestep selection (A-SelecT) on Diffusion Transformers."""
+"""aselect-kernels: fused statistics for automatic timestep selection (A-SelecT) on Diffusion Transformers.
 
-from .forward import Conditioning, run_multi_timestep
-from .noise import Noiser, parse_timesteps
-from .reference import STAT_NAMES, StatsConfig, reference_stats
-from .result import SelectionResult
-from .scorers import Moments, Scorer, get_scorer, list_scorers, register_scorer
-from .select import extract_features, select_timestep
-from .stats import compute_stats
-from .taps import TapSet, TapSpec, resolve_taps
+The public names below are imported on first use, so ``import aselect_kernels`` (and the command line's argument
+checks) do not wait for torch.
+"""
 
-__all__ = [
-    "STAT_NAMES", "Conditioning", "Moments", "Noiser", "Scorer", "SelectionResult", "StatsConfig", "TapSet",
-    "TapSpec", "compute_stats", "extract_features", "get_scorer", "list_scorers", "parse_timesteps",
-    "reference_stats", "register_scorer", "resolve_taps", "run_multi_timestep", "select_timestep",
-]
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+
+#: Public name -> the submodule that defines it.
+_EXPORTS = {
+    "Conditioning": "forward", "run_multi_timestep": "forward",
+    "Noiser": "noise", "parse_timesteps": "noise",
+    "STAT_NAMES": "reference", "StatsConfig": "reference", "reference_stats": "reference",
+    "SelectionResult": "result",
+    "Moments": "scorers", "Scorer": "scorers", "get_scorer": "scorers", "list_scorers": "scorers",
+    "register_scorer": "scorers",
+    "extract_features": "select", "select_timestep": "select",
+    "compute_stats": "stats",
+    "TapSet": "taps", "TapSpec": "taps", "resolve_taps": "taps",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+if TYPE_CHECKING:  # static analysers see the eager imports
+    from .forward import Conditioning, run_multi_timestep  # noqa: F401
+    from .noise import Noiser, parse_timesteps  # noqa: F401
+    from .reference import STAT_NAMES, StatsConfig, reference_stats  # noqa: F401
+    from .result import SelectionResult  # noqa: F401
+    from .scorers import Moments, Scorer, get_scorer, list_scorers, register_scorer  # noqa: F401
+    from .select import extract_features, select_timestep  # noqa: F401
+    from .stats import compute_stats  # noqa: F401
+    from .taps import TapSet, TapSpec, resolve_taps  # noqa: F401
