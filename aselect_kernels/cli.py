@@ -53,7 +53,8 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if action.default in (None, False, argparse.SUPPRESS) or "default" in text or not action.option_strings:
+        unset = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if unset or "default" in text or not action.option_strings:
             return text
         return f"{text} (default: %(default)s)" if text else "default: %(default)s"
 
@@ -211,7 +212,7 @@ def _run_selection(args: argparse.Namespace, out: Path, model: Any, images: Any,
     print(f"scored {_plural(meta['samples'], 'sample')} ({_plural(images.shape[0], 'image')} x "
           f"{_plural(len(result.timesteps), 'timestep')}) x {_plural(len(result.taps), 'tap')} in "
           f"{_plural(meta['chunks'], 'chunk')} of {meta['chunk_size']}; wall time {wall:.1f} s on {meta['device']}")
-    print(f"wrote {out / 'result.json'} and {out / 'scores.png'}")
+    print(f"wrote result.json and scores.png in {out}")
 
 
 _SELECTION_FILES = ("result.json", "scores.png")
@@ -361,27 +362,29 @@ def _selection_args(p: argparse.ArgumentParser, default_out: str) -> None:
     p.add_argument("--taps", default=DEFAULT_TAPS,
                    help="preset (query, attn_out, mlp_hidden, mlp_out, block_out, all, attn_mlp; ':9' picks blocks) "
                         "or comma-separated module paths")
-    p.add_argument("--scorer", default=DEFAULT_SCORER, choices=SCORERS)
+    p.add_argument("--scorer", default=DEFAULT_SCORER, choices=SCORERS, help="the scorer that selects")
     p.add_argument("--direction", choices=("max", "min"),
                    help="override the scorer's selection direction (default: the scorer's own)")
-    p.add_argument("--noise", default="ddpm", choices=("ddpm", "flow"))
+    p.add_argument("--noise", default="ddpm", choices=("ddpm", "flow"),
+                   help="noise family: ddpm (DiT, PixArt) or flow (SD3, Flux)")
     p.add_argument("--cutoff", type=_finite, default=0.15, help="hfr cutoff, fraction of Nyquist")
     p.add_argument("--hfr-dims", type=int, default=1, choices=(1, 2), help="DFT along tokens (1) or the grid (2)")
     p.add_argument("--backend", default="auto", choices=BACKENDS,
                    help="stats backend: auto (kernel on CUDA, matmul on CPU), triton, matmul, torch (reference)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
-    p.add_argument("--dtype", default="fp32", choices=DTYPES)
+    p.add_argument("--dtype", default="fp32", choices=DTYPES, help="model dtype")
     p.add_argument("--chunk-size", type=_count, help="samples per forward (default: from the memory budget)")
     p.add_argument("--memory-budget-mb", type=_positive,
                    help="memory a chunk may use, MiB (default: half the free GPU memory, or 2048 on the CPU)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="noise seed")
     p.add_argument("--out", default=default_out, help="folder for result.json and scores.png")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _validation_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="embedded", help="'embedded' or a diffusers folder (1x28x28 pixel DiT)")
-    p.add_argument("--dataset", default="fashion", choices=("fashion", "digits"))
+    p.add_argument("--dataset", default="fashion", choices=("fashion", "digits"),
+                   help="shipped Fashion-MNIST, or scikit-learn's digits (never seen in training)")
     p.add_argument("--n-train", type=_count, default=1000, help="labeled images the probes train on")
     p.add_argument("--n-test", type=_count, default=None,
                    help="labeled images the probes are scored on (default: 1000 for fashion, 797 for digits)")
@@ -389,8 +392,8 @@ def _validation_data_args(p: argparse.ArgumentParser) -> None:
                    help="comma list of ints and start:stop:step ranges (stop exclusive)")
     p.add_argument("--taps", default="all", help="tap presets or module paths, as for select")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--seed", type=int, default=0, help="noise and data-split seed")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -430,19 +433,19 @@ def build_parser() -> argparse.ArgumentParser:
     va.add_argument("--no-dense", action="store_true", help="skip the dense (segmentation) probe")
     va.add_argument("--candidates", action="store_true",
                     help="also score the candidate criteria (2-D ratios, effective rank) in an extra, untimed run")
-    va.add_argument("--n-dense-train", type=_count, default=100)
-    va.add_argument("--n-dense-test", type=_count, default=100)
+    va.add_argument("--n-dense-train", type=_count, default=100, help="the dense probe's training images")
+    va.add_argument("--n-dense-test", type=_count, default=100, help="the dense probe's test images")
     va.add_argument("--out", default="aselect_validation", help="folder for the report, tables and plots")
     va.set_defaults(func=cmd_validate)
 
     tr = command("train", "train the embedded Fashion-MNIST DiT")
     tr.add_argument("--out", required=True, help="new folder for the weights and model card")
     tr.add_argument("--minutes", type=_non_negative, default=40.0, help="training wall-time budget; 0 = none")
-    tr.add_argument("--max-steps", type=_count)
-    tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--device", default="auto")
-    tr.add_argument("--batch-size", type=_count, default=32)
-    tr.add_argument("--lr", type=_positive, default=4e-4)
+    tr.add_argument("--max-steps", type=_count, help="stop after this many steps (default: the time budget)")
+    tr.add_argument("--seed", type=int, default=0, help="random seed")
+    tr.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    tr.add_argument("--batch-size", type=_count, default=32, help="images per step")
+    tr.add_argument("--lr", type=_positive, default=4e-4, help="peak AdamW learning rate")
     tr.add_argument("--num-threads", type=_count, default=None, help="CPU threads (default: all cores)")
     tr.add_argument("--init-from", default=None, help="continue training from this model folder (not --out)")
     tr.add_argument("--checkpoint-minutes", type=_positive, default=None, help="save weights to OUT/checkpoint")

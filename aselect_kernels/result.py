@@ -86,7 +86,7 @@ class SelectionResult:
         keyed = max(map(len, labels)) > _MAX_LABEL
         if keyed:  # long module paths: number the columns and list the names below
             labels = [f"[{i + 1}]" for i in range(len(shown))]
-        width = max(_CELL, *(len(label) + 1 for label in labels))
+        width = max(_CELL, *map(len, labels))
         per_block = max(1, (line_width - 7) // (width + 1))
         lines = [f"scorer {name} (direction {direction}), mean +- std over images"]
         for lo in range(0, len(shown), per_block):
