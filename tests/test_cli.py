@@ -348,7 +348,7 @@ def test_train_continues_the_embedded_model(tmp_path, capsys):
 
 @pytest.mark.parametrize("extra,needle", [
     (["--n-select", "50", "--n-train", "24"], "--n-select 50 exceeds --n-train 24"),
-    (["--n-train", "24", "--n-dense-train", "30"], "--n-dense-train 30"),
+    (["--n-train", "24", "--n-select", "4", "--n-dense-train", "30"], "--n-dense-train 30"),
     (["--n-train", "0"], "--n-train: must be >= 1"),
     (["--n-train", "99999"], "asked 99999"),
     (["--timesteps", "0,1000"], "out of range"),
@@ -359,14 +359,32 @@ def test_validate_checks_before_loading(tmp_path, capsys, no_model_load, extra, 
 
 
 @pytest.mark.skipif(not HAS_EMBEDDED, reason="embedded weights not trained yet")
-def test_validate_small_run_writes_report_with_intervals(tmp_path, capsys):
+def test_validate_small_run_writes_report_and_its_selection_equals_the_library(tmp_path, capsys):
+    """A small ``validate --candidates``: the report, and the saved selection equal to select_timestep plus the
+    candidates' second run with the same arguments."""
+    import torch
+
+    from aselect_kernels.result import SelectionResult
+    from aselect_kernels.select import select_timestep
+    from aselect_kernels.validate import _model_input, _with_candidates, load_dataset
+
     out = tmp_path / "val"
-    rc = main(["validate", "--dataset", "digits", "--n-train", "24", "--n-test", "16", "--n-select", "4",
-               "--timesteps", "0,500", "--taps", "block_out:2,5", "--no-dense", "--out", str(out), "--no-progress"])
+    rc = main(["validate", "--dataset", "digits", "--n-train", "16", "--n-test", "12", "--n-select", "4",
+               "--timesteps", "0,500", "--taps", "block_out:5", "--no-dense", "--candidates", "--out", str(out),
+               "--no-progress", "--device", "cpu"])
     assert rc == 0
     text = capsys.readouterr().out
-    assert "over raw pixels, 95% CI" in text and "validate wall time" in text
+    assert "over raw pixels, 95% CI" in text and "validate wall time" in text and "untimed candidate pass" in text
     report = json.loads((out / "validation_digits.json").read_text())
     best = report["classification"]["tap_sets"]["all"]["best"]
-    assert report["n_test"] == 16 and len(best["vs_floor"]["ci95"]) == 2
+    assert report["n_test"] == 12 and len(best["vs_floor"]["ci95"]) == 2
     assert (out / "validation_digits.md").read_text().count("[") > 4 and (out / "validation_digits.png").is_file()
+    (utr, _), _, _ = load_dataset("digits", 16, 12, 0)
+    x = _model_input(utr, torch.device("cpu"))[:4]
+    embedded = model.load_embedded()
+    base = select_timestep(embedded, x, "0,500", "block_out:5", progress=False)
+    direct = _with_candidates(base, embedded, x, "0,500", "block_out:5", 0, False)
+    saved = SelectionResult.from_json(out / "selection_digits.json")
+    assert saved.scorers == direct.scorers and {"hfr_2d", "hfr_2d_centered", "erank"} <= set(saved.scorers)
+    for field in ("count", "total", "total_sq", "flagged"):
+        np.testing.assert_array_equal(getattr(saved.moments, field), getattr(direct.moments, field), err_msg=field)
