@@ -58,6 +58,7 @@ CASES = [
 ]
 
 
+@pytest.mark.filterwarnings("ignore::aselect_kernels.frequency.CutoffWarning")  # a 6 x 6 grid is small
 @pytest.mark.parametrize("argv,kwargs", CASES, ids=[" ".join(a) for a, _ in CASES])
 def test_select_result_equals_the_library(files, tmp_path, capsys, argv, kwargs):
     out = tmp_path / "out"

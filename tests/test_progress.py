@@ -9,7 +9,7 @@ import tqdm.auto
 from aselect_kernels.forward import _ChunkProgress, run_multi_timestep
 from aselect_kernels.noise import Noiser
 from aselect_kernels.select import select_timestep
-from aselect_kernels.validate import probe_grid
+from aselect_kernels.validate import _fit_progress, probe_grid
 
 from tiny_models import PlainDiT, tiny_dit
 
@@ -93,10 +93,20 @@ def test_probe_grid_shows_its_fits(bars):
     gen = torch.Generator().manual_seed(0)
     train = (torch.rand(8, 1, 12, 12, generator=gen) * 2 - 1, torch.arange(8) % 2)
     test = (torch.rand(6, 1, 12, 12, generator=gen) * 2 - 1, torch.arange(6) % 2)
-    grid = probe_grid(model, train, test, [0, 500], "block_out:1", 2)
+    grid = probe_grid(model, train, test, [500], "block_out:1", 2)
     fits = [b for b in bars if b.desc == "probe fits"]
-    assert len(fits) == 1 and fits[0].total == len(grid.taps) * 2 + 1 and fits[0].seen[-1] == fits[0].total
+    assert len(fits) == 1 and fits[0].total == len(grid.taps) + 1 and fits[0].seen[-1] == fits[0].total
     assert fits[0].disable
+
+
+def test_fit_progress_calls_on_fit_instead_of_a_bar(bars):
     calls = []
-    probe_grid(model, train, test, [0, 500], "block_out:1", 2, on_fit=lambda done, total: calls.append(done))
-    assert calls == [1, 2, 3] and len([b for b in bars if b.desc == "probe fits"]) == 1
+    with _fit_progress(True, lambda done, total: calls.append((done, total)), 3, "probe fits") as fitted:
+        for done in (1, 2, 3):
+            fitted(done)
+    assert calls == [(1, 3), (2, 3), (3, 3)] and bars == []
+    with pytest.raises(RuntimeError), _fit_progress(True, None, 3, "probe fits") as fitted:
+        fitted(1)
+        raise RuntimeError("a fit failed")
+    (bar,) = bars
+    assert bar.seen == [1] and bar.disable  # closed on the error
