@@ -222,13 +222,14 @@ def cmd_demo(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     out = check_out(args.out, _SELECTION_FILES)
     from .data import load_embedded_images, to_model_range
-    from .model import load_embedded
 
-    _check_selection_args(args)
-    device = _device(args.device)
     images, _ = load_embedded_images("test")
     if args.images > len(images):
         raise CliError(f"--images must be in [1, {len(images)}] (the shipped test images), got {args.images}")
+    device = _device(args.device)
+    _check_selection_args(args)
+    from .model import load_embedded
+
     model = load_embedded(device=device, dtype=_dtype(args.dtype))
     x = to_model_range(images[: args.images]).to(device)
     if x.dim() == 3:
@@ -243,10 +244,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def cmd_select(args: argparse.Namespace) -> None:
     out = check_out(args.out, _SELECTION_FILES)
     from .data import load_images
-    from .model import load_model
 
-    _check_selection_args(args)
-    device = _device(args.device)
     images, labels = load_images(args.images)
     if args.limit is not None:
         if args.limit > images.shape[0]:
@@ -255,6 +253,10 @@ def cmd_select(args: argparse.Namespace) -> None:
         labels = labels[: args.limit] if labels is not None else None
     if args.use_labels and labels is None:
         raise CliError(f"--use-labels given but {args.images} has no labels")
+    device = _device(args.device)
+    _check_selection_args(args)  # imports diffusers' schedulers: after the quick checks
+    from .model import load_model
+
     model = load_model(args.model, device=device, dtype=_dtype(args.dtype))
     cfg = getattr(model, "config", None)
     want_c, want_s = getattr(cfg, "in_channels", None), getattr(cfg, "sample_size", None)
