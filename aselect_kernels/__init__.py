@@ -1,30 +1,55 @@
-"""aselect-kernels: fused statistics for automatic timestep selection (A-SelecT) on Diffusion Transformers."""
+"""aselect-kernels: fused statistics for automatic timestep selection (A-SelecT) on Diffusion Transformers.
 
-from .forward import Conditioning, run_multi_timestep
-from .noise import Noiser, parse_timesteps
-from .reference import STAT_NAMES, StatsConfig, reference_stats
-from .result import SelectionResult
-from .scorers import Moments, Scorer, get_scorer, list_scorers, register_scorer
-from .select import extract_features, select_timestep
-from .stats import compute_stats
-from .taps import TapSet, TapSpec, resolve_taps
+The public names below are imported on first use, so ``import aselect_kernels`` (and the command line's argument
+checks) do not wait for torch.
+"""
 
-__all__ = [
-    "STAT_NAMES", "Conditioning", "Moments", "Noiser", "Scorer", "SelectionResult", "StatsConfig", "TapSet",
-    "TapSpec", "compute_stats", "extract_features", "get_scorer", "list_scorers", "parse_timesteps",
-    "reference_stats", "register_scorer", "resolve_taps", "run_multi_timestep", "select_timestep",
-]
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-#: Loaders exported lazily (importing them loads diffusers' model classes): name -> defining module.
-_LAZY = {"load_embedded": "model", "load_model": "model", "load_embedded_images": "data", "load_images": "data",
-         "to_model_range": "data"}
-__all__ += list(_LAZY)
+#: Public name -> the submodule that defines it.
+_EXPORTS = {
+    "Conditioning": "forward", "run_multi_timestep": "forward",
+    "load_embedded": "model", "load_model": "model",
+    "load_embedded_images": "data", "load_images": "data", "to_model_range": "data",
+    "Noiser": "noise", "parse_timesteps": "noise",
+    "STAT_NAMES": "reference", "StatsConfig": "reference", "reference_stats": "reference",
+    "SelectionResult": "result",
+    "Moments": "scorers", "Scorer": "scorers", "get_scorer": "scorers", "list_scorers": "scorers",
+    "register_scorer": "scorers",
+    "extract_features": "select", "select_timestep": "select",
+    "compute_stats": "stats",
+    "TapSet": "taps", "TapSpec": "taps", "resolve_taps": "taps",
+}
+
+__all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> object:
-    if name in _LAZY:
-        import importlib
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
 
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+if TYPE_CHECKING:  # static analysers see the eager imports
+    from .data import load_embedded_images, load_images, to_model_range  # noqa: F401
+    from .forward import Conditioning, run_multi_timestep  # noqa: F401
+    from .model import load_embedded, load_model  # noqa: F401
+    from .noise import Noiser, parse_timesteps  # noqa: F401
+    from .reference import STAT_NAMES, StatsConfig, reference_stats  # noqa: F401
+    from .result import SelectionResult  # noqa: F401
+    from .scorers import Moments, Scorer, get_scorer, list_scorers, register_scorer  # noqa: F401
+    from .select import extract_features, select_timestep  # noqa: F401
+    from .stats import compute_stats  # noqa: F401
+    from .taps import TapSet, TapSpec, resolve_taps  # noqa: F401

@@ -6,6 +6,7 @@ Model-range images are float32 in ``[-1, 1]`` shaped ``[N, C, H, W]``.
 from __future__ import annotations
 
 import gzip
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,8 @@ CLASS_NAMES = (
 _IDX_FILES = {"train": "train", "test": "t10k"}
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+#: What numpy and PIL raise on a corrupt or truncated file.
+_READ_ERRORS = (OSError, EOFError, ValueError, zipfile.BadZipFile)
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -159,6 +162,10 @@ def _labels(arr: np.ndarray | None, n: int, source: str) -> torch.Tensor | None:
     if arr is None:
         return None
     lab = np.asarray(arr).reshape(-1)
+    integral = np.issubdtype(lab.dtype, np.integer) or (
+        np.issubdtype(lab.dtype, np.floating) and bool(np.all(np.isfinite(lab) & (lab == np.round(lab)))))
+    if lab.dtype == bool or not integral:
+        raise ValueError(f"{source}: labels must be integer class ids, got {lab.dtype} values")
     if lab.shape[0] != n:
         raise ValueError(f"{source}: {lab.shape[0]} labels for {n} images")
     return torch.from_numpy(lab.astype(np.int64))
@@ -173,9 +180,12 @@ def _load_folder(folder: Path) -> np.ndarray:
     arrays: list[np.ndarray] = []
     modes = set()
     for f in files:
-        with Image.open(f) as im:
-            modes.add("L" if im.mode in ("L", "1", "I", "I;16", "F") else "RGB")
-            arrays.append(np.asarray(im.convert("L" if modes == {"L"} else "RGB")))
+        try:
+            with Image.open(f) as im:
+                modes.add("L" if im.mode in ("L", "1", "I", "I;16", "F") else "RGB")
+                arrays.append(np.asarray(im.convert("L" if modes == {"L"} else "RGB")))
+        except _READ_ERRORS as exc:
+            raise ValueError(f"{f}: not a readable image ({exc})") from exc
     if len(modes) > 1:  # mixed grayscale and colour: promote everything to RGB
         arrays = [np.repeat(a[..., None], 3, axis=-1) if a.ndim == 2 else a for a in arrays]
     sizes = {a.shape[:2] for a in arrays}
@@ -201,15 +211,23 @@ def load_images(path: str | Path) -> tuple[torch.Tensor, torch.Tensor | None]:
         return _to_nchw(arr, str(path)), None
     suffix = path.suffix.lower()
     if suffix == ".npz":
-        with np.load(path, allow_pickle=False) as z:
-            key = next((k for k in ("images", "x") if k in z.files), None)
-            if key is None:
-                raise ValueError(f"{path}: npz needs an 'images' or 'x' array, found keys {z.files}")
-            arr = z[key]
-            lab_key = next((k for k in ("labels", "y") if k in z.files), None)
-            lab = z[lab_key] if lab_key else None
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                files = list(z.files)
+                key = next((k for k in ("images", "x") if k in files), None)
+                arr = z[key] if key else None
+                lab_key = next((k for k in ("labels", "y") if k in files), None)
+                lab = z[lab_key] if lab_key else None
+        except _READ_ERRORS as exc:
+            raise ValueError(f"{path}: not a readable .npz file ({exc})") from exc
+        if arr is None:
+            raise ValueError(f"{path}: npz needs an 'images' or 'x' array, found keys {files}")
         x = _to_nchw(arr, str(path))
         return x, _labels(lab, x.shape[0], str(path))
     if suffix == ".npy":
-        return _to_nchw(np.load(path, allow_pickle=False), str(path)), None
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except _READ_ERRORS as exc:
+            raise ValueError(f"{path}: not a readable .npy file ({exc})") from exc
+        return _to_nchw(arr, str(path)), None
     raise ValueError(f"{path}: unsupported image source (use .npz, .npy or a folder of PNG/JPEG files)")

@@ -338,26 +338,64 @@ def run_multi_timestep(
         chunk_size = plan_chunk_size(len(rows), sample_bytes, device, memory_budget)
     chunk_size = 1 if chunk_size is None else chunk_size
     starts = range(rows.start, rows.stop, chunk_size)
-    bar = None
-    if progress and len(starts) > 1:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(rows), unit="sample", desc="scored forward", leave=False)
+    bar = _ChunkProgress(model, len(rows)) if progress else None
     nvtx = torch.cuda.nvtx.range if device.type == "cuda" else (lambda name: nullcontext())
     start = time.perf_counter()
-    with torch.no_grad():
-        for k, s in enumerate(starts):
-            chunk = torch.arange(s, min(s + chunk_size, rows.stop), device=device)
-            if on_chunk is not None:
-                on_chunk(chunk)
-            with nvtx(f"aselect.chunk{k}"):
-                forward(chunk)
-                if on_chunk_end is not None:
-                    on_chunk_end()
-            if bar is not None:
-                bar.update(chunk.numel())
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    if bar is not None:
-        bar.close()
+    try:
+        with torch.no_grad():
+            for k, s in enumerate(starts):
+                chunk = torch.arange(s, min(s + chunk_size, rows.stop), device=device)
+                if on_chunk is not None:
+                    on_chunk(chunk)
+                if bar is not None:
+                    bar.start_chunk(chunk.numel())
+                with nvtx(f"aselect.chunk{k}"):
+                    forward(chunk)
+                    if on_chunk_end is not None:
+                        on_chunk_end()
+                if bar is not None:
+                    bar.end_chunk()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    finally:
+        if bar is not None:
+            bar.close()
     return RunInfo(total, len(starts), chunk_size, time.perf_counter() - start)
+
+
+class _ChunkProgress:
+    """A progress bar over samples that also moves inside a chunk.
+
+    A chunk can take minutes, so each call of a transformer block (a member of the model's longest
+    ``nn.ModuleList``) advances the bar by that block's share of the chunk.  The hooks are removed by :meth:`close`.
+    """
+
+    def __init__(self, model: nn.Module, total: int) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, unit="sample", desc="scored forward", leave=False)
+        blocks = max((m for m in model.modules() if isinstance(m, nn.ModuleList)), key=len, default=[])
+        self.n_blocks = len(blocks)
+        self.handles = [b.register_forward_hook(self._block_done) for b in blocks]
+        self.base = self.rows = self.calls = 0
+
+    def start_chunk(self, rows: int) -> None:
+        self.base, self.rows, self.calls = self.bar.n, rows, 0
+
+    def _block_done(self, *_: object) -> None:
+        if torch.compiler.is_compiling():
+            return
+        self.calls += 1
+        self._advance_to(self.base + min(self.rows, self.rows * self.calls // self.n_blocks))
+
+    def end_chunk(self) -> None:
+        self._advance_to(self.base + self.rows)
+
+    def _advance_to(self, n: int) -> None:
+        if n > self.bar.n:
+            self.bar.update(n - self.bar.n)
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.bar.close()

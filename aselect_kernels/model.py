@@ -9,8 +9,13 @@ extra row to each class table, index ``num_embeds_ada_norm`` = :data:`NULL_CLASS
 from __future__ import annotations
 
 import json
+import os
+import re
+import socket
+import warnings
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import torch
 from diffusers import DiTTransformer2DModel
@@ -43,6 +48,32 @@ EMBEDDED_CONFIG: dict[str, Any] = {
 EMBEDDED_DIR = Path(__file__).resolve().parent / "assets" / "model"
 
 _WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+#: ``name`` or ``owner/name``: what a Hugging Face hub id looks like (anything else must be a local folder).
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+
+
+def _load_kwargs() -> dict[str, Any]:
+    """``from_pretrained`` options: low-memory loading only where ``accelerate`` provides it (diffusers otherwise
+    warns on every load, then falls back to the same plain loading)."""
+    from diffusers.utils import is_accelerate_available
+
+    return {"low_cpu_mem_usage": is_accelerate_available()}
+
+
+def hub_offline(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub is out of reach: ``HF_HUB_OFFLINE`` is set, or its endpoint (``HF_ENDPOINT``)
+    refuses a TCP connection within ``timeout`` seconds.  Behind a proxy the hub is assumed reachable."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE"):
+        return True
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return False
+    url = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        with socket.create_connection((url.hostname or "", url.port or (80 if url.scheme == "http" else 443)),
+                                      timeout=timeout):
+            return False
+    except OSError:
+        return True
 
 
 def build_model(config: dict[str, Any] | None = None) -> DiTTransformer2DModel:
@@ -82,7 +113,7 @@ def load_embedded(device: str | torch.device = "cpu", dtype: torch.dtype = torch
             f"{_WEIGHT_FILES[0]}); reinstall the package or retrain with "
             f"aselect_kernels.train.train('{EMBEDDED_DIR}')"
         )
-    model = DiTTransformer2DModel.from_pretrained(str(EMBEDDED_DIR), torch_dtype=dtype)
+    model = DiTTransformer2DModel.from_pretrained(str(EMBEDDED_DIR), torch_dtype=dtype, **_load_kwargs())
     setattr(model, INPUT_RANGE_ATTR, INPUT_RANGE)  # selection warns about inputs visibly outside it
     return model.to(device).eval()
 
@@ -106,7 +137,8 @@ def load_model(
 
     For a local folder (or a pipeline folder with ``subfolder="transformer"``) the class is taken from
     ``_class_name`` in its ``config.json`` (e.g. DiTTransformer2DModel, PixArtTransformer2DModel,
-    SD3Transformer2DModel, FluxTransformer2DModel).  Hub ids need network access.
+    SD3Transformer2DModel, FluxTransformer2DModel).  Hub ids need network access, or the model in the local hub
+    cache: when the hub is out of reach (:func:`hub_offline`) only the cache is tried, so that loading fails at once.
     """
     if path_or_id == "embedded":
         return load_embedded(device=device, dtype=dtype)
@@ -121,22 +153,29 @@ def load_model(
         name = json.loads(cfg_path.read_text(encoding="utf-8")).get("_class_name")
         if not name:
             raise ValueError(f"{cfg_path} has no _class_name; cannot tell which diffusers model class to use")
-        model = _model_class(name).from_pretrained(str(root), torch_dtype=dtype)
+        model = _model_class(name).from_pretrained(str(root), torch_dtype=dtype, **_load_kwargs())
         return model.to(device).eval()
+    if not _HUB_ID.match(path_or_id):
+        raise FileNotFoundError(f"model folder not found: {folder} (and {path_or_id!r} is not a hub id owner/name)")
+    offline = hub_offline()
     try:
         from diffusers import AutoModel
 
-        kwargs: dict[str, Any] = {"torch_dtype": dtype, "subfolder": subfolder or "transformer"}
-        try:
-            model = AutoModel.from_pretrained(path_or_id, **kwargs)
-        except Exception:
-            if subfolder:
-                raise
-            kwargs.pop("subfolder")
-            model = AutoModel.from_pretrained(path_or_id, **kwargs)
+        kwargs: dict[str, Any] = {"torch_dtype": dtype, "subfolder": subfolder or "transformer", **_load_kwargs()}
+        if offline:
+            kwargs["local_files_only"] = True
+        with warnings.catch_warnings():  # diffusers passes a deprecated argument to huggingface_hub
+            warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks", category=UserWarning)
+            try:
+                model = AutoModel.from_pretrained(path_or_id, **kwargs)
+            except Exception:
+                if subfolder:
+                    raise
+                kwargs.pop("subfolder")
+                model = AutoModel.from_pretrained(path_or_id, **kwargs)
     except Exception as exc:
-        raise RuntimeError(
-            f"could not load {path_or_id!r}: it is neither 'embedded' nor an existing folder, and loading it as a "
-            f"Hugging Face hub id failed (this needs network access and a diffusers model): {exc}"
-        ) from exc
+        why = ("the Hugging Face hub is out of reach (offline) and the model is not in the local hub cache"
+               if offline else f"loading it from the Hugging Face hub failed: {exc}")
+        raise RuntimeError(f"could not load {path_or_id!r}: it is neither 'embedded' nor an existing folder, and "
+                           f"{why}") from exc
     return model.to(device).eval()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,35 +92,57 @@ class SelectionResult:
     def n_flagged(self) -> int:
         return int(self.flagged.sum())
 
-    def table(self, scorer: str | None = None, max_taps: int = 8) -> str:
-        """A readable table of mean +- std over images for one scorer (taps beyond ``max_taps`` are elided); dead
-        cells read ``dead`` and are listed below it."""
+    def table(self, scorer: str | None = None, max_taps: int = 8, line_width: int = 130) -> str:
+        """A readable table of mean +- std over images for one scorer.
+
+        Taps beyond ``max_taps`` are elided (the table keeps those with the best scores and says so); columns wrap
+        into blocks so that no line is wider than ``line_width``; a legend explains the marks and abbreviations.
+        Dead cells (every sample flagged) read ``dead`` and are listed below the table.
+        """
         s = self._s(scorer)
         name = self.scorers[s]
+        direction = self.directions[name]
         per_tap = self.best_t_per_tap(name)
         shown = self.taps if len(self.taps) <= max_taps else self._top_taps(s, max_taps)
-        width = max(14, *(len(_short(t)) + 2 for t in shown))
-        lines = [f"scorer {name} (direction {self.directions[name]}), mean +- std over images"]
-        lines.append(f"{'t':>6} " + " ".join(f"{_short(tap):>{width}}" for tap in shown))
-        for ti, t in enumerate(self.timesteps):
-            cells = []
-            for tap in shown:
-                p = self.taps.index(tap)
-                mark = "*" if per_tap[tap] == t else " "
-                text = "dead" if self.count[ti, p, s] == 0 else f"{self.mean[ti, p, s]:.4f}+-{self.std[ti, p, s]:.3f}"
-                cells.append(f"{text}{mark}".rjust(width))
-            lines.append(f"{t:>6} " + " ".join(cells))
+        labels = [_short(tap) for tap in shown]
+        keyed = max(map(len, labels)) > _MAX_LABEL
+        if keyed:  # long module paths: number the columns and list the names below
+            labels = [f"[{i + 1}]" for i in range(len(shown))]
+        width = max(_CELL, *map(len, labels))
+        per_block = max(1, (line_width - 7) // (width + 1))
+        lines = [f"scorer {name} (direction {direction}), mean +- std over images"]
+        for lo in range(0, len(shown), per_block):
+            cols = range(lo, min(lo + per_block, len(shown)))
+            if lo:
+                lines.append("")
+            lines.append(f"{'t':>6} " + " ".join(f"{labels[c]:>{width}}" for c in cols))
+            for ti, t in enumerate(self.timesteps):
+                cells = []
+                for c in cols:
+                    p = self.taps.index(shown[c])
+                    mark = "*" if per_tap[shown[c]] == t else " "
+                    text = ("dead" if self.count[ti, p, s] == 0
+                            else f"{self.mean[ti, p, s]:.4f}+-{self.std[ti, p, s]:.3f}")
+                    cells.append(f"{text}{mark}".rjust(width))
+                lines.append(f"{t:>6} " + " ".join(cells))
+        lines.append(f"* marks each tap's best t ({direction} {name})")
         if len(shown) < len(self.taps):
-            lines.append(f"({len(self.taps) - len(shown)} more taps not shown; * marks each tap's best t; "
-                         "tbN = transformer_blocks.N)")
+            best_word = "highest" if direction == "max" else "lowest"
+            lines.append(f"showing {len(shown)} of {_plural(len(self.taps), 'tap')}: those with the {best_word} best "
+                         f"{name} (all of them are in the saved result)")
+        if keyed:
+            lines += [f"[{i + 1}] {tap}" for i, tap in enumerate(shown)]
+        abbreviations = _abbreviations(shown) if not keyed else []
+        if abbreviations:
+            lines.append("; ".join(abbreviations))
         best = self._best_or_none(name)
         lines.append(f"best (t, tap): ({best[0]}, {best[1]})" if best else "best (t, tap): none, every cell is dead")
         if self.n_flagged:
-            lines.append(f"WARNING: {self.n_flagged} non-finite sample scores were flagged and excluded")
+            lines.append(f"WARNING: {_plural(self.n_flagged, 'non-finite sample score')} flagged and excluded")
         dead = self.dead_cells(name)
         if dead:
-            lines.append(f"WARNING: {len(dead)} of {len(self.timesteps) * len(self.taps)} cells are dead (every "
-                         f"sample flagged) under {name}: {_describe_cells(dead, self.timesteps)}")
+            lines.append(f"WARNING: {len(dead)} of {_plural(len(self.timesteps) * len(self.taps), 'cell')} are dead "
+                         f"(every sample flagged) under {name}: {_describe_cells(dead, self.timesteps)}")
         return "\n".join(lines)
 
     def _top_taps(self, s: int, k: int) -> list[str]:
@@ -203,48 +226,92 @@ class SelectionResult:
         return cls(timesteps, taps, scorers, dict(directions), moments, d["primary"], d.get("meta", {}))
 
     def plot(self, path: str | Path, scorer: str | None = None) -> Path:
-        """A PNG of score against t, one line per tap (std band over images); the chosen (t, tap) is marked."""
+        """A PNG of score against t, one labelled line per tap (std band over images); the chosen (t, tap) is
+        marked.  Taps of several kinds (``--taps all``) get one panel per kind, each line labelled by its block."""
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        s = self._s(scorer)
-        name = self.scorers[s]
-        fig, ax = plt.subplots(figsize=(9, 5.5))
-        cmap = plt.get_cmap("viridis", max(len(self.taps), 2))
-        order = np.argsort(self.timesteps, kind="stable")  # lines run along t whatever order the table has
-        ts = np.asarray(self.timesteps)[order]
-        for p, tap in enumerate(self.taps):
-            mu, sd = self.mean[order, p, s], self.std[order, p, s]
-            ax.plot(ts, mu, color=cmap(p), lw=1.2, label=tap if len(self.taps) <= 12 else None)
-            ax.fill_between(ts, mu - sd, mu + sd, color=cmap(p), alpha=0.08)
-        best = self._best_or_none(name)
-        if best is not None:
-            t_best, tap_best = best
-            p = self.taps.index(tap_best)
-            ax.plot([t_best], [self.mean[self.timesteps.index(t_best), p, s]], "r*", ms=14,
-                    label=f"best ({t_best}, {tap_best})")
-        dead = self.dead_cells(name)
-        if dead:
-            ax.plot([], [], " ", label=f"{len(dead)} dead cells (every sample flagged)")
-        ax.set_xlabel("t (noise from clean)")
-        ax.set_ylabel(f"{name} ({self.directions[name]} is best)")
-        ax.set_title(f"A-SelecT scores: {name}, {len(self.taps)} taps")
-        ax.legend(fontsize=7, loc="best")
-        if len(self.taps) > 12:
-            sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, len(self.taps) - 1))
-            fig.colorbar(sm, ax=ax, label="tap index (order of the table)")
-        fig.tight_layout()
+        fig = self._figure(plt, scorer)
         out = Path(path)
-        fig.savefig(out, dpi=110)
+        fig.savefig(out, dpi=110, bbox_inches="tight")
         plt.close(fig)
         return out
 
+    def _figure(self, plt, scorer: str | None = None):  # noqa: ANN001, ANN202 - matplotlib objects
+        """The figure :meth:`plot` saves: one axes per tap kind, every line labelled with its tap."""
+        s = self._s(scorer)
+        name = self.scorers[s]
+        best = self._best_or_none(name)
+        t_best, tap_best = best if best is not None else (None, None)
+        order = np.argsort(self.timesteps, kind="stable")  # lines run along t, whatever order a saved file has
+        ts = np.asarray(self.timesteps)[order]
+        panels = _tap_kinds(self.taps)
+        if len(panels) > _MAX_PANELS:
+            panels = {"": list(self.taps)}
+        ncols = min(2, len(panels))
+        nrows = -(-len(panels) // ncols)
+        fig, axes = plt.subplots(nrows, ncols, figsize=(7.5 * ncols, 4.2 * nrows), squeeze=False)
+        for ax in axes.flat[len(panels):]:
+            ax.set_visible(False)
+        styles = ("-", "--", ":", "-.")
+        for ax, (kind, members) in zip(axes.flat, panels.items(), strict=False):
+            for i, tap in enumerate(members):
+                p = self.taps.index(tap)
+                mu, sd = self.mean[order, p, s], self.std[order, p, s]
+                color, style = plt.get_cmap("tab10")(i % 10), styles[(i // 10) % len(styles)]
+                ax.plot(ts, mu, style, color=color, lw=1.2, label=_short(tap))
+                ax.fill_between(ts, mu - sd, mu + sd, color=color, alpha=0.08)
+            if tap_best in members:
+                ax.plot([t_best], [self.mean[self.timesteps.index(t_best), self.taps.index(tap_best), s]], "r*",
+                        ms=14, label=f"chosen ({t_best}, {_short(tap_best)})")
+            ax.set_xlabel("t (noise from clean)")
+            ax.set_ylabel(f"{name} ({self.directions[name]} is best)")
+            ax.set_title(kind or f"{_plural(len(members), 'tap')}", fontsize=9)
+            ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=1 + len(members) // 16,
+                      borderaxespad=0.0)
+        dead = self.dead_cells(name)
+        chosen = f"chosen (t, tap) = ({t_best}, {tap_best})" if best is not None else "no live cell to choose"
+        dead_note = f"; {_plural(len(dead), 'dead cell')} (every sample flagged)" if dead else ""
+        fig.suptitle(f"A-SelecT scores: {name}, {_plural(len(self.taps), 'tap')}; {chosen}{dead_note}",
+                     fontsize=10)
+        fig.tight_layout()
+        return fig
+
+
+#: Width of one table cell (``0.1234+-0.012*``) and the longest tap label used as a column heading.
+_CELL = 14
+_MAX_LABEL = 28
+#: More tap kinds than this are plotted in one panel.
+_MAX_PANELS = 6
+_ABBREVIATION = {"transformer_blocks": "tb", "blocks": "b"}
+_BLOCK_INDEX = re.compile(r"(?<![A-Za-z0-9_])(transformer_blocks|blocks)\.(\d+)(?=$|[.@\[])")
+
+
+def _plural(n: int, noun: str) -> str:
+    """``1 tap``, ``2 taps`` (the last word of ``noun`` takes the plural)."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _abbreviations(taps: list[str]) -> list[str]:
+    """The legend of the block abbreviations :func:`_short` used for these taps."""
+    found = {m.group(1) for tap in taps for m in _BLOCK_INDEX.finditer(tap)}
+    return [f"{_ABBREVIATION[k]}N = {k}.N" for k in ("transformer_blocks", "blocks") if k in found]
+
+
+def _tap_kinds(taps: list[str]) -> dict[str, list[str]]:
+    """Taps grouped by kind: the tap name with its block index replaced by ``N`` (``tbN.ff.net.0``)."""
+    kinds: dict[str, list[str]] = {}
+    for tap in taps:
+        kinds.setdefault(_BLOCK_INDEX.sub(lambda m: _ABBREVIATION[m.group(1)] + "N", tap, count=1), []).append(tap)
+    return kinds
+
 
 def _short(tap: str) -> str:
-    """A tap name shortened for tables: ``transformer_blocks.3.attn1.to_q`` -> ``tb3.attn1.to_q``."""
-    return tap.replace("transformer_blocks.", "tb").replace("blocks.", "b")
+    """A tap name shortened for tables: ``transformer_blocks.3.attn1.to_q`` -> ``tb3.attn1.to_q``,
+    ``blocks.3.mlp`` -> ``b3.mlp``."""
+    return _BLOCK_INDEX.sub(lambda m: _ABBREVIATION[m.group(1)] + m.group(2), tap)
 
 
 def _cell_dict(cell: tuple[int, str] | None) -> dict | None:

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -132,7 +133,7 @@ def probe_grid(
 
     ``train``/``test`` are ``(images [N, ...] in the model's range on its device, labels [N])``.  Train and test
     images are run together (one batched run); features are the token mean of each tap.  ``on_fit(done, total)``
-    is called after each probe fit (the raw-pixel floor is the last).
+    is called after each probe fit (the raw-pixel floor is the last); without it, ``progress`` shows a bar.
     """
     (xtr, ytr), (xte, yte) = train, test
     start = time.perf_counter()
@@ -144,23 +145,44 @@ def probe_grid(
     correct = np.zeros((len(ts), len(names), xte.shape[0]), dtype=bool)
     floor_correct = np.zeros(xte.shape[0], dtype=bool)
     total = len(names) * len(ts) + 1
-    with distributed.failing_together():  # with several processes, each fits the cells it owns
-        for p, name in enumerate(names):
+    with distributed.failing_together(), _fit_progress(progress, on_fit, total, "probe fits") as fitted:
+        for p, name in enumerate(names):  # with several processes, each fits the cells it owns
             f = feats[name]  # [N, T, C]
             for ti in range(len(ts)):
-                if not distributed.owns(p * len(ts) + ti):
-                    continue
-                feat = f[:, ti].to(dev)
-                correct[ti, p] = linear_probe_correct(feat[:n], ytr, feat[n:], yte, num_classes).numpy()
-                if on_fit is not None:
-                    on_fit(p * len(ts) + ti + 1, total)
+                if distributed.owns(p * len(ts) + ti):
+                    feat = f[:, ti].to(dev)
+                    correct[ti, p] = linear_probe_correct(feat[:n], ytr, feat[n:], yte, num_classes).numpy()
+                fitted(p * len(ts) + ti + 1)
         if distributed.owns(total - 1):
             floor_correct = linear_probe_correct(xtr.flatten(1), ytr, xte.flatten(1), yte, num_classes).numpy()
+        fitted(total)
     correct, floor_correct = distributed.sum_over_ranks(correct), distributed.sum_over_ranks(floor_correct)
-    if on_fit is not None:
-        on_fit(total, total)
     return ProbeGrid(ts, names, correct.mean(-1), "accuracy", float(floor_correct.mean()), info.samples,
                      time.perf_counter() - start, correct=correct, floor_correct=floor_correct)
+
+
+@contextmanager
+def _fit_progress(progress: bool, on_fit: Callable[[int, int], None] | None, total: int, desc: str
+                  ) -> Iterator[Callable[[int], None]]:
+    """``fitted(done)`` for a loop of probe fits: calls ``on_fit(done, total)``, or moves a progress bar (closed on
+    exit, error or not) when ``progress`` and no ``on_fit`` is given."""
+    bar = None
+    if on_fit is None and progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, unit="fit", desc=desc, leave=False)
+
+    def fitted(done: int) -> None:
+        if on_fit is not None:
+            on_fit(done, total)
+        elif bar is not None:
+            bar.update(done - bar.n)
+
+    try:
+        yield fitted
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def dense_probe_grid(
@@ -189,13 +211,15 @@ def dense_probe_grid(
     k = num_classes + 1
     ttr, tte = dense_target(utr, ytr), dense_target(ute, yte)
     miou = np.zeros(len(ts) * len(feats) + 1)  # the cells, then the raw-patch floor
-    with distributed.failing_together():  # with several processes, each fits the cells it owns
-        for p, name in enumerate(feats):
+    with distributed.failing_together(), _fit_progress(progress, None, len(feats) * len(ts),
+                                                       "dense probe fits") as fitted:
+        for p, name in enumerate(feats):  # with several processes, each fits the cells it owns
             tokens = feats[name]  # [N, T, L, C]
             for ti in range(len(ts)):
                 if distributed.owns(ti * len(feats) + p):
                     grid = tokens_to_grid(tokens[:, ti]).to(dev)
                     miou[ti * len(feats) + p] = dense_probe_miou(grid[:n], ttr, grid[n:], tte, k)
+                fitted(p * len(ts) + ti + 1)
         if distributed.owns(len(miou) - 1):
             h, w = tokens_to_grid(tokens[:1, 0]).shape[2:]
             raw = torch.cat([xtr, xte]).float()
@@ -320,7 +344,8 @@ def _add_intervals(grid: ProbeGrid, best: dict, rows: list[dict]) -> None:
 def plot_validation(selection: SelectionResult, grid: ProbeGrid, path: str, scorers: Sequence[str] | None = None
                     ) -> None:
     """PNG: for each scorer, the probe metric (left axis) and the score (right axis) against t, at the tap the
-    scorer's joint choice selects."""
+    scorer's joint choice selects (or the grid's first tap); the t the scorer chooses at that tap is marked on both
+    curves, and each panel has a legend."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -329,20 +354,25 @@ def plot_validation(selection: SelectionResult, grid: ProbeGrid, path: str, scor
     names = list(scorers or selection.scorers)
     ncols = min(4, len(names))
     nrows = -(-len(names) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.4 * ncols, 3.4 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.4 * ncols, 3.6 * nrows), squeeze=False)
     for ax in axes.flat[len(names):]:
         ax.set_visible(False)
     for ax, name in zip(axes.flat, names, strict=False):
         _, tap = selection.best(name)
-        if tap not in grid.taps:
+        if tap not in grid.taps:  # the joint choice lies outside this grid's taps: show the grid's first tap
             tap = grid.taps[0]
+        t_sel = selection.best_t_per_tap(name)[tap]
         p_grid, p_sel, s = grid.taps.index(tap), selection.taps.index(tap), selection.scorers.index(name)
-        ax.plot(grid.timesteps, grid.metric[:, p_grid] * 100, "k-o", ms=3, label=grid.metric_name)
+        metric, score = grid.metric[:, p_grid] * 100, selection.mean[:, p_sel, s]
+        handles = ax.plot(grid.timesteps, metric, "k-o", ms=3, label=f"probe {grid.metric_name}")
         ax.set_xlabel("t")
         ax.set_ylabel(f"{grid.metric_name} (%)")
         ax2 = ax.twinx()
-        ax2.plot(selection.timesteps, selection.mean[:, p_sel, s], "r-s", ms=3)
+        handles += ax2.plot(selection.timesteps, score, "r-s", ms=3, label=f"{name} ({selection.directions[name]})")
         ax2.set_ylabel(f"{name} ({selection.directions[name]})", color="r")
+        handles += ax.plot([t_sel], [metric[grid.timesteps.index(t_sel)]], "b*", ms=13, label=f"chosen t = {t_sel}")
+        ax2.plot([t_sel], [score[selection.timesteps.index(t_sel)]], "b*", ms=13)
+        ax.legend(handles=handles, fontsize=6, loc="best")
         ax.set_title(f"{name} @ {tap}", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
