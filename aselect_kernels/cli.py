@@ -16,7 +16,7 @@ from .reference import StatsConfig
 from .scorers import DEFAULT_SCORER, list_scorers
 from .stats import BACKENDS
 from .taps import DEFAULT_TAPS
-from .validate import VALIDATION_TIMESTEPS
+from .validate import DATASETS, DEFAULT_TIMESTEPS, NOISE_TIMESTEPS, VALIDATION_TIMESTEPS
 
 DEMO_IMAGES = 64
 DEMO_TIMESTEPS = "0:1000:50"
@@ -154,12 +154,15 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def _validation_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="embedded", help="'embedded' or a diffusers folder (1x28x28 pixel DiT)")
-    p.add_argument("--dataset", default="fashion", choices=("fashion", "digits"))
-    p.add_argument("--n-train", type=int, default=1000, help="labeled images the probes train on")
+    p.add_argument("--dataset", default="fashion", choices=DATASETS,
+                   help="*_noise: the same images with seeded pixel noise (the interior-optimum benchmark)")
+    p.add_argument("--n-train", type=int, default=None,
+                   help="labeled images the probes train on (default: 1000; 300 for the *_noise datasets)")
     p.add_argument("--n-test", type=int, default=None,
                    help="labeled images the probes are scored on (default: 1000 for fashion, 797 for digits)")
-    p.add_argument("--timesteps", default=VALIDATION_TIMESTEPS,
-                   help="comma list of ints and start:stop:step ranges (stop exclusive)")
+    p.add_argument("--timesteps", default=None,
+                   help=f"comma list of ints and start:stop:step ranges (stop exclusive); default "
+                        f"{VALIDATION_TIMESTEPS}, or {NOISE_TIMESTEPS} for the *_noise datasets")
     p.add_argument("--taps", default="all")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
@@ -175,7 +178,8 @@ def cmd_probe(args: argparse.Namespace) -> None:
     device = _device(args.device)
     model = load_model(args.model, device=device)
     (utr, ytr), (ute, yte), k = load_dataset(args.dataset, args.n_train, args.n_test, args.seed)
-    grid = probe_grid(model, (_model_input(utr, device), ytr), (_model_input(ute, device), yte), args.timesteps,
+    timesteps = args.timesteps or DEFAULT_TIMESTEPS.get(args.dataset, VALIDATION_TIMESTEPS)
+    grid = probe_grid(model, (_model_input(utr, device), ytr), (_model_input(ute, device), yte), timesteps,
                       args.taps, k, seed=args.seed, progress=not args.no_progress)
     best = divmod(int(grid.metric.argmax()), len(grid.taps))
     print(f"raw-pixel probe: {100 * grid.floor:.2f}%")
