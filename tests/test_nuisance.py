@@ -62,7 +62,7 @@ def test_noisy_datasets_keep_labels_and_noise_prefixes(name):
 
 def test_noisy_dataset_defaults():
     (xtr, _), (xte, _), _ = load_dataset("fashion_noise")
-    assert (len(xtr), len(xte)) == (300, 1000)
+    assert (len(xtr), len(xte)) == (300, 500)
 
 
 def test_validate_on_a_noisy_dataset_reports_the_margin_over_the_smallest_t(tmp_path, capsys):

@@ -170,8 +170,7 @@ def main(folder: Path = HERE) -> None:
              if (folder / f"validation_{n}.json").is_file()}
     if noisy:
         print("\n".join(interior(noisy)), end="\n\n")
-        print("\n".join(scorers(noisy, both=True)), end="\n\n")
-        print("\n".join(scorers(noisy, "classification", PRESET, both=True)))
+        print("\n".join(scorers(noisy, both=True)))  # the noisy runs score the mlp_hidden preset only
 
 
 if __name__ == "__main__":
