@@ -159,7 +159,8 @@ def _validation_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-train", type=int, default=None,
                    help="labeled images the probes train on (default: 1000; 300 for the *_noise datasets)")
     p.add_argument("--n-test", type=int, default=None,
-                   help="labeled images the probes are scored on (default: 1000 for fashion, 797 for digits)")
+                   help="labeled images the probes are scored on (default: 1000 for fashion, 797 for digits, 500 for "
+                        "the *_noise datasets)")
     p.add_argument("--timesteps", default=None,
                    help=f"comma list of ints and start:stop:step ranges (stop exclusive); default "
                         f"{VALIDATION_TIMESTEPS}, or {NOISE_TIMESTEPS} for the *_noise datasets")

@@ -3,8 +3,9 @@
 A clean image ``u8`` (uint8, ``[N, H, W]``) becomes ``clip(u8 / 255 + std * z, 0, 1)`` rounded back to uint8, with
 ``z`` standard normal, drawn per pixel from ``numpy.random.default_rng([seed, stream])``.  The noise does not
 depend on the label, so it carries no class information; a linear probe on raw pixels or on t = 0 features has
-to read the class through it, while moderate diffusion noise (t near 100, where the DDPM noise level is about
-0.3 in the model's [-1, 1] range) puts the image where a denoiser trained on clean images expects noise.
+to read the class through it.  At the default ``std`` (0.6 in the model's [-1, 1] range before clipping, near the
+DDPM noise level sqrt(1 - abar_t) of t = 200) a denoiser trained on clean images sees such an image as a noisy
+one once it is told a moderate t.
 
 The draw covers the whole split before any subset is taken, so the first n images of a split are noised the same
 way whatever n is.  Only data the package already has is used (the shipped Fashion-MNIST subset and
