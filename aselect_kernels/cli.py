@@ -31,6 +31,8 @@ DEFAULT_SCORER = "token_var"
 BACKENDS = ("auto", "triton", "cuda", "matmul", "torch")
 DEFAULT_TAPS = "mlp_hidden"
 VALIDATION_TIMESTEPS = "0,10,25,50:1000:50"
+NOISE_TIMESTEPS = "0,25,50,100,150,200,300,500,900"
+DATASETS = ("fashion", "digits", "fashion_noise", "digits_noise")
 DTYPES = ("fp32", "fp16", "bf16")
 #: Set to 1 for full tracebacks (the same as ``--debug``).
 DEBUG_ENV = "ASELECT_DEBUG"
@@ -298,9 +300,11 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def _validation_data(args: argparse.Namespace) -> tuple:
-    """The labelled dataset of ``probe`` / ``validate``, loaded (and its sizes checked) before the model."""
+    """The labelled dataset of ``probe`` / ``validate``, loaded (and its sizes checked) before the model; the
+    dataset's default timesteps fill in ``args.timesteps`` when none were given."""
     from .validate import load_dataset
 
+    args.timesteps = args.timesteps or (NOISE_TIMESTEPS if args.dataset.endswith("_noise") else VALIDATION_TIMESTEPS)
     _check_timesteps(args.timesteps)
     return load_dataset(args.dataset, args.n_train, args.n_test, args.seed)
 
@@ -345,12 +349,14 @@ def cmd_validate(args: argparse.Namespace) -> None:
 
     start = time.perf_counter()
     device = _device(args.device)
-    _, (ute, _), _ = _validation_data(args)
-    if args.n_select > args.n_train:
-        raise CliError(f"--n-select {args.n_select} exceeds --n-train {args.n_train} (selection uses training images)")
-    if not args.no_dense and (args.n_dense_train > args.n_train or args.n_dense_test > len(ute)):
+    (utr, _), (ute, _), _ = _validation_data(args)
+    n_train = len(utr)
+    if args.n_select > n_train:
+        raise CliError(f"--n-select {args.n_select} exceeds the {n_train} training images (selection uses them)")
+    dense = not args.no_dense and not args.dataset.endswith("_noise")
+    if dense and (args.n_dense_train > n_train or args.n_dense_test > len(ute)):
         raise CliError(f"the dense probe takes its images from the probe's: --n-dense-train {args.n_dense_train} and "
-                       f"--n-dense-test {args.n_dense_test} must not exceed {args.n_train} and {len(ute)}")
+                       f"--n-dense-test {args.n_dense_test} must not exceed {n_train} and {len(ute)}")
     model = load_model(args.model, device=device)
     report, selection, grid, dgrid = run_validation(
         model, args.dataset, args.n_train, args.n_test, args.n_select, args.timesteps, args.taps,
@@ -404,13 +410,17 @@ def _selection_args(p: argparse.ArgumentParser, default_out: str) -> None:
 
 def _validation_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="embedded", help="'embedded' or a diffusers folder (1x28x28 pixel DiT)")
-    p.add_argument("--dataset", default="fashion", choices=("fashion", "digits"),
-                   help="shipped Fashion-MNIST, or scikit-learn's digits (never seen in training)")
-    p.add_argument("--n-train", type=_count, default=1000, help="labeled images the probes train on")
+    p.add_argument("--dataset", default="fashion", choices=DATASETS,
+                   help="shipped Fashion-MNIST, or scikit-learn's digits (never seen in training); *_noise: the same "
+                        "images with seeded pixel noise (the interior-optimum benchmark)")
+    p.add_argument("--n-train", type=_count, default=None,
+                   help="labeled images the probes train on (default: 1000; 300 for the *_noise datasets)")
     p.add_argument("--n-test", type=_count, default=None,
-                   help="labeled images the probes are scored on (default: 1000 for fashion, 797 for digits)")
-    p.add_argument("--timesteps", default=VALIDATION_TIMESTEPS,
-                   help="comma list of ints and start:stop:step ranges (stop exclusive)")
+                   help="labeled images the probes are scored on (default: 1000 for fashion, 797 for digits, 500 for "
+                        "the *_noise datasets)")
+    p.add_argument("--timesteps", default=None,
+                   help=f"comma list of ints and start:stop:step ranges (stop exclusive); default "
+                        f"{VALIDATION_TIMESTEPS}, or {NOISE_TIMESTEPS} for the *_noise datasets")
     p.add_argument("--taps", default="all", help="tap presets or module paths, as for select")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, default=0, help="noise and data-split seed")

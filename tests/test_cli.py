@@ -284,6 +284,8 @@ def test_parser_names_match_the_library():
     assert cli.SCORERS == tuple(s.name for s in scorers.list_scorers()[: len(cli.SCORERS)])
     assert cli.DEFAULT_SCORER == scorers.DEFAULT_SCORER and cli.BACKENDS == stats.BACKENDS
     assert cli.DEFAULT_TAPS == taps.DEFAULT_TAPS and cli.VALIDATION_TIMESTEPS == validate.VALIDATION_TIMESTEPS
+    assert cli.NOISE_TIMESTEPS == validate.NOISE_TIMESTEPS and cli.DATASETS == validate.DATASETS
+    assert validate.DEFAULT_TIMESTEPS == {d: cli.NOISE_TIMESTEPS for d in cli.DATASETS if d.endswith("_noise")}
 
 
 def _run_python(code: str, **env) -> subprocess.CompletedProcess:
