@@ -273,7 +273,8 @@ def test_help_shows_defaults_and_version(capsys):
         assert "(default: 0:1000:50)" in text and "(default: mlp_hidden)" in text and "(default: token_var)" in text
     assert "(default: aselect_demo)" in helps["demo"] and "number of test images (default: 64)" in helps["demo"]
     assert "(default: aselect_out)" in helps["select"]
-    assert "(default: 0,10,25,50:1000:50)" in helps["validate"] and "(default: aselect_validation)" in helps["validate"]
+    assert "default 0,10,25,50:1000:50, or 0,25,50,100,150,200,300,500,900 for the *_noise" in helps["validate"]
+    assert "(default: aselect_validation)" in helps["validate"]
     assert "(default: aselect_probe)" in helps["probe"] and "(default: all)" in helps["probe"]
     assert "(default: None)" not in " ".join(helps.values())
 
@@ -349,7 +350,7 @@ def test_train_continues_the_embedded_model(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("extra,needle", [
-    (["--n-select", "50", "--n-train", "24"], "--n-select 50 exceeds --n-train 24"),
+    (["--n-select", "50", "--n-train", "24"], "--n-select 50 exceeds the 24 training images"),
     (["--n-train", "24", "--n-select", "4", "--n-dense-train", "30"], "--n-dense-train 30"),
     (["--n-train", "0"], "--n-train: must be >= 1"),
     (["--n-train", "99999"], "asked 99999"),
