@@ -6,6 +6,7 @@ Bad arguments end with one line ``aselect: error: ...`` and exit status 2, never
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ from .reference import StatsConfig
 from .scorers import DEFAULT_SCORER, list_scorers
 from .stats import BACKENDS
 from .taps import DEFAULT_TAPS
-from .validate import VALIDATION_TIMESTEPS
+from .validate import DEFAULT_TEST_FRACTION, VALIDATION_TIMESTEPS
 
 DEMO_IMAGES = 64
 DEMO_TIMESTEPS = "0:1000:50"
@@ -153,31 +154,109 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def _validation_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="embedded", help="'embedded' or a diffusers folder (1x28x28 pixel DiT)")
-    p.add_argument("--dataset", default="fashion", choices=("fashion", "digits"))
-    p.add_argument("--n-train", type=int, default=1000, help="labeled images the probes train on")
+    p.add_argument("--model", default="embedded",
+                   help="'embedded', a diffusers save_pretrained folder, or a hub id (as for select)")
+    p.add_argument("--dataset", choices=("fashion", "digits"),
+                   help="a shipped dataset on the embedded model's 28x28 inputs (default: fashion, unless --images)")
+    p.add_argument("--images", help="your labelled images: an .npz with 'images' and 'labels' (optional 'masks', "
+                                    "integer pixel labels for the dense probe), or a folder of one subfolder per "
+                                    "class")
+    p.add_argument("--test-images", help="a separate labelled test set in the same forms (default: a seeded "
+                                         "stratified split of --images)")
+    p.add_argument("--test-fraction", type=float, default=DEFAULT_TEST_FRACTION,
+                   help="share of each class held out for testing when there is no --test-images")
+    p.add_argument("--n-train", type=int, default=None,
+                   help="labeled images the probes train on (default: 1000 for a shipped dataset, all of --images)")
     p.add_argument("--n-test", type=int, default=None,
-                   help="labeled images the probes are scored on (default: 1000 for fashion, 797 for digits)")
+                   help="labeled images the probes are scored on (default: 1000 for fashion, 797 for digits, all "
+                        "of the test split)")
     p.add_argument("--timesteps", default=VALIDATION_TIMESTEPS,
                    help="comma list of ints and start:stop:step ranges (stop exclusive)")
-    p.add_argument("--taps", default="all")
+    p.add_argument("--taps", default="all", help="as for select: a preset or comma-separated module paths")
+    p.add_argument("--noise", default="ddpm", choices=("ddpm", "flow"))
+    p.add_argument("--use-labels", action="store_true",
+                   help="condition the model on each image's label (the probes then see it too; default: null)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="fp32", choices=sorted(_DTYPES))
+    p.add_argument("--one-at-a-time", action="store_true",
+                   help="fit the probes one after another (the reference path) instead of batched")
+    p.add_argument("--memory-budget-mb", type=float, default=None,
+                   help="memory one batch of probe fits may use (default 1024)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
+
+
+def _check_validation_args(args: argparse.Namespace) -> None:
+    """Argument errors found before loading anything."""
+    if args.images and args.dataset:
+        raise CliError("give either --dataset or --images, not both")
+    if args.test_images and not args.images:
+        raise CliError("--test-images needs --images")
+    for name in ("images", "test_images"):
+        path = getattr(args, name)
+        if path and not Path(path).expanduser().exists():
+            raise CliError(f"--{name.replace('_', '-')} not found: {path}")
+    for name in ("n_train", "n_test", "n_select"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise CliError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if not 0.0 < args.test_fraction < 1.0:
+        raise CliError(f"--test-fraction must lie in (0, 1), got {args.test_fraction}")
+    if args.memory_budget_mb is not None and args.memory_budget_mb <= 0:
+        raise CliError(f"--memory-budget-mb must be positive, got {args.memory_budget_mb}")
+    from .noise import parse_timesteps
+
+    parse_timesteps(args.timesteps)
+
+
+def _labelled_data(args: argparse.Namespace, device: torch.device) -> dict:
+    """The labelled images of a shipped dataset or of --images/--test-images, as keyword arguments of
+    :func:`~aselect_kernels.validate.validation_parts` (masks of a shipped dataset: its foreground targets)."""
+    from .probe import dense_target
+    from .validate import _model_input, load_dataset
+
+    if args.images:
+        from .data import load_labelled
+
+        train = load_labelled(args.images)
+        test = load_labelled(args.test_images) if args.test_images else None
+        return {"images": train.images, "labels": train.labels, "masks": train.masks,
+                "test_images": test.images if test else None, "test_labels": test.labels if test else None,
+                "test_masks": test.masks if test else None, "n_train": args.n_train, "n_test": args.n_test,
+                "name": re.sub(r"[^A-Za-z0-9_.-]", "_", Path(args.images).expanduser().stem) or "user"}
+    dataset = args.dataset or "fashion"
+    (utr, ytr), (ute, yte), _ = load_dataset(dataset, args.n_train or 1000, args.n_test, args.seed)
+    return {"images": _model_input(utr, device), "labels": ytr, "masks": dense_target(utr, ytr),
+            "test_images": _model_input(ute, device), "test_labels": yte, "test_masks": dense_target(ute, yte),
+            "name": dataset}
+
+
+def _fit_options(args: argparse.Namespace) -> dict:
+    budget = int(args.memory_budget_mb * 2**20) if args.memory_budget_mb else None
+    return {"batched": not args.one_at_a_time, "memory_budget": budget}
 
 
 def cmd_probe(args: argparse.Namespace) -> None:
     import json
 
+    from .forward import Conditioning
     from .model import load_model
-    from .validate import _model_input, load_dataset, probe_grid
+    from .validate import _noiser_check, prepare_splits, probe_grid
 
+    _check_validation_args(args)
     device = _device(args.device)
-    model = load_model(args.model, device=device)
-    (utr, ytr), (ute, yte), k = load_dataset(args.dataset, args.n_train, args.n_test, args.seed)
-    grid = probe_grid(model, (_model_input(utr, device), ytr), (_model_input(ute, device), yte), args.timesteps,
-                      args.taps, k, seed=args.seed, progress=not args.no_progress)
+    model = load_model(args.model, device=device, dtype=_DTYPES[args.dtype])
+    data = _labelled_data(args, device)
+    train, test, classes, _ = prepare_splits(
+        model, data["images"], data["labels"], data["test_images"], data["test_labels"],
+        test_fraction=args.test_fraction, seed=args.seed, n_train=data.get("n_train"), n_test=data.get("n_test"))
+    _noiser_check(args.noise, args.timesteps)
+    cond = Conditioning(class_labels=torch.cat([train.y, test.y]).to(device)) if args.use_labels else None
+    grid = probe_grid(model, (train.x, train.y), (test.x, test.y), args.timesteps, args.taps, len(classes),
+                      noise=args.noise, conditioning=cond, seed=args.seed, progress=not args.no_progress,
+                      **_fit_options(args))
     best = divmod(int(grid.metric.argmax()), len(grid.taps))
+    print(f"{data['name']}: {len(train.y)} train / {len(test.y)} test images, {len(classes)} classes")
     print(f"raw-pixel probe: {100 * grid.floor:.2f}%")
     for p, tap in enumerate(grid.taps):
         ti = int(grid.metric[:, p].argmax())
@@ -186,7 +265,9 @@ def cmd_probe(args: argparse.Namespace) -> None:
           f"({grid.forward_samples} forward samples, {grid.wall_s:.1f} s)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "probe.json").write_text(json.dumps(grid.to_dict(), indent=1))
+    (out / "probe.json").write_text(json.dumps({"dataset": data["name"], "n_train": len(train.y),
+                                                "n_test": len(test.y), "classes": classes, **grid.to_dict()},
+                                               indent=1))
     print(f"wrote {out / 'probe.json'}")
 
 
@@ -194,28 +275,35 @@ def cmd_validate(args: argparse.Namespace) -> None:
     import json
 
     from .model import load_model
-    from .validate import plot_validation, report_markdown, run_validation, summary_lines
+    from .validate import plot_validation, report_markdown, summary_lines, validation_parts
 
+    _check_validation_args(args)
     start = time.perf_counter()
-    model = load_model(args.model, device=_device(args.device))
-    report, selection, grid, dgrid = run_validation(
-        model, args.dataset, args.n_train, args.n_test, args.n_select, args.timesteps, args.taps,
-        dense=not args.no_dense, n_dense_train=args.n_dense_train, n_dense_test=args.n_dense_test,
-        candidates=args.candidates, seed=args.seed, progress=not args.no_progress,
+    device = _device(args.device)
+    model = load_model(args.model, device=device, dtype=_DTYPES[args.dtype])
+    data = _labelled_data(args, device)
+    report, selection, grid, dgrid = validation_parts(
+        model, **data, n_select=args.n_select, timesteps=args.timesteps, taps=args.taps, noise=args.noise,
+        use_labels=args.use_labels, test_fraction=args.test_fraction, dense=not args.no_dense,
+        n_dense_train=args.n_dense_train, n_dense_test=args.n_dense_test, candidates=args.candidates,
+        seed=args.seed, progress=not args.no_progress, **_fit_options(args),
     )
     report["wall_s"] = round(time.perf_counter() - start, 1)
+    name = report["dataset"]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"validation_{args.dataset}.json").write_text(json.dumps(report, indent=1))
-    selection.to_json(out / f"selection_{args.dataset}.json")
-    (out / f"validation_{args.dataset}.md").write_text(report_markdown(report) + "\n")
-    plot_validation(selection, grid, str(out / f"validation_{args.dataset}.png"))
+    (out / f"validation_{name}.json").write_text(json.dumps(report, indent=1))
+    selection.to_json(out / f"selection_{name}.json")
+    (out / f"validation_{name}.md").write_text(report_markdown(report) + "\n")
+    plot_validation(selection, grid, str(out / f"validation_{name}.png"))
     if dgrid is not None:
-        plot_validation(selection, dgrid, str(out / f"validation_{args.dataset}_dense.png"))
+        plot_validation(selection, dgrid, str(out / f"validation_{name}_dense.png"))
     print("\n".join(summary_lines(report)))
+    if "dense_note" in report:
+        print(report["dense_note"] + " (give integer pixel labels as 'masks' in an .npz)")
     extra = report["cost"]["candidates_wall_s"]
     note = f" ({extra:.1f} s of it the untimed candidate pass)" if args.candidates else ""
-    print(f"validate wall time {report['wall_s']:.1f} s{note}; wrote {out}/validation_{args.dataset}.json, .md, .png")
+    print(f"validate wall time {report['wall_s']:.1f} s{note}; wrote {out}/validation_{name}.json, .md, .png")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -242,7 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     va = sub.add_parser("validate", help="selection vs the exhaustive probe grid, with trivial rules")
     _validation_data_args(va)
-    va.add_argument("--n-select", type=int, default=64, help="unlabeled images used by selection")
+    va.add_argument("--n-select", type=int, default=None,
+                    help="unlabeled training images used by selection (default: 64, or all if fewer)")
     va.add_argument("--no-dense", action="store_true", help="skip the dense (segmentation) probe")
     va.add_argument("--candidates", action="store_true",
                     help="also score the candidate criteria (2-D ratios, effective rank) in an extra, untimed run")
