@@ -36,7 +36,8 @@ from dataclasses import dataclass
 
 import torch
 
-#: Default memory a batch of cells may take (features, weights, history and per-step temporaries), in bytes.
+#: Default memory a batch of cells may take (features, weights, history and per-step temporaries), in bytes, on
+#: the CPU; on a GPU, :func:`default_memory_budget` allows up to 8 GiB.
 DEFAULT_MEMORY_BUDGET = 1 << 30
 _C1 = 1e-4  # Armijo sufficient-decrease constant
 _MAX_HALVINGS = 40
@@ -109,12 +110,11 @@ def lbfgs_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float
             keep = ~finished
             if not bool(keep.any()):
                 break
-            active = active[keep]
+            active, xa = active[keep], xa[keep]  # converged cells leave the batch (one copy per exit)
             theta, loss, grad, gamma, gmax = theta[keep], loss[keep], grad[keep], gamma[keep], gmax[keep]
             s_hist = [s[keep] for s in s_hist]
             y_hist = [v[keep] for v in y_hist]
             rho_hist = [r[keep] for r in rho_hist]
-        xa_act = xa[active] if active.shape[0] < g_all else xa
         it += 1
         # Two-loop recursion: direction = -H grad, with H0 = gamma I.
         q = -grad
@@ -138,7 +138,7 @@ def lbfgs_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float
         if not s_hist:
             step = torch.clamp(1.0 / grad.abs().sum((1, 2)), max=1.0)
         new_theta = theta + step[:, None, None] * direction
-        new_loss, new_grad = _loss_grad(xa_act, new_theta, onehot, l2)
+        new_loss, new_grad = _loss_grad(xa, new_theta, onehot, l2)
         ok = new_loss <= loss + _C1 * step * slope
         halvings = 0
         while not bool(ok.all()) and halvings < _MAX_HALVINGS:
@@ -146,7 +146,7 @@ def lbfgs_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float
             pend = ~ok
             step = torch.where(pend, step * 0.5, step)
             cand = theta[pend] + step[pend][:, None, None] * direction[pend]
-            c_loss, c_grad = _loss_grad(xa_act[pend], cand, onehot, l2)
+            c_loss, c_grad = _loss_grad(xa[pend], cand, onehot, l2)
             new_theta[pend], new_loss[pend], new_grad[pend] = cand, c_loss, c_grad
             ok[pend] = c_loss <= loss[pend] + _C1 * step[pend] * slope[pend]
         s = new_theta - theta
@@ -176,17 +176,28 @@ def cell_bytes(n_rows: int, d: int, num_classes: int, history_size: int = 20) ->
     return 8 * (3 * n_rows * (d + 1) + 6 * n_rows * num_classes + (2 * history_size + 8) * (d + 1) * num_classes)
 
 
-def plan_batches(widths: Sequence[int], n_rows: int, num_classes: int, memory_budget: int | None = None
-                 ) -> list[list[int]]:
-    """Group cells (by index into ``widths``, their feature widths) into batches of similar width that each fit
-    ``memory_budget`` bytes (default :data:`DEFAULT_MEMORY_BUDGET`, padded to the batch's widest cell); a cell
-    too large for the budget gets a batch of its own."""
+def default_memory_budget(device: torch.device | str) -> int:
+    """:data:`DEFAULT_MEMORY_BUDGET` on the CPU; on a CUDA device a quarter of its free memory, at most 8 GiB."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return DEFAULT_MEMORY_BUDGET
+    free, _ = torch.cuda.mem_get_info(device)
+    return max(DEFAULT_MEMORY_BUDGET // 4, min(8 << 30, free // 4))
+
+
+def plan_batches(widths: Sequence[int], n_rows: int, num_classes: int, memory_budget: int | None = None,
+                 max_padding: float = 1.25) -> list[list[int]]:
+    """Group cells (by index into ``widths``, their feature widths) into batches that each fit ``memory_budget``
+    bytes (default :data:`DEFAULT_MEMORY_BUDGET`, counted at the batch's widest cell) and whose widest cell is at
+    most ``max_padding`` times their narrowest, so padding wastes little; a cell too large for the budget gets a
+    batch of its own."""
     budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else int(memory_budget)
     order = sorted(range(len(widths)), key=lambda i: widths[i])
     batches: list[list[int]] = []
     for i in order:
         last = batches[-1] if batches else None
-        if last is not None and (len(last) + 1) * cell_bytes(n_rows, widths[i], num_classes) <= budget:
+        if (last is not None and widths[i] <= max_padding * widths[last[0]]
+                and (len(last) + 1) * cell_bytes(n_rows, widths[i], num_classes) <= budget):
             last.append(i)
         else:
             batches.append([i])

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .batched_logistic import default_memory_budget
 from .forward import Conditioning
 from .noise import Noiser, parse_timesteps
 from .probe import (
@@ -32,7 +33,6 @@ from .probe import (
     dense_probe_miou,
     dense_target,
     dense_tokens,
-    linear_probe_correct,
     patch_labels,
     probe_logits,
     standardize,
@@ -162,6 +162,7 @@ def probe_grid(
 
     correct = np.zeros((len(ts), len(names), xte.shape[0]), dtype=bool)
     total = len(cells) + 1
+    memory_budget = default_memory_budget(dev) if memory_budget is None else memory_budget
     fits = probe_logits([lambda c=c: load(*c) for c in cells], [feats[names[p]].shape[-1] for p, _ in cells],
                         n + xte.shape[0], ytr, num_classes, batched=batched, memory_budget=memory_budget)
     for done, (i, logits) in enumerate(fits, start=1):
@@ -169,7 +170,10 @@ def probe_grid(
         correct[ti, p] = (logits.argmax(1).cpu() == yte.cpu()).numpy()
         if on_fit is not None:
             on_fit(done, total)
-    floor_correct = linear_probe_correct(xtr.flatten(1), ytr, xte.flatten(1), yte, num_classes).numpy()
+    raw = standardize(xtr.flatten(1).to(torch.float64), xte.flatten(1).to(torch.float64))
+    (_, floor_logits), = probe_logits([lambda: tuple(raw)], [raw[0].shape[1]], n + xte.shape[0], ytr, num_classes,
+                                      batched=batched, memory_budget=memory_budget)
+    floor_correct = (floor_logits.argmax(1).cpu() == yte.cpu()).numpy()
     if on_fit is not None:
         on_fit(total, total)
     return ProbeGrid(ts, names, correct.mean(-1), "accuracy", float(floor_correct.mean()), info.samples,
@@ -215,6 +219,7 @@ def dense_probe_grid(
 
     miou = np.zeros((len(ts), len(names)))
     rows = (n + xte.shape[0]) * hw[0] * hw[1]
+    memory_budget = default_memory_budget(dev) if memory_budget is None else memory_budget
     fits = probe_logits([lambda c=c: load(*c) for c in cells], [feats[names[p]].shape[-1] for p, _ in cells], rows,
                         tr_labels, num_classes, max_iter=DENSE_MAX_ITER, batched=batched, memory_budget=memory_budget)
     for i, logits in fits:

@@ -128,7 +128,8 @@ def test_batches_respect_the_memory_budget():
     for b in batches:
         widest = max(widths[i] for i in b)
         assert len(b) == 1 or len(b) * per[widest] <= budget
-        assert [widths[i] for i in b] == sorted(widths[i] for i in b)
+        assert [widths[i] for i in b] == sorted(widths[i] for i in b) and widest <= 1.25 * widths[b[0]]
+    assert plan_batches(widths, 100, 10, 10**12) == [[3], [0, 2, 5], [1, 4]]  # widths never mix 17, 96, 384
     assert plan_batches(widths, 100, 10, 1) == [[i] for i in sorted(range(6), key=lambda i: widths[i])]
 
 
