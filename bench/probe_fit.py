@@ -1,15 +1,14 @@
 """The probe grid's fits, batched vs one at a time, on the same cells: wall time and agreement.
 
-``python bench/probe_fit.py --out DIR [--timesteps 0,25,100,400] [--taps all] [--cells 24] [--rounds 2]``
+``python bench/probe_fit.py --out DIR [--timesteps 0,100] [--taps all] [--cells 5] [--rounds 2] [--threads N]``
 
 Features of the embedded model on the shipped Fashion-MNIST images (1000 train / 1000 test, as ``aselect validate``)
-are captured once for the given timesteps and taps (kept in ``DIR/features.pt`` for a rerun); every (t, tap) is
-a cell.  Then, ``--rounds`` times and
-alternating which goes first (so both see the same machine load): the batched fit of all cells, and the
-one-at-a-time fit of the first ``--cells`` cells (every cell when 0).  ``DIR/probe_fit.json`` gets the times, the
-per-cell rate of each path, and their agreement on the cells both fitted: test predictions, accuracy, logits, and
-each solution's largest gradient entry (how close to the optimum it stopped).  :func:`fit_both` is reused by the
-GPU script.
+are captured once for the given timesteps and taps (kept in ``DIR/features.pt`` for a rerun); every (t, tap) is a
+cell.  Then, ``--rounds`` times and alternating which goes first (so both see the same machine load): the batched
+fit of all cells, and the one-at-a-time fit of ``--cells`` of them with the grid's mix of tap widths (every cell
+when 0).  ``DIR/probe_fit.json`` gets the times, the per-cell rate of each path, their agreement on the cells both
+fitted (test predictions, accuracy, probabilities, logits), and each solution's largest gradient entry on a few
+cells (how close to the optimum it stopped).  :func:`fit_both` is reused by the GPU script.
 """
 
 from __future__ import annotations
@@ -45,10 +44,25 @@ def grad_max(train: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Ten
     return float(g.abs().max())
 
 
+def same_mix(widths: list[int], count: int, seed: int = 0) -> list[int]:
+    """``count`` cell indices (all when ``count <= 0``) with the widths in the same proportions as the whole grid
+    (at least one of each width), seeded, so per-cell rates of a subset and of the grid compare."""
+    if count <= 0 or count >= len(widths):
+        return list(range(len(widths)))
+    gen = torch.Generator().manual_seed(seed)
+    picked: list[int] = []
+    for d in sorted(set(widths)):
+        group = [i for i, w in enumerate(widths) if w == d]
+        take = max(1, round(count * len(group) / len(widths)))
+        picked += [group[int(j)] for j in torch.randperm(len(group), generator=gen)[:take]]
+    return sorted(picked)
+
+
 def fit_both(feats: dict[str, torch.Tensor], ytr: torch.Tensor, yte: torch.Tensor, k: int, device: torch.device,
              n_single: int, single_first: bool = False, memory_budget: int | None = None) -> dict:
     """Time the batched fit of every cell of ``feats`` (``{tap: [N_train + N_test, T, C]}``) and the one-at-a-time
-    fit of its first ``n_single`` cells (``single_first``: in that order); compare them on those cells."""
+    fit of ``n_single`` of them with the grid's mix of widths (:func:`same_mix`; ``single_first``: in that
+    order); compare them on those cells."""
     names = list(feats)
     n = ytr.shape[0]
     cells = [(p, ti) for p in range(len(names)) for ti in range(feats[names[0]].shape[1])]
@@ -63,29 +77,31 @@ def fit_both(feats: dict[str, torch.Tensor], ytr: torch.Tensor, yte: torch.Tenso
     rows = n + yte.shape[0]
     ytr_d = ytr.to(device)
 
-    def run(batched: bool, count: int) -> tuple[float, list[torch.Tensor]]:
+    def run(batched: bool, which: list[int]) -> tuple[float, list[torch.Tensor]]:
         _sync()
         start = time.perf_counter()
-        out: list[torch.Tensor] = [torch.empty(0)] * count
-        for i, logits in probe_logits(loaders[:count], widths[:count], rows, ytr_d, k, batched=batched,
-                                      memory_budget=memory_budget):
+        out: list[torch.Tensor] = [torch.empty(0)] * len(which)
+        for i, logits in probe_logits([loaders[j] for j in which], [widths[j] for j in which], rows, ytr_d, k,
+                                      batched=batched, memory_budget=memory_budget):
             out[i] = logits
         _sync()
         return time.perf_counter() - start, out
 
-    single_n = len(cells) if n_single <= 0 else min(n_single, len(cells))
+    single = same_mix(widths, n_single)
+    single_n = len(single)
     if single_first:
-        t_single, single_logits = run(False, single_n)
-    t_batch, batch_logits = run(True, len(cells))
+        t_single, single_logits = run(False, single)
+    t_batch, batch_logits = run(True, list(range(len(cells))))
     if not single_first:
-        t_single, single_logits = run(False, single_n)
+        t_single, single_logits = run(False, single)
     agree = []
-    for i in range(single_n):
-        a, b = batch_logits[i], single_logits[i]
+    for i, j in enumerate(single):
+        a, b = batch_logits[j], single_logits[i]
         pa, pb = torch.softmax(a, 1), torch.softmax(b, 1)
         acc_a = float((a.argmax(1).cpu() == yte).double().mean())
         acc_b = float((b.argmax(1).cpu() == yte).double().mean())
-        agree.append({"cell": [names[cells[i][0]], cells[i][1]], "acc_batched": acc_a, "acc_single": acc_b,
+        agree.append({"cell": [names[cells[j][0]], cells[j][1]], "width": widths[j], "acc_batched": acc_a,
+                      "acc_single": acc_b,
                       "pred_differ": int((a.argmax(1) != b.argmax(1)).sum()),
                       "max_abs_prob_diff": float((pa - pb).abs().max()),
                       "max_abs_logit_diff": float((a - b).abs().max())})
@@ -125,9 +141,9 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--timesteps", default="0,25,100,400")
+    parser.add_argument("--timesteps", default="0,100")
     parser.add_argument("--taps", default="all")
-    parser.add_argument("--cells", type=int, default=24, help="cells fitted one at a time (0: all)")
+    parser.add_argument("--cells", type=int, default=5, help="cells fitted one at a time (0: all)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
