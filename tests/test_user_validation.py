@@ -119,9 +119,12 @@ def test_validate_api_matches_a_direct_probe_grid(npz):
 def test_cli_validate_npz_with_masks_and_separate_test_set(npz, tmp_path, capsys):
     out = tmp_path / "v"
     rc = main(["validate", "--model", str(npz / "dit8"), "--images", str(npz / "train.npz"), "--test-images",
-               str(npz / "test.npz"), "--n-select", "4", "--out", str(out), *CLI_TINY])
+               str(npz / "test.npz"), "--n-select", "4", "--out", str(out), *CLI_TINY,
+               "--taps", "transformer_blocks.0,transformer_blocks.1.ff"])
     assert rc == 0, capsys.readouterr().err
     report = json.loads((out / "validation_train.json").read_text())
+    assert report["classification"]["grid"]["taps"] == ["transformer_blocks.0", "transformer_blocks.1.ff"]
+    assert report["dense"]["grid"]["taps"] == ["transformer_blocks.0"]  # the block output among the taps
     assert report["n_train"] == 21 and report["n_test"] == 9 and report["classes"] == [3, 7, 9]
     assert report["dense"]["n_train"] == 21 and (out / "validation_train_dense.png").is_file()
     assert report["classification"]["grid"]["fit"] == "batched"
