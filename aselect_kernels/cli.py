@@ -256,7 +256,7 @@ def cmd_probe(args: argparse.Namespace) -> None:
         model, data["images"], data["labels"], data["test_images"], data["test_labels"],
         test_fraction=args.test_fraction, seed=args.seed, n_train=data.get("n_train"), n_test=data.get("n_test"))
     _noiser_check(args.noise, args.timesteps)
-    cond = Conditioning(class_labels=torch.cat([train.y, test.y]).to(device)) if args.use_labels else None
+    cond = Conditioning(class_labels=torch.cat([train.given, test.given]).to(device)) if args.use_labels else None
     grid = probe_grid(model, (train.x, train.y), (test.x, test.y), args.timesteps, _taps(args.taps), len(classes),
                       noise=args.noise, conditioning=cond, seed=args.seed, progress=not args.no_progress,
                       **_fit_options(args))

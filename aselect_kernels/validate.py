@@ -449,11 +449,13 @@ def check_images_fit_model(model: nn.Module, images: torch.Tensor, what: str = "
 
 @dataclass
 class _Split:
-    """Model-range images, class indices ``0..K-1`` and optional pixel targets of one split."""
+    """Model-range images, class indices ``0..K-1``, optional pixel targets, and the labels as given (what class
+    conditioning feeds the model)."""
 
     x: torch.Tensor
     y: torch.Tensor
     target: torch.Tensor | None
+    given: torch.Tensor
 
 
 def validate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, **options) -> dict:
@@ -588,7 +590,7 @@ def prepare_splits(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
 
     def split(x: torch.Tensor, y: torch.Tensor, m: torch.Tensor | None) -> _Split:
         idx = torch.tensor([lookup[int(v)] for v in y.tolist()], dtype=torch.long)
-        return _Split(x.to(device, torch.float32), idx, m.to(torch.int64) if m is not None else None)
+        return _Split(x.to(device, torch.float32), idx, m.to(torch.int64) if m is not None else None, y.long())
 
     dense_classes = 0
     if masks is not None:
@@ -618,7 +620,7 @@ def _run(model: nn.Module, train: _Split, test: _Split, classes: list, dense_cla
     taps_spec = taps if isinstance(taps, str) else ",".join(taps)
     start = time.perf_counter()
     selection = select_timestep(model, train.x[:n_select], timesteps, taps, noise=noise,
-                                conditioning=cond(train.y[:n_select]), seed=seed, progress=progress)
+                                conditioning=cond(train.given[:n_select]), seed=seed, progress=progress)
     select_s = time.perf_counter() - start
     candidates_s = 0.0
     if candidates:
@@ -626,7 +628,7 @@ def _run(model: nn.Module, train: _Split, test: _Split, classes: list, dense_cla
         selection = _with_candidates(selection, model, train.x[:n_select], timesteps, taps, seed, progress)
         candidates_s = time.perf_counter() - start
     grid = probe_grid(model, (train.x, train.y), (test.x, test.y), timesteps, taps, k, noise=noise,
-                      conditioning=cond(train.y, test.y), seed=seed, progress=progress, batched=batched,
+                      conditioning=cond(train.given, test.given), seed=seed, progress=progress, batched=batched,
                       memory_budget=memory_budget)
     report: dict = {
         "dataset": name, "n_train": len(train.y), "n_test": len(test.y), "n_select": n_select, "timesteps": ts_spec,
@@ -643,8 +645,9 @@ def _run(model: nn.Module, train: _Split, test: _Split, classes: list, dense_cla
         assert train.target is not None and test.target is not None
         a, b = min(n_dense[0], len(train.y)), min(n_dense[1], len(test.y))
         dgrid = dense_probe_grid(model, (train.x[:a], train.target[:a]), (test.x[:b], test.target[:b]), timesteps,
-                                 dense_taps, dense_classes, noise=noise, conditioning=cond(train.y[:a], test.y[:b]),
-                                 seed=seed, progress=progress, batched=batched, memory_budget=memory_budget)
+                                 dense_taps, dense_classes, noise=noise,
+                                 conditioning=cond(train.given[:a], test.given[:b]), seed=seed, progress=progress,
+                                 batched=batched, memory_budget=memory_budget)
         report["dense"] = {"grid": dgrid.to_dict(), "n_train": a, "n_test": b,
                            **compare(selection, dgrid, {"dense_taps": dgrid.taps})}
     elif dense_note:

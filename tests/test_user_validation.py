@@ -181,3 +181,21 @@ def test_cli_rejects_images_that_do_not_fit_the_model(npz, tmp_path, capsys):
     assert rc == 2 and "the model takes 8x8 inputs" in capsys.readouterr().err
     rc = main(["validate", "--model", str(npz / "dit8"), "--test-images", str(tmp_path / "big.npz"), *CLI_TINY])
     assert rc == 2 and "--test-images needs --images" in capsys.readouterr().err
+
+
+def test_use_labels_conditions_on_the_labels_as_given(npz, monkeypatch):
+    import aselect_kernels.validate as validate_mod
+
+    seen = []
+    real = validate_mod.capture_features
+
+    def spy(model, images, *args, conditioning=None, **kwargs):
+        seen.append((images.shape[0], conditioning.class_labels.cpu()))
+        return real(model, images, *args, conditioning=conditioning, **kwargs)
+
+    monkeypatch.setattr(validate_mod, "capture_features", spy)
+    data, test = load_labelled(npz / "train.npz"), load_labelled(npz / "test.npz")
+    report = validate(tiny_dit(sample=8), data.images, data.labels, test_images=test.images,
+                      test_labels=test.labels, dense=False, use_labels=True, **TINY)
+    assert report["use_labels"] and len(seen) == 1 and seen[0][0] == 30
+    assert seen[0][1].tolist() == data.labels.tolist() + test.labels.tolist()  # 3, 7, 9: not the class indices
