@@ -13,6 +13,7 @@ import contextlib
 import io
 import math
 import os
+import re
 import sys
 import tempfile
 import textwrap
@@ -33,6 +34,7 @@ DEFAULT_TAPS = "mlp_hidden"
 VALIDATION_TIMESTEPS = "0,10,25,50:1000:50"
 NOISE_TIMESTEPS = "0,25,50,100,150,200,300,500,900"
 DATASETS = ("fashion", "digits", "fashion_noise", "digits_noise")
+DEFAULT_TEST_FRACTION = 0.2
 DTYPES = ("fp32", "fp16", "bf16")
 #: Set to 1 for full tracebacks (the same as ``--debug``).
 DEBUG_ENV = "ASELECT_DEBUG"
@@ -299,33 +301,92 @@ def cmd_train(args: argparse.Namespace) -> None:
           f"wrote {args.out} (model card: {Path(args.out) / 'MODEL_CARD.md'})")
 
 
-def _validation_data(args: argparse.Namespace) -> tuple:
-    """The labelled dataset of ``probe`` / ``validate``, loaded (and its sizes checked) before the model; the
-    dataset's default timesteps fill in ``args.timesteps`` when none were given."""
-    from .validate import load_dataset
+def _data_name(args: argparse.Namespace) -> str:
+    """The name of the labelled data: the shipped dataset's, or the stem of ``--images`` (the output files use it)."""
+    if args.images:
+        return re.sub(r"[^A-Za-z0-9_.-]", "_", Path(args.images).expanduser().stem) or "user"
+    return args.dataset or "fashion"
 
-    args.timesteps = args.timesteps or (NOISE_TIMESTEPS if args.dataset.endswith("_noise") else VALIDATION_TIMESTEPS)
-    _check_timesteps(args.timesteps)
-    return load_dataset(args.dataset, args.n_train, args.n_test, args.seed)
+
+def _check_validation_args(args: argparse.Namespace) -> None:
+    """Argument errors found before loading anything; fills in the dataset's default timesteps."""
+    if args.images and args.dataset:
+        raise CliError("give either --dataset or --images, not both")
+    if args.test_images and not args.images:
+        raise CliError("--test-images needs --images")
+    for name in ("images", "test_images"):
+        path = getattr(args, name)
+        if path and not Path(path).expanduser().exists():
+            raise CliError(f"--{name.replace('_', '-')} not found: {path}")
+    if not 0.0 < args.test_fraction < 1.0:
+        raise CliError(f"--test-fraction must lie in (0, 1), got {args.test_fraction}")
+    noisy = (args.dataset or "").endswith("_noise")
+    args.timesteps = args.timesteps or (NOISE_TIMESTEPS if noisy else VALIDATION_TIMESTEPS)
+    _check_timesteps(args.timesteps, args.noise)
+
+
+def _labelled_data(args: argparse.Namespace, device: Any) -> dict:
+    """The labelled images of a shipped dataset or of --images/--test-images, as keyword arguments of
+    :func:`~aselect_kernels.validate.validation_parts` (masks of a shipped dataset: its foreground targets; the
+    noisy datasets have none)."""
+    from .probe import dense_target
+    from .validate import _model_input, load_dataset
+
+    if args.images:
+        from .data import load_labelled
+
+        train = load_labelled(args.images)
+        test = load_labelled(args.test_images) if args.test_images else None
+        return {"images": train.images, "labels": train.labels, "masks": train.masks,
+                "test_images": test.images if test else None, "test_labels": test.labels if test else None,
+                "test_masks": test.masks if test else None, "n_train": args.n_train, "n_test": args.n_test,
+                "name": _data_name(args)}
+    dataset = _data_name(args)
+    (utr, ytr), (ute, yte), _ = load_dataset(dataset, args.n_train, args.n_test, args.seed)
+    noisy = dataset.endswith("_noise")
+    return {"images": _model_input(utr, device), "labels": ytr,
+            "masks": None if noisy else dense_target(utr, ytr), "test_images": _model_input(ute, device),
+            "test_labels": yte, "test_masks": None if noisy else dense_target(ute, yte), "name": dataset}
+
+
+def _taps(spec: str) -> str | list[str]:
+    """A preset stays a string; comma-separated module paths become a list."""
+    return spec.split(",") if "," in spec and "." in spec else spec
+
+
+def _fit_options(args: argparse.Namespace) -> dict:
+    budget = int(args.memory_budget_mb * 2**20) if args.memory_budget_mb else None
+    return {"batched": not args.one_at_a_time, "memory_budget": budget}
 
 
 def cmd_probe(args: argparse.Namespace) -> None:
     import json
 
     out = check_out(args.out, ("probe.json",))
-    from .model import load_model
-    from .validate import _model_input, probe_grid
-
+    _check_validation_args(args)
     device = _device(args.device)
-    (utr, ytr), (ute, yte), k = _validation_data(args)
-    model = load_model(args.model, device=device)
-    grid = probe_grid(model, (_model_input(utr, device), ytr), (_model_input(ute, device), yte), args.timesteps,
-                      args.taps, k, seed=args.seed, progress=not args.no_progress)
+    data = _labelled_data(args, device)  # bad files fail here, before the model loads
+    import torch
+
+    from .forward import Conditioning
+    from .model import load_model
+    from .validate import prepare_splits, probe_grid
+
+    model = load_model(args.model, device=device, dtype=_dtype(args.dtype))
+    train, test, classes, _ = prepare_splits(
+        model, data["images"], data["labels"], data["test_images"], data["test_labels"],
+        test_fraction=args.test_fraction, seed=args.seed, n_train=data.get("n_train"), n_test=data.get("n_test"))
+    cond = Conditioning(class_labels=torch.cat([train.given, test.given]).to(device)) if args.use_labels else None
+    grid = probe_grid(model, (train.x, train.y), (test.x, test.y), args.timesteps, _taps(args.taps), len(classes),
+                      noise=args.noise, conditioning=cond, seed=args.seed, progress=not args.no_progress,
+                      **_fit_options(args))
     if not _is_main():
         return
     from . import distributed
 
     best = divmod(int(grid.metric.argmax()), len(grid.taps))
+    print(f"{data['name']}: {_plural(len(train.y), 'train image')} / {_plural(len(test.y), 'test image')}, "
+          f"{len(classes)} class{'' if len(classes) == 1 else 'es'}")
     print(f"raw-pixel probe: {100 * grid.floor:.2f}%")
     for p, tap in enumerate(grid.taps):
         ti = int(grid.metric[:, p].argmax())
@@ -333,35 +394,43 @@ def cmd_probe(args: argparse.Namespace) -> None:
     print(f"grid best: t={grid.timesteps[best[0]]}, {grid.taps[best[1]]}: {100 * grid.metric.max():.2f}% "
           f"({grid.forward_samples} forward samples, {grid.wall_s:.1f} s)")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "probe.json").write_text(json.dumps({**grid.to_dict(), "world_size": distributed.world_size()}, indent=1))
+    (out / "probe.json").write_text(json.dumps({"dataset": data["name"], "n_train": len(train.y),
+                                                "n_test": len(test.y), "classes": classes, **grid.to_dict(),
+                                                "world_size": distributed.world_size()}, indent=1))
     print(f"wrote {out / 'probe.json'}")
 
 
 def cmd_validate(args: argparse.Namespace) -> None:
     import json
 
-    names = [f"{stem}_{args.dataset}{ext}" for stem, ext in (("validation", ".json"), ("selection", ".json"),
-                                                              ("validation", ".md"), ("validation", ".png"),
-                                                              ("validation", "_dense.png"))]
+    name = _data_name(args)
+    names = [f"{stem}_{name}{ext}" for stem, ext in (("validation", ".json"), ("selection", ".json"),
+                                                      ("validation", ".md"), ("validation", ".png"),
+                                                      ("validation", "_dense.png"))]
     out = check_out(args.out, names)
-    from .model import load_model
-    from .validate import plot_validation, report_markdown, run_validation, summary_lines
-
+    _check_validation_args(args)
     start = time.perf_counter()
     device = _device(args.device)
-    (utr, _), (ute, _), _ = _validation_data(args)
-    n_train = len(utr)
-    if args.n_select > n_train:
-        raise CliError(f"--n-select {args.n_select} exceeds the {n_train} training images (selection uses them)")
-    dense = not args.no_dense and not args.dataset.endswith("_noise")
-    if dense and (args.n_dense_train > n_train or args.n_dense_test > len(ute)):
-        raise CliError(f"the dense probe takes its images from the probe's: --n-dense-train {args.n_dense_train} and "
-                       f"--n-dense-test {args.n_dense_test} must not exceed {n_train} and {len(ute)}")
-    model = load_model(args.model, device=device)
-    report, selection, grid, dgrid = run_validation(
-        model, args.dataset, args.n_train, args.n_test, args.n_select, args.timesteps, args.taps,
-        dense=not args.no_dense, n_dense_train=args.n_dense_train, n_dense_test=args.n_dense_test,
-        candidates=args.candidates, seed=args.seed, progress=not args.no_progress,
+    data = _labelled_data(args, device)  # bad files fail here, before the model loads
+    dense = not args.no_dense and not name.endswith("_noise")
+    if data["test_labels"] is not None:  # both splits known: their sizes are checked now
+        n_train = min(len(data["labels"]), data.get("n_train") or len(data["labels"]))
+        n_test = min(len(data["test_labels"]), data.get("n_test") or len(data["test_labels"]))
+        if args.n_select is not None and args.n_select > n_train:
+            raise CliError(f"--n-select {args.n_select} exceeds the {n_train} training images (selection uses them)")
+        if dense and not args.images and (args.n_dense_train > n_train or args.n_dense_test > n_test):
+            raise CliError(f"the dense probe takes its images from the probe's: --n-dense-train {args.n_dense_train} "
+                           f"and --n-dense-test {args.n_dense_test} must not exceed {n_train} and {n_test}")
+    from .model import load_model
+    from .validate import plot_validation, report_markdown, summary_lines, validation_parts
+
+    model = load_model(args.model, device=device, dtype=_dtype(args.dtype))
+    report, selection, grid, dgrid = validation_parts(
+        model, **data, n_select=args.n_select, timesteps=args.timesteps, taps=_taps(args.taps), noise=args.noise,
+        use_labels=args.use_labels, test_fraction=args.test_fraction,
+        dense=dense, n_dense_train=args.n_dense_train,
+        n_dense_test=args.n_dense_test, candidates=args.candidates, seed=args.seed, progress=not args.no_progress,
+        **_fit_options(args),
     )
     report["wall_s"] = round(time.perf_counter() - start, 1)
     if not _is_main():
@@ -374,9 +443,11 @@ def cmd_validate(args: argparse.Namespace) -> None:
     if dgrid is not None:
         plot_validation(selection, dgrid, str(out / names[4]))
     print("\n".join(summary_lines(report)))
+    if "dense_note" in report:
+        print(report["dense_note"] + " (give integer pixel labels as 'masks' in an .npz)")
     extra = report["cost"]["candidates_wall_s"]
     note = f" ({extra:.1f} s of it the untimed candidate pass)" if args.candidates else ""
-    print(f"validate wall time {report['wall_s']:.1f} s{note}; wrote {out}/validation_{args.dataset}.json, .md, .png")
+    print(f"validate wall time {report['wall_s']:.1f} s{note}; wrote {out}/validation_{name}.json, .md, .png")
 
 
 # ---- the parser ----------------------------------------------------------------------------------------------------
@@ -409,20 +480,38 @@ def _selection_args(p: argparse.ArgumentParser, default_out: str) -> None:
 
 
 def _validation_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="embedded", help="'embedded' or a diffusers folder (1x28x28 pixel DiT)")
-    p.add_argument("--dataset", default="fashion", choices=DATASETS,
-                   help="shipped Fashion-MNIST, or scikit-learn's digits (never seen in training); *_noise: the same "
-                        "images with seeded pixel noise (the interior-optimum benchmark)")
+    p.add_argument("--model", default="embedded",
+                   help="'embedded', a diffusers save_pretrained folder, or a hub id (as for select)")
+    p.add_argument("--dataset", default=None, choices=DATASETS,
+                   help="a shipped dataset on the embedded model's 28x28 inputs: Fashion-MNIST, or scikit-learn's "
+                        "digits (never seen in training); *_noise: the same images with seeded pixel noise (the "
+                        "interior-optimum benchmark) (default: fashion, unless --images)")
+    p.add_argument("--images", help="your labelled images: an .npz with 'images' and 'labels' (optional 'masks', "
+                                    "integer pixel labels for the dense probe), or a folder of one subfolder per "
+                                    "class")
+    p.add_argument("--test-images", help="a separate labelled test set in the same forms (default: a seeded "
+                                         "stratified split of --images)")
+    p.add_argument("--test-fraction", type=_finite, default=DEFAULT_TEST_FRACTION,
+                   help="share of each class held out for testing when there is no --test-images")
     p.add_argument("--n-train", type=_count, default=None,
-                   help="labeled images the probes train on (default: 1000; 300 for the *_noise datasets)")
+                   help="labeled images the probes train on (default: 1000 for fashion and digits, 300 for the "
+                        "*_noise datasets, all of --images)")
     p.add_argument("--n-test", type=_count, default=None,
                    help="labeled images the probes are scored on (default: 1000 for fashion, 797 for digits, 500 for "
-                        "the *_noise datasets)")
+                        "the *_noise datasets, all of the test split)")
     p.add_argument("--timesteps", default=None,
                    help=f"comma list of ints and start:stop:step ranges (stop exclusive); default "
                         f"{VALIDATION_TIMESTEPS}, or {NOISE_TIMESTEPS} for the *_noise datasets")
     p.add_argument("--taps", default="all", help="tap presets or module paths, as for select")
+    p.add_argument("--noise", default="ddpm", choices=("ddpm", "flow"), help="noise family, as for select")
+    p.add_argument("--use-labels", action="store_true",
+                   help="condition the model on each image's label (the probes then see it too; default: null)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    p.add_argument("--dtype", default="fp32", choices=DTYPES, help="model dtype")
+    p.add_argument("--one-at-a-time", action="store_true",
+                   help="fit the probes one after another (the reference path) instead of batched")
+    p.add_argument("--memory-budget-mb", type=_positive, default=None,
+                   help="memory one batch of probe fits may use (default 1024 on the CPU, up to 8192 on a GPU)")
     p.add_argument("--seed", type=int, default=0, help="noise and data-split seed")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -460,7 +549,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     va = command("validate", "selection vs the exhaustive probe grid, with trivial rules")
     _validation_data_args(va)
-    va.add_argument("--n-select", type=_count, default=64, help="unlabeled images used by selection")
+    va.add_argument("--n-select", type=_count, default=None,
+                    help="unlabeled training images used by selection (default: 64, or all if fewer)")
     va.add_argument("--no-dense", action="store_true", help="skip the dense (segmentation) probe")
     va.add_argument("--candidates", action="store_true",
                     help="also score the candidate criteria (2-D ratios, effective rank) in an extra, untimed run")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -172,11 +173,16 @@ def _labels(arr: np.ndarray | None, n: int, source: str) -> torch.Tensor | None:
 
 
 def _load_folder(folder: Path) -> np.ndarray:
-    from PIL import Image
-
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES and p.is_file())
     if not files:
         raise ValueError(f"{folder}: no PNG/JPEG images found")
+    return _load_files(files, str(folder))
+
+
+def _load_files(files: list[Path], source: str) -> np.ndarray:
+    """Image files of one size as uint8 ``[N, H, W]`` (all grayscale) or ``[N, 3, H, W]``."""
+    from PIL import Image
+
     arrays: list[np.ndarray] = []
     modes = set()
     for f in files:
@@ -190,7 +196,7 @@ def _load_folder(folder: Path) -> np.ndarray:
         arrays = [np.repeat(a[..., None], 3, axis=-1) if a.ndim == 2 else a for a in arrays]
     sizes = {a.shape[:2] for a in arrays}
     if len(sizes) > 1:
-        raise ValueError(f"{folder}: images have different sizes {sorted(sizes)}; resize them to one size first")
+        raise ValueError(f"{source}: images have different sizes {sorted(sizes)}; resize them to one size first")
     stacked = np.stack(arrays)
     return stacked if stacked.ndim == 3 else stacked.transpose(0, 3, 1, 2)
 
@@ -231,3 +237,66 @@ def load_images(path: str | Path) -> tuple[torch.Tensor, torch.Tensor | None]:
             raise ValueError(f"{path}: not a readable .npy file ({exc})") from exc
         return _to_nchw(arr, str(path)), None
     raise ValueError(f"{path}: unsupported image source (use .npz, .npy or a folder of PNG/JPEG files)")
+
+
+@dataclass
+class LabelledImages:
+    """Labelled images for validation: float32 ``images [N, C, H, W]`` in ``[-1, 1]``, ``labels [N]`` (the user's
+    own integer labels, or class indices of an image folder), optional pixel ``masks [N, H, W]`` (int64, for the
+    dense probe), and the class names of an image folder (else ``None``)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    masks: torch.Tensor | None = None
+    classes: list[str] | None = None
+
+
+def load_labelled(path: str | Path) -> LabelledImages:
+    """Load labelled images: an ``.npz`` with ``images`` and ``labels`` (optional ``masks``: integer pixel labels
+    ``[N, H, W]``), or an image folder with one subfolder of PNG/JPEG files per class (the ImageFolder layout;
+    classes in sorted name order).  Images follow :func:`load_images`' rules."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"labelled image path not found: {path}")
+    if path.is_dir():
+        classes = sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
+        files, labels = [], []
+        for k, name in enumerate(classes):
+            found = sorted(p for p in (path / name).iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES and p.is_file())
+            if not found:
+                raise ValueError(f"{path / name}: class folder without PNG/JPEG images")
+            files += found
+            labels += [k] * len(found)
+        if not files:
+            raise ValueError(f"{path}: no class subfolders; labelled images need one subfolder of images per class")
+        x = _to_nchw(_load_files(files, str(path)), str(path))
+        return LabelledImages(x, torch.tensor(labels, dtype=torch.int64), None, classes)
+    if path.suffix.lower() != ".npz":
+        raise ValueError(f"{path}: labelled images are an .npz (images, labels, optional masks) or a folder per class")
+    with np.load(path, allow_pickle=False) as z:
+        missing = [k for k in ("images", "labels") if k not in z.files]
+        if missing:
+            raise ValueError(f"{path}: npz needs 'images' and 'labels' arrays, missing {missing} (has {z.files})")
+        arr, lab = z["images"], z["labels"]
+        masks = z["masks"] if "masks" in z.files else None
+    x = _to_nchw(arr, str(path))
+    if not np.issubdtype(np.asarray(lab).dtype, np.integer):
+        raise ValueError(f"{path}: labels must be integers, got dtype {np.asarray(lab).dtype}")
+    labels = _labels(lab, x.shape[0], str(path))
+    assert labels is not None
+    return LabelledImages(x, labels, None if masks is None else _masks(masks, x, str(path)))
+
+
+def _masks(masks: np.ndarray, images: torch.Tensor, source: str) -> torch.Tensor:
+    """Integer pixel labels ``[N, H, W]`` (``[N, 1, H, W]`` accepted), checked against the images."""
+    m = np.asarray(masks)
+    if m.ndim == 4 and m.shape[1] == 1:
+        m = m[:, 0]
+    n, _, h, w = images.shape
+    if m.shape != (n, h, w):
+        raise ValueError(f"{source}: masks must be [N, H, W] = {(n, h, w)} like the images, got {m.shape}")
+    if not np.issubdtype(m.dtype, np.integer) and m.dtype != np.bool_:
+        raise ValueError(f"{source}: masks must hold integer pixel labels, got dtype {m.dtype}")
+    if m.size and m.min() < 0:
+        raise ValueError(f"{source}: masks hold negative labels (min {m.min()})")
+    return torch.from_numpy(m.astype(np.int64))

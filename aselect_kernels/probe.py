@@ -13,8 +13,12 @@ exceeds :data:`FOREGROUND_THRESHOLD` (on the uint8 scale) gets its image's class
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
+
 import torch
 import torch.nn.functional as F
+
+from .batched_logistic import fit_padded, plan_batches
 
 #: L2 penalty on the probe weights (mean loss + L2 * ||W||^2), fixed a priori.
 L2 = 1e-3
@@ -72,6 +76,30 @@ def linear_probe_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: 
     return float(linear_probe_correct(train_x, train_y, test_x, test_y, num_classes, l2).to(torch.float64).mean())
 
 
+def probe_logits(cells: Sequence[Callable[[], tuple[torch.Tensor, torch.Tensor]]], widths: Sequence[int],
+                 n_rows: int, labels: torch.Tensor, num_classes: int, l2: float = L2, max_iter: int = MAX_ITER,
+                 batched: bool = True, memory_budget: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+    """Fit a probe per cell and yield ``(cell index, test logits [M, K])`` as fits finish.
+
+    Each cell is a function returning its standardized float64 ``(train [N, D], test [M, D])`` features (widths
+    ``widths``, ``n_rows = N + M``), called only when its fit is due, so memory holds one batch of cells.
+    ``batched`` fits cells together (:mod:`~aselect_kernels.batched_logistic`, batches bounded by
+    ``memory_budget`` bytes); otherwise one after another with
+    :func:`fit_logistic`.  Both reach the same unique optimum per cell.
+    """
+    if not batched:
+        for i, load in enumerate(cells):
+            tr, te = load()
+            w, b = fit_logistic(tr, labels, num_classes, l2, max_iter)
+            yield i, te @ w + b
+        return
+    for batch in plan_batches(widths, n_rows, num_classes, memory_budget):
+        loaded = [cells[i]() for i in batch]
+        fits = fit_padded([tr for tr, _ in loaded], labels, num_classes, l2, max_iter)
+        for i, (_, te), (w, b) in zip(batch, loaded, fits, strict=True):
+            yield i, te @ w + b
+
+
 def dense_target(images_u8: torch.Tensor, labels: torch.Tensor, threshold: int = FOREGROUND_THRESHOLD) -> torch.Tensor:
     """Pixel labels ``[N, H, W]``: 0 background, ``label + 1`` where the pixel exceeds ``threshold``."""
     if images_u8.dim() == 4:
@@ -100,16 +128,30 @@ def mean_iou(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> floa
     return sum(ious) / len(ious)
 
 
+def dense_tokens(train_grid: torch.Tensor, test_grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grid features ``[N, C, h, w]`` as standardized float64 tokens ``[N * h * w, C]`` (train statistics)."""
+    c = train_grid.shape[1]
+    tr_tokens = train_grid.permute(0, 2, 3, 1).reshape(-1, c).to(torch.float64)
+    te_tokens = test_grid.permute(0, 2, 3, 1).reshape(-1, c).to(torch.float64)
+    tr, te = standardize(tr_tokens, te_tokens)
+    return tr, te
+
+
+def dense_miou_from_logits(logits: torch.Tensor, test_target: torch.Tensor, grid: tuple[int, int],
+                           num_classes: int) -> float:
+    """mIoU of per-token logits ``[M * h * w, K]`` upsampled bilinearly to the pixel targets ``[M, H, W]``."""
+    m = test_target.shape[0]
+    logits = logits.reshape(m, grid[0], grid[1], num_classes).permute(0, 3, 1, 2)
+    up = F.interpolate(logits, size=tuple(test_target.shape[1:]), mode="bilinear", align_corners=False)
+    return mean_iou(up.argmax(1).cpu(), test_target.cpu(), num_classes)
+
+
 def dense_probe_miou(train_grid: torch.Tensor, train_target: torch.Tensor, test_grid: torch.Tensor,
                      test_target: torch.Tensor, num_classes: int, l2: float = L2) -> float:
     """mIoU of a per-token linear classifier on grid features ``[N, C, h, w]`` against pixel targets
     ``[N, H, W]``: trained on per-patch majority labels, evaluated with logits upsampled to ``H x W``."""
-    n, c, h, w = train_grid.shape
-    tr_tokens = train_grid.permute(0, 2, 3, 1).reshape(-1, c)
-    te_tokens = test_grid.permute(0, 2, 3, 1).reshape(-1, c)
-    tr_tokens, te_tokens = standardize(tr_tokens.to(torch.float64), te_tokens.to(torch.float64))
+    h, w = train_grid.shape[2:]
+    tr_tokens, te_tokens = dense_tokens(train_grid, test_grid)
     tr_labels = patch_labels(train_target, (h, w), num_classes).reshape(-1)
     wt, b = fit_logistic(tr_tokens, tr_labels, num_classes, l2, max_iter=DENSE_MAX_ITER)
-    logits = (te_tokens @ wt + b).reshape(test_grid.shape[0], h, w, num_classes).permute(0, 3, 1, 2)
-    up = F.interpolate(logits, size=tuple(test_target.shape[1:]), mode="bilinear", align_corners=False)
-    return mean_iou(up.argmax(1).cpu(), test_target.cpu(), num_classes)
+    return dense_miou_from_logits(te_tokens @ wt + b, test_target, (h, w), num_classes)

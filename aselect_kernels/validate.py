@@ -27,9 +27,19 @@ import torch
 from torch import nn
 
 from . import distributed
+from .batched_logistic import default_memory_budget
 from .forward import Conditioning
 from .noise import Noiser, parse_timesteps
-from .probe import dense_probe_miou, dense_target, linear_probe_correct
+from .probe import (
+    DENSE_MAX_ITER,
+    dense_miou_from_logits,
+    dense_probe_miou,
+    dense_target,
+    dense_tokens,
+    patch_labels,
+    probe_logits,
+    standardize,
+)
 from .reference import StatsConfig, effective_rank
 from .result import SelectionResult
 from .scorers import Moments, Scorer
@@ -137,12 +147,17 @@ def probe_grid(
     chunk_size: int | None = None,
     progress: bool = True,
     on_fit: Callable[[int, int], None] | None = None,
+    batched: bool = True,
+    memory_budget: int | None = None,
 ) -> ProbeGrid:
     """Linear-probe top-1 accuracy of pooled features for every (t, tap), and the raw-pixel floor.
 
-    ``train``/``test`` are ``(images [N, ...] in the model's range on its device, labels [N])``.  Train and test
-    images are run together (one batched run); features are the token mean of each tap.  ``on_fit(done, total)``
-    is called after each probe fit (the raw-pixel floor is the last); without it, ``progress`` shows a bar.
+    ``train``/``test`` are ``(images [N, ...] in the model's range on its device, labels [N])``; ``conditioning``
+    covers the train images then the test images.  Train and test images are run together (one batched run);
+    features are the token mean of each tap.  The probes are fitted on the model's device, all cells together
+    (``batched``, in batches of at most ``memory_budget`` bytes) or one after another.  ``on_fit(done, total)`` is
+    called after each probe fit (the raw-pixel floor is the last); without it, ``progress`` shows a bar.  With several
+    processes (:mod:`.distributed`), each fits the cells it owns and the results are summed across ranks.
     """
     (xtr, ytr), (xte, yte) = train, test
     start = time.perf_counter()
@@ -150,24 +165,37 @@ def probe_grid(
                                    conditioning=conditioning, seed=seed, chunk_size=chunk_size, progress=progress)
     names = list(feats)
     ts = parse_timesteps(timesteps)
-    n, dev = xtr.shape[0], xtr.device  # probes are fitted on the model's device
+    n, dev = xtr.shape[0], xtr.device
+    cells = [(p, ti) for p in range(len(names)) for ti in range(len(ts))]
+
+    def load(p: int, ti: int) -> tuple[torch.Tensor, torch.Tensor]:
+        feat = feats[names[p]][:, ti].to(dev, torch.float64)
+        tr, te = standardize(feat[:n], feat[n:])
+        return tr, te
+
     correct = np.zeros((len(ts), len(names), xte.shape[0]), dtype=bool)
-    floor_correct = np.zeros(xte.shape[0], dtype=bool)
-    total = len(names) * len(ts) + 1
+    total = len(cells) + 1
+    memory_budget = default_memory_budget(dev) if memory_budget is None else memory_budget
+    mine = [i for i in range(len(cells)) if distributed.owns(i)]  # every cell with one process
     with distributed.failing_together(), _fit_progress(progress, on_fit, total, "probe fits") as fitted:
-        for p, name in enumerate(names):  # with several processes, each fits the cells it owns
-            f = feats[name]  # [N, T, C]
-            for ti in range(len(ts)):
-                if distributed.owns(p * len(ts) + ti):
-                    feat = f[:, ti].to(dev)
-                    correct[ti, p] = linear_probe_correct(feat[:n], ytr, feat[n:], yte, num_classes).numpy()
-                fitted(p * len(ts) + ti + 1)
+        fits = probe_logits([lambda c=cells[i]: load(*c) for i in mine],
+                            [feats[names[cells[i][0]]].shape[-1] for i in mine], n + xte.shape[0], ytr, num_classes,
+                            batched=batched, memory_budget=memory_budget)
+        for done, (j, logits) in enumerate(fits, start=1):
+            p, ti = cells[mine[j]]
+            correct[ti, p] = (logits.argmax(1).cpu() == yte.cpu()).numpy()
+            fitted(done)
+        floor_correct = np.zeros(xte.shape[0], dtype=bool)
         if distributed.owns(total - 1):
-            floor_correct = linear_probe_correct(xtr.flatten(1), ytr, xte.flatten(1), yte, num_classes).numpy()
+            raw = standardize(xtr.flatten(1).to(torch.float64), xte.flatten(1).to(torch.float64))
+            (_, floor_logits), = probe_logits([lambda: tuple(raw)], [raw[0].shape[1]], n + xte.shape[0], ytr,
+                                              num_classes, batched=batched, memory_budget=memory_budget)
+            floor_correct = (floor_logits.argmax(1).cpu() == yte.cpu()).numpy()
         fitted(total)
     correct, floor_correct = distributed.sum_over_ranks(correct), distributed.sum_over_ranks(floor_correct)
     return ProbeGrid(ts, names, correct.mean(-1), "accuracy", float(floor_correct.mean()), info.samples,
-                     time.perf_counter() - start, correct=correct, floor_correct=floor_correct)
+                     time.perf_counter() - start, extra={"fit": "batched" if batched else "one_at_a_time"},
+                     correct=correct, floor_correct=floor_correct)
 
 
 @contextmanager
@@ -196,47 +224,60 @@ def _fit_progress(progress: bool, on_fit: Callable[[int, int], None] | None, tot
 
 def dense_probe_grid(
     model: nn.Module,
-    train: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-    test: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    train: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor],
     timesteps: str | Sequence[int],
     taps: str | Sequence[str],
     num_classes: int,
     noise: str | Noiser = "ddpm",
+    conditioning: Conditioning | None = None,
     seed: int = 0,
     chunk_size: int | None = None,
     progress: bool = True,
+    batched: bool = True,
+    memory_budget: int | None = None,
 ) -> ProbeGrid:
     """Dense-probe mIoU of grid features for every (t, tap), and the raw-patch floor.
 
-    ``train``/``test`` are ``(images in the model's range, uint8 images [N, H, W], labels [N])``; the target is
-    :func:`~aselect_kernels.probe.dense_target` with ``num_classes + 1`` labels (background first).
+    ``train``/``test`` are ``(images in the model's range, pixel targets [N, H, W])`` with labels in
+    ``[0, num_classes)`` (for shipped datasets :func:`~aselect_kernels.probe.dense_target`, background first).
     """
-    (xtr, utr, ytr), (xte, ute, yte) = train, test
+    (xtr, ttr), (xte, tte) = train, test
     start = time.perf_counter()
     feats, info = capture_features(model, torch.cat([xtr, xte]), timesteps, taps, pool=False, noise=noise,
-                                   seed=seed, chunk_size=chunk_size, progress=progress)
+                                   conditioning=conditioning, seed=seed, chunk_size=chunk_size, progress=progress)
     ts = parse_timesteps(timesteps)
+    names = list(feats)
     n, dev = xtr.shape[0], xtr.device
-    k = num_classes + 1
-    ttr, tte = dense_target(utr, ytr), dense_target(ute, yte)
-    miou = np.zeros(len(ts) * len(feats) + 1)  # the cells, then the raw-patch floor
-    with distributed.failing_together(), _fit_progress(progress, None, len(feats) * len(ts),
-                                                       "dense probe fits") as fitted:
-        for p, name in enumerate(feats):  # with several processes, each fits the cells it owns
-            tokens = feats[name]  # [N, T, L, C]
-            for ti in range(len(ts)):
-                if distributed.owns(ti * len(feats) + p):
-                    grid = tokens_to_grid(tokens[:, ti]).to(dev)
-                    miou[ti * len(feats) + p] = dense_probe_miou(grid[:n], ttr, grid[n:], tte, k)
-                fitted(p * len(ts) + ti + 1)
-        if distributed.owns(len(miou) - 1):
-            h, w = tokens_to_grid(tokens[:1, 0]).shape[2:]
+    grids = {name: tokens_to_grid(feats[name][:1, 0]).shape[2:] for name in names}
+    hw = grids[names[0]]
+    tr_labels = patch_labels(ttr, tuple(hw), num_classes).reshape(-1)
+    cells = [(p, ti) for p in range(len(names)) for ti in range(len(ts))]
+
+    def load(p: int, ti: int) -> tuple[torch.Tensor, torch.Tensor]:
+        grid = tokens_to_grid(feats[names[p]][:, ti]).to(dev)
+        return dense_tokens(grid[:n], grid[n:])
+
+    miou = np.zeros(len(cells) + 1)  # the cells, then the raw-patch floor
+    rows = (n + xte.shape[0]) * hw[0] * hw[1]
+    memory_budget = default_memory_budget(dev) if memory_budget is None else memory_budget
+    mine = [i for i in range(len(cells)) if distributed.owns(i)]  # every cell with one process
+    with distributed.failing_together(), _fit_progress(progress, None, len(cells), "dense probe fits") as fitted:
+        fits = probe_logits([lambda c=cells[i]: load(*c) for i in mine],
+                            [feats[names[cells[i][0]]].shape[-1] for i in mine], rows, tr_labels, num_classes,
+                            max_iter=DENSE_MAX_ITER, batched=batched, memory_budget=memory_budget)
+        for done, (j, logits) in enumerate(fits, start=1):
+            miou[mine[j]] = dense_miou_from_logits(logits, tte, tuple(hw), num_classes)
+            fitted(done)
+        if distributed.owns(len(cells)):
             raw = torch.cat([xtr, xte]).float()
-            raw_grid = torch.nn.functional.pixel_unshuffle(raw, xtr.shape[-1] // w)  # [N, C*p*p, h, w]: patches
-            miou[-1] = dense_probe_miou(raw_grid[:n], ttr, raw_grid[n:], tte, k)
+            raw_grid = torch.nn.functional.pixel_unshuffle(raw, xtr.shape[-1] // hw[1])  # [N, C*p*p, h, w]: patches
+            miou[-1] = dense_probe_miou(raw_grid[:n], ttr, raw_grid[n:], tte, num_classes)
     miou = distributed.sum_over_ranks(miou)
-    floor, miou = float(miou[-1]), miou[:-1].reshape(len(ts), len(feats))
-    return ProbeGrid(ts, list(feats), miou, "mIoU", floor, info.samples, time.perf_counter() - start)
+    floor = float(miou[-1])
+    miou = miou[:-1].reshape(len(names), len(ts)).T  # cells run tap-major: [T, P]
+    return ProbeGrid(ts, names, miou, "mIoU", floor, info.samples, time.perf_counter() - start,
+                     extra={"fit": "batched" if batched else "one_at_a_time"})
 
 
 def rule_label(rule: str, row: dict) -> str:
@@ -444,6 +485,255 @@ def _model_input(u8: torch.Tensor, device: torch.device) -> torch.Tensor:
     return (u8.float() / 127.5 - 1.0)[:, None].to(device)
 
 
+#: Share of each class held out for testing when no separate test set is given.
+DEFAULT_TEST_FRACTION = 0.2
+
+
+def stratified_split(labels: torch.Tensor, test_fraction: float = DEFAULT_TEST_FRACTION, seed: int = 0
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded stratified split: ``(train indices, test indices)``, each class shuffled and ``round(fraction *
+    count)`` of it (at least 1, at most count - 1) held out.  Every class needs two images."""
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test fraction must lie in (0, 1), got {test_fraction}")
+    gen = torch.Generator().manual_seed(seed)
+    train, test = [], []
+    for k in torch.unique(labels).tolist():
+        idx = torch.nonzero(labels == k).flatten()
+        if len(idx) < 2:
+            raise ValueError(f"class {k} has {len(idx)} image; a stratified split needs at least 2 per class "
+                             "(or give a separate test set)")
+        idx = idx[torch.randperm(len(idx), generator=gen)]
+        n_test = min(max(round(test_fraction * len(idx)), 1), len(idx) - 1)
+        test.append(idx[:n_test])
+        train.append(idx[n_test:])
+    return torch.sort(torch.cat(train)).values, torch.sort(torch.cat(test)).values
+
+
+def check_images_fit_model(model: nn.Module, images: torch.Tensor, what: str = "images") -> None:
+    """Raise if ``images [N, C, H, W]`` do not match the model's ``in_channels``/``sample_size`` (when it has a
+    diffusers config)."""
+    if images.dim() != 4:
+        raise ValueError(f"{what} must be [N, C, H, W], got shape {tuple(images.shape)}")
+    cfg = getattr(model, "config", None)
+    want_c, want_s = getattr(cfg, "in_channels", None), getattr(cfg, "sample_size", None)
+    if want_c is not None and images.shape[1] != want_c:
+        raise ValueError(f"the model takes {want_c}-channel inputs but the {what} have {images.shape[1]} channels")
+    if want_s is not None:
+        size = tuple(want_s) if isinstance(want_s, (list, tuple)) else (want_s, want_s)
+        if tuple(images.shape[2:]) != size:
+            raise ValueError(f"the model takes {size[0]}x{size[1]} inputs but the {what} are "
+                             f"{images.shape[2]}x{images.shape[3]}")
+
+
+@dataclass
+class _Split:
+    """Model-range images, class indices ``0..K-1``, optional pixel targets, and the labels as given (what class
+    conditioning feeds the model)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    target: torch.Tensor | None
+    given: torch.Tensor
+
+
+def validate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, **options) -> dict:
+    """Selection vs the exhaustive probe grid on the user's model and labelled images; returns the report.
+
+    ``images [N, C, H, W]`` are in the model's range (``[-1, 1]``, as :func:`~aselect_kernels.data.load_labelled`
+    gives them); ``labels [N]`` any integers (mapped to ``0..K-1`` in sorted order).  Without ``test_images`` and
+    ``test_labels`` a seeded stratified split holds out ``test_fraction`` of each class.  ``masks [N, H, W]``
+    (integer pixel labels, with ``test_masks`` when a test set is given) enable the dense probe; without them it
+    is skipped with a note.  ``options`` are those of :func:`validation_parts`.
+    """
+    return validation_parts(model, images, labels, **options)[0]
+
+
+def validation_parts(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    test_images: torch.Tensor | None = None,
+    test_labels: torch.Tensor | None = None,
+    masks: torch.Tensor | None = None,
+    test_masks: torch.Tensor | None = None,
+    *,
+    name: str = "user",
+    n_select: int | None = None,
+    timesteps: str | Sequence[int] = VALIDATION_TIMESTEPS,
+    taps: str | Sequence[str] = "all",
+    noise: str = "ddpm",
+    use_labels: bool = False,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
+    n_train: int | None = None,
+    n_test: int | None = None,
+    dense: bool = True,
+    n_dense_train: int = 100,
+    n_dense_test: int = 100,
+    dense_taps: str | Sequence[str] | None = None,
+    candidates: bool = False,
+    batched: bool = True,
+    memory_budget: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> tuple[dict, SelectionResult, ProbeGrid, ProbeGrid | None]:
+    """:func:`validate` with its parts: ``(report, selection, grid, dense grid or None)``.
+
+    ``n_train``/``n_test`` keep the first images of each split (default all).  ``n_select`` unlabeled training
+    images (default ``min(64, N_train)``) go to selection; ``use_labels``
+    conditions the model on each image's class (which the probes then also see).  ``batched`` fits the probes
+    together (``memory_budget`` bytes a batch), else one after another.  All arguments are checked before any
+    computation.
+    """
+    train, test, classes, dense_classes = prepare_splits(model, images, labels, test_images, test_labels, masks,
+                                                         test_masks, test_fraction, seed, n_train, n_test)
+    n_select = min(64, len(train.y)) if n_select is None else n_select
+    if not 1 <= n_select <= len(train.y):
+        raise ValueError(f"n_select must be in [1, {len(train.y)}] (the training images), got {n_select}")
+    if noise not in ("ddpm", "flow"):
+        raise ValueError(f"noise must be 'ddpm' or 'flow', got {noise!r}")
+    _noiser_check(noise, timesteps)
+    from .taps import resolve_taps
+
+    tap_names = [spec.name for spec in resolve_taps(model, taps)]
+    run_dense = dense and train.target is not None
+    if dense_taps is None:  # the block outputs among the taps, else all of them
+        dense_taps = _tap_sets(tap_names).get("block_out", tap_names)
+    elif run_dense:
+        extra = [spec.name for spec in resolve_taps(model, dense_taps) if spec.name not in tap_names]
+        if extra:
+            raise ValueError(f"dense taps {extra} are not among the selection's taps")
+    return _run(model, train, test, classes, dense_classes, name=name, n_select=n_select, timesteps=timesteps,
+                taps=taps, noise=noise, use_labels=use_labels, dense=run_dense, n_dense=(n_dense_train, n_dense_test),
+                dense_taps=dense_taps, candidates=candidates, batched=batched, memory_budget=memory_budget,
+                seed=seed, progress=progress,
+                dense_note=None if run_dense or not dense else "dense probe skipped: no pixel masks given")
+
+
+def _noiser_check(noise: str, timesteps: str | Sequence[int], images: torch.Tensor | None = None) -> None:
+    from .select import _noiser
+
+    _noiser(noise, images).check(parse_timesteps(timesteps))
+
+
+def prepare_splits(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, test_images: torch.Tensor | None,
+                   test_labels: torch.Tensor | None, masks: torch.Tensor | None = None,
+                   test_masks: torch.Tensor | None = None, test_fraction: float = DEFAULT_TEST_FRACTION,
+                   seed: int = 0, n_train: int | None = None, n_test: int | None = None
+                   ) -> tuple[_Split, _Split, list[int], int]:
+    """Check labelled data against the model and itself, split it (see :func:`validate`), keep the first
+    ``n_train``/``n_test`` images of each split, and map labels to ``0..K-1``.  Returns ``(train, test, the
+    original label of each class index, number of pixel labels in the masks (0 without masks))``."""
+    from .forward import model_device_dtype
+
+    check_images_fit_model(model, images)
+    labels = torch.as_tensor(labels)
+    if labels.dim() != 1 or labels.shape[0] != images.shape[0] or labels.is_floating_point():
+        raise ValueError(f"labels must be integers [N={images.shape[0]}], got {labels.dtype} {tuple(labels.shape)}")
+    if (test_images is None) != (test_labels is None):
+        raise ValueError("a separate test set needs both test images and test labels")
+    for m, x, what in ((masks, images, "masks"), (test_masks, test_images, "test masks")):
+        if m is not None and (x is None or tuple(m.shape) != (x.shape[0], *x.shape[2:])):
+            raise ValueError(f"{what} must be [N, H, W] like their images, got {tuple(m.shape)}")
+    if test_images is None:
+        if test_masks is not None:
+            raise ValueError("test masks given without test images")
+        tr_idx, te_idx = stratified_split(labels, test_fraction, seed)
+        test_images, test_labels = images[te_idx], labels[te_idx]
+        test_masks = masks[te_idx] if masks is not None else None
+        images, labels, masks = images[tr_idx], labels[tr_idx], masks[tr_idx] if masks is not None else None
+    else:
+        check_images_fit_model(model, test_images, "test images")
+        test_labels = torch.as_tensor(test_labels)
+        if test_labels.dim() != 1 or test_labels.shape[0] != test_images.shape[0] or test_labels.is_floating_point():
+            raise ValueError(f"test labels must be integers [N={test_images.shape[0]}], got {test_labels.dtype} "
+                             f"{tuple(test_labels.shape)}")
+        if (masks is None) != (test_masks is None):
+            raise ValueError("the dense probe needs masks for both the training and the test images")
+    for want, have, what in ((n_train, len(labels), "n_train"), (n_test, len(test_labels), "n_test")):
+        if want is not None and not 1 <= want <= have:
+            raise ValueError(f"{what} must be in [1, {have}] (the images of that split), got {want}")
+    if n_train is not None:
+        images, labels, masks = images[:n_train], labels[:n_train], masks[:n_train] if masks is not None else None
+    if n_test is not None:
+        test_images, test_labels = test_images[:n_test], test_labels[:n_test]
+        test_masks = test_masks[:n_test] if test_masks is not None else None
+    unseen = sorted(set(test_labels.tolist()) - set(labels.tolist()))
+    if unseen:
+        raise ValueError(f"test labels {unseen[:5]} never occur in the training labels")
+    classes = sorted(set(labels.tolist()))
+    if len(classes) < 2:
+        raise ValueError(f"a probe needs at least 2 classes in the training labels, found {classes}")
+    lookup = {c: i for i, c in enumerate(classes)}
+    device, _ = model_device_dtype(model)
+
+    def split(x: torch.Tensor, y: torch.Tensor, m: torch.Tensor | None) -> _Split:
+        idx = torch.tensor([lookup[int(v)] for v in y.tolist()], dtype=torch.long)
+        return _Split(x.to(device, torch.float32), idx, m.to(torch.int64) if m is not None else None, y.long())
+
+    dense_classes = 0
+    if masks is not None:
+        assert test_masks is not None
+        if min(int(masks.min()), int(test_masks.min())) < 0:
+            raise ValueError("masks hold negative pixel labels")
+        dense_classes = max(int(masks.max()), int(test_masks.max())) + 1
+        if dense_classes < 2:
+            raise ValueError("masks hold a single pixel label; the dense probe needs at least 2")
+    return split(images, labels, masks), split(test_images, test_labels, test_masks), classes, dense_classes
+
+
+def _run(model: nn.Module, train: _Split, test: _Split, classes: list, dense_classes: int, *, name: str,
+         n_select: int, timesteps: str | Sequence[int], taps: str | Sequence[str], noise: str, use_labels: bool,
+         dense: bool, n_dense: tuple[int, int], dense_taps: str | Sequence[str], candidates: bool, batched: bool,
+         memory_budget: int | None, seed: int, progress: bool, dense_note: str | None
+         ) -> tuple[dict, SelectionResult, ProbeGrid, ProbeGrid | None]:
+    """Selection, the probe grid, and the dense grid when ``dense``, on checked splits."""
+    from .select import select_timestep
+
+    k = len(classes)
+
+    def cond(*ys: torch.Tensor) -> Conditioning | None:
+        return Conditioning(class_labels=torch.cat(ys).to(train.x.device)) if use_labels else None
+
+    ts_spec = timesteps if isinstance(timesteps, str) else ",".join(str(t) for t in timesteps)
+    taps_spec = taps if isinstance(taps, str) else ",".join(taps)
+    start = time.perf_counter()
+    selection = select_timestep(model, train.x[:n_select], timesteps, taps, noise=noise,
+                                conditioning=cond(train.given[:n_select]), seed=seed, progress=progress)
+    select_s = time.perf_counter() - start
+    candidates_s = 0.0
+    if candidates:
+        start = time.perf_counter()
+        selection = _with_candidates(selection, model, train.x[:n_select], timesteps, taps, seed, progress)
+        candidates_s = time.perf_counter() - start
+    grid = probe_grid(model, (train.x, train.y), (test.x, test.y), timesteps, taps, k, noise=noise,
+                      conditioning=cond(train.given, test.given), seed=seed, progress=progress, batched=batched,
+                      memory_budget=memory_budget)
+    report: dict = {
+        "dataset": name, "n_train": len(train.y), "n_test": len(test.y), "n_select": n_select, "timesteps": ts_spec,
+        "taps": taps_spec, "noise": noise, "use_labels": use_labels, "classes": list(classes), "seed": seed,
+        "world_size": distributed.world_size(),
+        "cost": {"select_wall_s": round(select_s, 3), "select_forward_samples": selection.meta["samples"],
+                 "grid_wall_s": round(grid.wall_s, 3), "grid_forward_samples": grid.forward_samples,
+                 "wall_ratio": grid.wall_s / select_s,
+                 "forward_ratio": grid.forward_samples / selection.meta["samples"],
+                 "candidates_wall_s": round(candidates_s, 3)},
+        "classification": {"grid": grid.to_dict(), **compare(selection, grid, _tap_sets(selection.taps))},
+    }
+    dgrid = None
+    if dense:
+        assert train.target is not None and test.target is not None
+        a, b = min(n_dense[0], len(train.y)), min(n_dense[1], len(test.y))
+        dgrid = dense_probe_grid(model, (train.x[:a], train.target[:a]), (test.x[:b], test.target[:b]), timesteps,
+                                 dense_taps, dense_classes, noise=noise,
+                                 conditioning=cond(train.given[:a], test.given[:b]), seed=seed, progress=progress,
+                                 batched=batched, memory_budget=memory_budget)
+        report["dense"] = {"grid": dgrid.to_dict(), "n_train": a, "n_test": b,
+                           **compare(selection, dgrid, {"dense_taps": dgrid.taps})}
+    elif dense_note:
+        report["dense_note"] = dense_note
+    return report, selection, grid, dgrid
+
+
 def run_validation(
     model: nn.Module,
     dataset: str = "fashion",
@@ -455,15 +745,18 @@ def run_validation(
     dense: bool = True,
     n_dense_train: int = 100,
     n_dense_test: int = 100,
-    dense_taps: str | None = None,
+    dense_taps: str | Sequence[str] | None = None,
     candidates: bool = False,
     seed: int = 0,
     progress: bool = True,
+    **options,
 ) -> tuple[dict, SelectionResult, ProbeGrid, ProbeGrid | None]:
     """Selection on ``n_select`` unlabeled training images vs the exhaustive probe grid on ``n_train``/``n_test``
-    labeled images (and a dense grid), on the same model, timesteps and taps; returns the report and its parts.
-    ``None`` sizes and timesteps take the dataset's defaults (:data:`DEFAULT_N_TRAIN`, :data:`DEFAULT_N_TEST`,
-    :data:`DEFAULT_TIMESTEPS`).  The noisy datasets have no dense task: their pixels do not give the dense target.
+    labeled images of a shipped dataset (and a dense grid on its foreground masks), on the same model, timesteps
+    and taps; returns the report and its parts.  ``None`` sizes and timesteps take the dataset's defaults
+    (:data:`DEFAULT_N_TRAIN`, :data:`DEFAULT_N_TEST`, :data:`DEFAULT_TIMESTEPS`); the noisy datasets have no dense
+    task (their pixels do not give the dense target).  ``options`` (``noise``, ``use_labels``, ``batched``,
+    ``memory_budget``) are those of :func:`validation_parts`.
 
     The selection scores every registered statistic scorer; its cost is that run's.  With ``candidates`` a second,
     untimed run adds the :data:`CANDIDATES`.  The dense probe runs on ``dense_taps``, which must be among ``taps``;
@@ -471,10 +764,9 @@ def run_validation(
     checked before the first forward.
     """
     from .forward import model_device_dtype
-    from .select import select_timestep
 
     device, _ = model_device_dtype(model)
-    (utr, ytr), (ute, yte), k = load_dataset(dataset, n_train, n_test, seed)
+    (utr, ytr), (ute, yte), _ = load_dataset(dataset, n_train, n_test, seed)
     n_train, n_test = len(ytr), len(yte)
     timesteps = timesteps or DEFAULT_TIMESTEPS.get(dataset, VALIDATION_TIMESTEPS)
     Noiser("ddpm").check(parse_timesteps(timesteps))
@@ -484,33 +776,10 @@ def run_validation(
     if dense:
         dense_taps = check_dense_taps(model, taps, dense_taps)
     xtr, xte = _model_input(utr, device), _model_input(ute, device)
-    start = time.perf_counter()
-    selection = select_timestep(model, xtr[:n_select], timesteps, taps, seed=seed, progress=progress)
-    select_s = time.perf_counter() - start
-    candidates_s = 0.0
-    if candidates:
-        start = time.perf_counter()
-        selection = _with_candidates(selection, model, xtr[:n_select], timesteps, taps, seed, progress)
-        candidates_s = time.perf_counter() - start
-    grid = probe_grid(model, (xtr, ytr), (xte, yte), timesteps, taps, k, seed=seed, progress=progress)
-    report: dict = {
-        "dataset": dataset, "n_train": n_train, "n_test": n_test, "n_select": n_select, "timesteps": timesteps,
-        "taps": taps, "seed": seed, "world_size": distributed.world_size(),
-        "cost": {"select_wall_s": round(select_s, 3), "select_forward_samples": selection.meta["samples"],
-                 "grid_wall_s": round(grid.wall_s, 3), "grid_forward_samples": grid.forward_samples,
-                 "wall_ratio": grid.wall_s / select_s,
-                 "forward_ratio": grid.forward_samples / selection.meta["samples"],
-                 "candidates_wall_s": round(candidates_s, 3)},
-        "classification": {"grid": grid.to_dict(), **compare(selection, grid, _tap_sets(selection.taps))},
-    }
-    dgrid = None
-    if dense:
-        (dtr, dytr), (dte, dyte) = (utr[:n_dense_train], ytr[:n_dense_train]), (ute[:n_dense_test], yte[:n_dense_test])
-        dgrid = dense_probe_grid(model, (_model_input(dtr, device), dtr, dytr), (_model_input(dte, device), dte, dyte),
-                                 timesteps, dense_taps, k, seed=seed, progress=progress)
-        report["dense"] = {"grid": dgrid.to_dict(), "n_train": n_dense_train, "n_test": n_dense_test,
-                           **compare(selection, dgrid, {"dense_taps": dgrid.taps})}
-    return report, selection, grid, dgrid
+    return validation_parts(model, xtr, ytr, xte, yte, dense_target(utr, ytr), dense_target(ute, yte), name=dataset,
+                            n_select=n_select, timesteps=timesteps, taps=taps, dense=dense,
+                            n_dense_train=n_dense_train, n_dense_test=n_dense_test, dense_taps=dense_taps,
+                            candidates=candidates, seed=seed, progress=progress, **options)
 
 
 def check_dense_taps(model: nn.Module, taps: str | Sequence[str], dense_taps: str | Sequence[str] | None

@@ -1,6 +1,6 @@
 """The compute of selection against the exhaustive probe grid on a GPU: ``aselect validate``'s two sides, timed.
 
-``python bench/gpu_validate.py --out DIR [--dataset fashion]``
+``python bench/gpu_validate.py --out DIR [--dataset fashion] [--single-cells 20] [--smoke]``
 
 On the embedded model (fp32, CUDA) and the shipped Fashion-MNIST images, at ``aselect validate``'s defaults
 (1000 train / 1000 test images for the grid, 64 for selection, the 22 timesteps of ``VALIDATION_TIMESTEPS``,
@@ -10,11 +10,17 @@ all 30 taps), in this order:
    fused kernel (what a user's first call pays);
 2. ``selection_warm``: the same call again (kernels compiled and cached);
 3. ``grid``: :func:`~aselect_kernels.validate.probe_grid`, the features of 2000 images at every (t, tap) and a
-   logistic-regression probe per cell, fitted on the GPU; its progress (fits done, seconds) is saved after every
-   fit, so a run cut short still says how far it got;
-4. the picks of :func:`~aselect_kernels.validate.compare` for the default scorer, and the wall-time ratios.
+   logistic-regression probe per cell, all cells fitted together on the GPU (batched L-BFGS); its progress (fits
+   done, seconds) is saved as it goes, so a run cut short still says how far it got;
+4. ``dense_grid``: :func:`~aselect_kernels.validate.dense_probe_grid` on 100 + 100 images at the block outputs,
+   batched, as ``aselect validate`` runs it;
+5. ``fits_side_by_side``: on the cells of two timesteps (``--side-timesteps``, 60 cells with all 30 taps), the
+   batched fit of every cell and the one-at-a-time fit of the first ``--single-cells`` (the old path, about 0.76 s a
+   fit on an H100), with their agreement (``bench/probe_fit.py``'s :func:`fit_both`);
+6. the picks of :func:`~aselect_kernels.validate.compare` for the default scorer, and the wall-time ratios.
 
 ``DIR/gpu_validate.json`` is rewritten after every step.  Forward-sample counts are the same as on the CPU.
+``--smoke`` runs every step on a tiny configuration (any device, CPU included) to check the script itself.
 """
 
 from __future__ import annotations
@@ -29,10 +35,22 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from probe_fit import fit_both  # noqa: E402
 
 from aselect_kernels.model import load_embedded  # noqa: E402
-from aselect_kernels.select import select_timestep  # noqa: E402
-from aselect_kernels.validate import VALIDATION_TIMESTEPS, _model_input, _tap_sets, compare, load_dataset, probe_grid  # noqa: E402
+from aselect_kernels.probe import dense_target  # noqa: E402
+from aselect_kernels.select import capture_features, select_timestep  # noqa: E402
+from aselect_kernels.validate import (  # noqa: E402
+    VALIDATION_TIMESTEPS,
+    _model_input,
+    _tap_sets,
+    compare,
+    dense_probe_grid,
+    load_dataset,
+    probe_grid,
+)
 
 
 def _sync() -> None:
@@ -50,7 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timesteps", default=VALIDATION_TIMESTEPS)
     parser.add_argument("--taps", default="all")
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--side-timesteps", default="0,100", help="timesteps of the side-by-side fit comparison")
+    parser.add_argument("--single-cells", type=int, default=20, help="cells fitted one at a time side by side")
+    parser.add_argument("--n-dense", type=int, default=100, help="train and test images of the dense grid")
+    parser.add_argument("--smoke", action="store_true", help="a tiny run of every step, to test the script")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.n_train, args.n_test, args.n_select, args.n_dense = 40, 30, 8, 6
+        args.timesteps, args.taps, args.side_timesteps, args.single_cells = "0,500", "block_out:2", "0", 2
     t_start = time.perf_counter()
     device = torch.device(args.device)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -93,7 +118,30 @@ def main(argv: list[str] | None = None) -> int:
 
     grid = probe_grid(model, (xtr, ytr), (xte, yte), args.timesteps, args.taps, k, progress=False, on_fit=on_fit)
     res["steps"]["grid"].update(wall_s=round(grid.wall_s, 3), forward_samples=grid.forward_samples,
-                                best_metric=float(grid.metric.max()), raw_pixel_floor=grid.floor)
+                                best_metric=float(grid.metric.max()), raw_pixel_floor=grid.floor, fit="batched")
+    print(f"grid: {res['steps']['grid']}", flush=True)
+    save()
+
+    nd = args.n_dense
+    dense_taps = _tap_sets(grid.taps).get("block_out", grid.taps)
+    _sync()
+    dgrid = dense_probe_grid(model, (xtr[:nd], dense_target(utr[:nd], ytr[:nd])),
+                             (xte[:nd], dense_target(ute[:nd], yte[:nd])), args.timesteps, dense_taps, k + 1,
+                             progress=False)
+    _sync()
+    res["steps"]["dense_grid"] = {"wall_s": round(dgrid.wall_s, 3), "cells": dgrid.metric.size,
+                                  "forward_samples": dgrid.forward_samples, "best_metric": float(dgrid.metric.max()),
+                                  "fit": "batched"}
+    print(f"dense_grid: {res['steps']['dense_grid']}", flush=True)
+    save()
+
+    feats, _ = capture_features(model, torch.cat([xtr, xte]), args.side_timesteps, args.taps, progress=False)
+    side = fit_both(feats, ytr, yte, k, device, args.single_cells)
+    res["steps"]["fits_side_by_side"] = {"wall_s": round(side["summary"]["batched_s"] + side["summary"]["single_s"],
+                                                          3), **side["summary"]}
+    res["fits_side_by_side_cells"] = side["per_cell"]
+    print(f"fits_side_by_side: {side['summary']}", flush=True)
+    save()
     cls = compare(selection, grid, _tap_sets(selection.taps))
     picks = {}
     for set_name, block in cls["tap_sets"].items():

@@ -286,6 +286,7 @@ def test_parser_names_match_the_library():
     assert cli.DEFAULT_SCORER == scorers.DEFAULT_SCORER and cli.BACKENDS == stats.BACKENDS
     assert cli.DEFAULT_TAPS == taps.DEFAULT_TAPS and cli.VALIDATION_TIMESTEPS == validate.VALIDATION_TIMESTEPS
     assert cli.NOISE_TIMESTEPS == validate.NOISE_TIMESTEPS and cli.DATASETS == validate.DATASETS
+    assert cli.DEFAULT_TEST_FRACTION == validate.DEFAULT_TEST_FRACTION
     assert validate.DEFAULT_TIMESTEPS == {d: cli.NOISE_TIMESTEPS for d in cli.DATASETS if d.endswith("_noise")}
 
 
@@ -372,7 +373,7 @@ def test_validate_small_run_writes_report_and_its_selection_equals_the_library(t
     from aselect_kernels.validate import _model_input, _with_candidates, load_dataset
 
     out = tmp_path / "val"
-    rc = main(["validate", "--dataset", "digits", "--n-train", "16", "--n-test", "12", "--n-select", "4",
+    rc = main(["validate", "--dataset", "digits", "--n-train", "40", "--n-test", "12", "--n-select", "4",
                "--timesteps", "0,500", "--taps", "block_out:5", "--no-dense", "--candidates", "--out", str(out),
                "--no-progress", "--device", "cpu"])
     assert rc == 0

@@ -82,6 +82,6 @@ def test_validate_on_a_noisy_dataset_reports_the_margin_over_the_smallest_t(tmp_
     metric = np.asarray(grid["metric"]) * 100
     p = grid["taps"].index(best["tap"])
     v = best["vs_smallest_t"]
-    assert v["t"] == 0 and grid["timesteps"] == [100, 0]
-    assert abs(v["margin"] - (best["metric"] - metric[1, p])) < 1e-9
+    assert v["t"] == 0 and grid["timesteps"] == [0, 100]  # the grid is sorted
+    assert abs(v["margin"] - (best["metric"] - metric[0, p])) < 1e-9
     assert v["ci95"][0] <= v["margin"] <= v["ci95"][1]

@@ -221,8 +221,9 @@ def test_probe_grids_on_a_tiny_dit():
     assert grid.metric.shape == (2, 2) and grid.forward_samples == 48
     assert grid.floor == 1.0 and grid.metric[0].max() >= 0.75
     assert grid.correct.shape == (2, 2, 8) and np.array_equal(grid.correct.mean(-1), grid.metric)
-    dense = dense_probe_grid(model, (x[:16], u8[:16], labels[:16]), (x[16:], u8[16:], labels[16:]), [0, 500],
-                             "block_out:1", 2, chunk_size=48, progress=False)
+    target = dense_target(u8, labels)
+    dense = dense_probe_grid(model, (x[:16], target[:16]), (x[16:], target[16:]), [0, 500], "block_out:1", 3,
+                             chunk_size=48, progress=False)
     assert dense.metric.shape == (2, 1) and 0 < dense.metric.max() <= 1 and 0 < dense.floor <= 1
 
 
