@@ -321,7 +321,8 @@ def _check_validation_args(args: argparse.Namespace) -> None:
     if not 0.0 < args.test_fraction < 1.0:
         raise CliError(f"--test-fraction must lie in (0, 1), got {args.test_fraction}")
     noisy = (args.dataset or "").endswith("_noise")
-    args.timesteps = args.timesteps or (NOISE_TIMESTEPS if noisy else VALIDATION_TIMESTEPS)
+    if args.timesteps is None:  # the dataset's default grid ("" stays an error)
+        args.timesteps = NOISE_TIMESTEPS if noisy else VALIDATION_TIMESTEPS
     _check_timesteps(args.timesteps, args.noise)
 
 

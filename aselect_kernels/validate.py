@@ -768,7 +768,7 @@ def run_validation(
     device, _ = model_device_dtype(model)
     (utr, ytr), (ute, yte), _ = load_dataset(dataset, n_train, n_test, seed)
     n_train, n_test = len(ytr), len(yte)
-    timesteps = timesteps or DEFAULT_TIMESTEPS.get(dataset, VALIDATION_TIMESTEPS)
+    timesteps = DEFAULT_TIMESTEPS.get(dataset, VALIDATION_TIMESTEPS) if timesteps is None else timesteps
     Noiser("ddpm").check(parse_timesteps(timesteps))
     dense = dense and not dataset.endswith("_noise")
     if n_select > n_train:

@@ -11,10 +11,11 @@
 #                       DiT-XL/2 forward variants at batch 128 and 8 on 56 and 140 taps, launch cost, targets;
 #                       at the end also "steps" (rc and seconds of every step below)
 #   gpu_checks.json     bench/gpu_checks.py: accuracy against the fp64 reference with poisoned buffers, determinism,
-#                       compile
+#                       compile; the CUDA C++ kernel's checks under "cuda_backend"
 #   ncu.txt             bench/profile_kernels.sh: Nsight Compute sections and metrics of the kernels on the
 #                       headline shape, and their SASS (load widths, MMA instructions, registers, spills)
-#   sanitizer.log       compute-sanitizer memcheck, then racecheck, over bench/gpu_checks.py --sanitizer
+#   sanitizer.log       compute-sanitizer memcheck, then racecheck, over bench/gpu_checks.py --sanitizer, for the
+#                       Triton kernel and then the CUDA C++ kernel
 #   pytest_bench.json   pytest-benchmark medians (bench/test_bench_stats.py)
 #   gpu_validate.json   bench/gpu_validate.py at its defaults: selection and the probe grid, timed on the GPU
 #   block_sweep.json    bench/block_sweep.py
@@ -23,7 +24,8 @@
 # Steps run in this order (the owed figures first), each under `timeout`: a step gets min(its cap, time left
 # minus what the later steps are guaranteed), is skipped when that is under 20 s, and a failure or timeout is
 # recorded while the next step still runs.  Caps in seconds:
-#   cuda_build 120 | bench_stats 230 | gpu_checks 80 | ncu 60 | memcheck 35 | racecheck 35 | pytest_bench 40 |
+#   cuda_build 120 | bench_stats 230 | gpu_checks 80 | gpu_checks_cuda 60 | ncu 60 | memcheck and racecheck 35
+#   each, per backend | pytest_bench 40 |
 #   gpu_validate 60 | block_sweep 40
 # cuda_build compiles (or loads) the package's CUDA C++ backend once, when the package has one, so that no
 # benchmark times a build.
@@ -93,12 +95,14 @@ find_tool() {
 
 # sanitize TOOL RESERVE_S: compute-sanitizer TOOL over the short GPU subset of gpu_checks.py (a run_step),
 # then its log appended to sanitizer.log
-sanitize() {
-    local tool="$1" log="$SCRATCH/sanitizer_$1.log"
+sanitize() {  # sanitize TOOL RESERVE_S [BACKEND]
+    local tool="$1" backend="${3:-triton}"
+    local log="$SCRATCH/sanitizer_${tool}_$backend.log"
     # no caching allocator: every tensor its own cudaMalloc, so an out-of-bounds access cannot hide in a pool
-    run_step "$tool" 35 "$2" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$CS" --tool "$tool" --print-limit 20 \
-        --error-exitcode 3 --log-file "$log" "$PY" bench/gpu_checks.py --sanitizer --out "$SCRATCH/gc_$tool.json"
-    { echo "##### compute-sanitizer --tool $tool"; cat "$log" 2>/dev/null; } >>"$OUT/sanitizer.log"
+    run_step "${tool}_$backend" 35 "$2" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$CS" --tool "$tool" --print-limit 20 \
+        --error-exitcode 3 --log-file "$log" "$PY" bench/gpu_checks.py --sanitizer --backend "$backend" \
+        --out "$SCRATCH/gc_${tool}_$backend.json"
+    { echo "##### compute-sanitizer --tool $tool, backend $backend"; cat "$log" 2>/dev/null; } >>"$OUT/sanitizer.log"
 }
 
 # copy_result SRC_DIR FILE: keep one JSON of a step that writes into its own folder
@@ -163,6 +167,17 @@ EOF
         # bench_stats skips its own late sections when its budget runs short (STEP_LIMIT minus a margin)
         run_step bench_stats 230 180 bash -c "'$PY' bench/bench_stats.py --out '$OUT' --budget-s \$((STEP_LIMIT - 15))"
         run_step gpu_checks 80 130 "$PY" bench/gpu_checks.py --out "$OUT/gpu_checks.json"
+        # the CUDA C++ kernel passes the same checks; its JSON joins gpu_checks.json under "cuda_backend"
+        run_step gpu_checks_cuda 60 130 "$PY" bench/gpu_checks.py --backend cuda --skip-compile \
+            --out "$SCRATCH/gpu_checks_cuda.json"
+        "$PY" - "$OUT/gpu_checks.json" "$SCRATCH/gpu_checks_cuda.json" <<'PYEOF' || true
+import json, pathlib, sys
+main, extra = (pathlib.Path(a) for a in sys.argv[1:3])
+if main.is_file() and extra.is_file():
+    data = json.loads(main.read_text())
+    data["cuda_backend"] = json.loads(extra.read_text())
+    main.write_text(json.dumps(data, indent=1))
+PYEOF
         run_step ncu 60 100 bash bench/profile_kernels.sh "$OUT/ncu.txt"
         local CS
         CS="$(find_tool compute-sanitizer)"
@@ -170,6 +185,8 @@ EOF
             : >"$OUT/sanitizer.log"
             sanitize memcheck 80
             sanitize racecheck 65
+            sanitize memcheck 60 cuda
+            sanitize racecheck 45 cuda
             grep -h "ERROR SUMMARY\|RACECHECK SUMMARY" "$OUT/sanitizer.log" || echo "sanitizer: no summary line"
         else
             not_run memcheck "compute-sanitizer not found"

@@ -4,7 +4,7 @@
 statistics) with ``matmul_stats`` (the kernel's algorithm in PyTorch ops) and ``reference_stats`` (the definition,
 FFT based), in float32, on the embedded model's tap shapes: a 594-sample chunk of hidden width (96) and of the MLP's
 hidden activation (384), 196 tokens, 1-D and 2-D frequency ratios.  Inputs rotate among random buffers larger than
-the last-level cache.  Skipped where CUDA is visible (the GPU session's time goes to the GPU benchmarks) unless
+the last-level cache.  Skipped where CUDA is visible (a GPU run's time goes to the GPU benchmarks) unless
 ``ASELECT_BENCH_CPU=1``.
 """
 
