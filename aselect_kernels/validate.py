@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -657,12 +658,14 @@ def prepare_splits(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     if n_test is not None:
         test_images, test_labels = test_images[:n_test], test_labels[:n_test]
         test_masks = test_masks[:n_test] if test_masks is not None else None
-    unseen = sorted(set(test_labels.tolist()) - set(labels.tolist()))
-    if unseen:
-        raise ValueError(f"test labels {unseen[:5]} never occur in the training labels")
-    classes = sorted(set(labels.tolist()))
-    if len(classes) < 2:
-        raise ValueError(f"a probe needs at least 2 classes in the training labels, found {classes}")
+    seen = sorted(set(labels.tolist()))
+    if len(seen) < 2:
+        raise ValueError(f"a probe needs at least 2 classes in the training labels, found {seen}")
+    unseen = sorted(set(test_labels.tolist()) - set(seen))
+    if unseen:  # the probes cannot get these right; they still count in the accuracy
+        warnings.warn(f"test labels {unseen[:5]} never occur in the training labels: the probes cannot predict "
+                      "them", UserWarning, stacklevel=2)
+    classes = sorted(set(seen) | set(unseen))
     lookup = {c: i for i, c in enumerate(classes)}
     device, _ = model_device_dtype(model)
 

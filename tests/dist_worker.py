@@ -22,6 +22,7 @@ import torch
 from aselect_kernels import distributed
 from aselect_kernels.cli import main
 from aselect_kernels.forward import default_call
+from aselect_kernels.probe import dense_target
 from aselect_kernels.select import select_timestep
 from aselect_kernels.validate import dense_probe_grid
 
@@ -61,9 +62,11 @@ def api_select(model: torch.nn.Module, x: torch.Tensor, call=None, chunk_size: i
 
 
 def api_dense(model: torch.nn.Module, train: tuple, test: tuple):
-    """One chunk for all 32 samples: rank 1's shard is empty and it learns the buffers' shapes from rank 0."""
-    return dense_probe_grid(model, train, test, [0, 500], ["transformer_blocks.1"], 2, chunk_size=64,
-                            progress=False)
+    """One chunk for all 32 samples: rank 1's shard is empty and it learns the buffers' shapes from rank 0.
+    ``train``/``test`` are ``(images, uint8 pixels, labels)``; the pixel targets have 2 classes + background."""
+    (xtr, utr, ytr), (xte, ute, yte) = train, test
+    return dense_probe_grid(model, (xtr, dense_target(utr, ytr)), (xte, dense_target(ute, yte)), [0, 500],
+                            ["transformer_blocks.1"], 3, chunk_size=64, progress=False)
 
 
 def _error_of(fn) -> dict:
