@@ -807,12 +807,16 @@ def _tap_sets(taps: list[str]) -> dict[str, list[str]]:
     """``all`` plus one set per tap kind (query / attention-out / MLP-out / MLP-hidden / block-out) when they can be
     told apart."""
     sets = {"all": list(taps)}
-    kinds = {"query": lambda t: t.endswith(("to_q", "[q]")), "attn_out": lambda t: t.endswith(("attn1", "attn")),
-             "mlp_out": lambda t: t.endswith(("ff", "mlp")),
-             "mlp_hidden": lambda t: t.endswith(("ff.net.0", "mlp.1", "mlp.act")),
-             "block_out": lambda t: re.search(r"(^|\.)(transformer_blocks|blocks)\.\d+(@\d+)?$", t) is not None}
+    single = re.compile(r"(^|\.)single_transformer_blocks\.\d+\.")  # Flux's single-stream blocks
+    kinds = {"query": lambda t: t.endswith(("to_q", "[q]")),
+             "attn_out": lambda t: t.endswith(("attn1", "attn", "attn@0")),
+             "mlp_out": lambda t: t.endswith(("ff", ".mlp")) or (t.endswith(".proj_out") and bool(single.search(t))),
+             "mlp_hidden": lambda t: t.endswith(("ff.net.0", "mlp.1", "mlp.act", ".act_mlp")),
+             "block_out": lambda t: re.search(r"(^|\.)(single_transformer_blocks|transformer_blocks|blocks)\.\d+"
+                                              r"(@\d+)?$", t) is not None}
     for kind, test in kinds.items():
-        members = [t for t in taps if test(t)]
+        # a token-axis slice ([a:b], Flux's image tokens) does not change the kind
+        members = [t for t in taps if test(re.sub(r"\[-?\d*:-?\d*\]$", "", t))]
         if 0 < len(members) < len(taps):
             sets[kind] = members
     return sets

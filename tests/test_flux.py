@@ -248,3 +248,13 @@ def test_token_slice_syntax():
     for bad in ("a[x:]", "a[-:]", "a[1:2:3]", "a[q][1:]"):
         with pytest.raises(ValueError, match="bad tap"):
             TapSpec.parse(bad)
+
+
+def test_validation_groups_flux_taps_by_kind(flux):
+    """The validation report's per-kind tap sets recognise Flux's names (token slices, ``attn@0``, ``act_mlp``,
+    single-stream ``proj_out``), so each set is exactly what that preset kind resolves to."""
+    from aselect_kernels.validate import _tap_sets
+
+    sets = _tap_sets([s.name for s in resolve_taps(flux, "all", text_tokens=S)])
+    for kind in KINDS:
+        assert set(sets[kind]) == {s.name for s in resolve_taps(flux, kind, text_tokens=S)}, kind
