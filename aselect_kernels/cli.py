@@ -198,7 +198,7 @@ def _run_selection(args: argparse.Namespace, out: Path, model: Any, images: Any,
     from .result import _short
     from .select import select_timestep
 
-    taps = args.taps.split(",") if "," in args.taps and "." in args.taps else args.taps
+    taps = _taps(args.taps)
     budget = int(args.memory_budget_mb * 2**20) if args.memory_budget_mb is not None else None
     start = time.perf_counter()
     result = select_timestep(
