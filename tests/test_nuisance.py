@@ -45,7 +45,7 @@ def test_noise_rejects_bad_input():
         add_pixel_noise(np.zeros((2, 3), dtype=np.uint8), std=-0.1)
 
 
-@pytest.mark.parametrize("name", ["fashion_noise", "digits_noise"])
+@pytest.mark.parametrize("name", ["fashion_noise", "digits_noise", "mnist_noise"])
 def test_noisy_datasets_keep_labels_and_noise_prefixes(name):
     base = name.removesuffix("_noise")
     (ctr, cytr), (cte, cyte), _ = load_dataset(base, 40, 30)

@@ -1,6 +1,6 @@
 """Print the summary tables of docs/VALIDATION.md from the validation JSON files beside this script.
 
-    python docs/validation/summarize.py            # reads validation_fashion.json and validation_digits.json
+    python docs/validation/summarize.py [folder]   # reads validation_<dataset>.json (and label_free.json)
 
 Every figure of those tables comes from here, so the page and the JSON cannot disagree.
 """
@@ -109,15 +109,19 @@ def others(reports: dict[str, dict]) -> list[str]:
 def scorers(reports: dict[str, dict], task: str = "classification", tap_set: str = "all", both: bool = False
             ) -> list[str]:
     names = list(reports)
+    sets = {n: tap_set if tap_set in reports[n][task]["tap_sets"] else "all" for n in names}
     head = "| scorer (direction) | " + " | ".join(f"{n} ρ | {n} per-tap gap | {n} joint pick, gap" for n in names)
     out = [head + " |", "|---|" + "---|---|---|" * len(names)]
-    first = reports[names[0]][task]["tap_sets"][tap_set]
+    first = reports[names[0]][task]["tap_sets"][sets[names[0]]]
     for key, row in first["scorers"].items():
         if row["direction"] != row["default_direction"] and not both:
             continue
         cells = []
         for n in names:
-            r = reports[n][task]["tap_sets"][tap_set]["scorers"][key]
+            r = reports[n][task]["tap_sets"][sets[n]]["scorers"].get(key)
+            if r is None:  # a candidate criterion this run did not score (no --candidates)
+                cells.append("- | - | -")
+                continue
             j = r["joint"]
             cells.append(f"{r['mean_rho']:+.2f} | {r['mean_gap']:.2f} | ({j['t']}, {_short(j['tap'])}) "
                          f"{j['gap']:.2f}{_ci(j)}")
@@ -127,7 +131,7 @@ def scorers(reports: dict[str, dict], task: str = "classification", tap_set: str
     for rule in ("smallest_t", "t100", "random"):
         cells = []
         for n in names:
-            r = reports[n][task]["tap_sets"][tap_set]["trivial"][rule]
+            r = reports[n][task]["tap_sets"][sets[n]]["trivial"][rule]
             j = r["joint"]
             pick = "random cell" if j["t"] is None else f"({j['t']}, {_short(j['tap'])})"
             cells.append(f" | {r['mean_gap']:.2f} | {pick} {j['gap']:.2f}{_ci(j)}")
@@ -142,7 +146,7 @@ def interior(reports: dict[str, dict]) -> list[str]:
            " | smallest-t rule (same preset), gap | default beats it by |", "|---|---|---|---|---|---|---|"]
     for name, rep_all in reports.items():
         cls = rep_all["classification"]
-        best = cls["tap_sets"]["all"]["best"]
+        best = cls["tap_sets"].get(PRESET, cls["tap_sets"]["all"])["best"]
         v, f = best["vs_smallest_t"], best["vs_floor"]
         sel = default_pick(cls)
         rule = cls["tap_sets"].get(PRESET, cls["tap_sets"]["all"])["trivial"]["smallest_t"]["joint"]
@@ -155,8 +159,41 @@ def interior(reports: dict[str, dict]) -> list[str]:
     return out
 
 
+def decision(folder: Path, names: list[str]) -> list[str]:
+    """Joint gaps on the preset over every benchmark: registered scorers (default direction), trivial rules and the
+    label-free candidates of ``label_free.json``, with the worst and the mean (the held-out plan's decision rule)."""
+    reports = {n: json.loads((folder / f"validation_{n}.json").read_text()) for n in names}
+    lf_path = folder / "label_free.json"
+    lf = json.loads(lf_path.read_text()) if lf_path.is_file() else {}
+    rows: dict[str, list[float | None]] = {}
+
+    def put(label: str, i: int, gap: float) -> None:
+        rows.setdefault(label, [None] * len(names))[i] = gap
+
+    for i, n in enumerate(names):
+        sets = reports[n]["classification"]["tap_sets"]
+        rep = sets.get(PRESET, sets["all"])
+        for key, r in rep["scorers"].items():
+            if r["direction"] == r["default_direction"] and "_2d" not in key and not key.startswith("erank"):
+                put(f"{r['scorer']} ({r['direction']})", i, r["joint"]["gap"])
+        for rule in ("smallest_t", "t100", "random"):
+            put(f"*rule: {rule}*", i, rep["trivial"][rule]["joint"]["gap"])
+        if n in lf:
+            cand = lf[n]["tap_sets"].get(PRESET, lf[n]["tap_sets"]["all"])["scorers"]
+            for key, r in cand.items():
+                name, direction = key.split(":")
+                if direction == ("min" if name == "perank" else "max"):
+                    put(f"*candidate* {name} ({direction})", i, r["joint"]["gap"])
+    out = ["| rule (direction) | " + " | ".join(names) + " | worst | mean |", "|---|" + "---|" * (len(names) + 2)]
+    for label, gaps in rows.items():
+        got = [g for g in gaps if g is not None]
+        tail = f"{max(got):.2f} | {sum(got) / len(got):.2f}" if len(got) == len(names) else "- | -"
+        out.append(f"| {label} | " + " | ".join("-" if g is None else f"{g:.2f}" for g in gaps) + f" | {tail} |")
+    return out
+
+
 def main(folder: Path = HERE) -> None:
-    reports = {n: json.loads((folder / f"validation_{n}.json").read_text()) for n in ("fashion", "digits")
+    reports = {n: json.loads((folder / f"validation_{n}.json").read_text()) for n in ("fashion", "digits", "mnist")
                if (folder / f"validation_{n}.json").is_file()}
     if "fashion" not in reports:
         sys.exit(f"no validation_fashion.json in {folder}")
@@ -166,11 +203,12 @@ def main(folder: Path = HERE) -> None:
     print("\n".join(scorers(reports, "classification", PRESET)), end="\n\n")
     if all("dense" in r for r in reports.values()):
         print("\n".join(scorers(reports, "dense", "dense_taps")), end="\n\n")
-    noisy = {n: json.loads((folder / f"validation_{n}.json").read_text()) for n in ("fashion_noise", "digits_noise")
-             if (folder / f"validation_{n}.json").is_file()}
+    noisy = {n: json.loads((folder / f"validation_{n}.json").read_text())
+             for n in ("fashion_noise", "digits_noise", "mnist_noise") if (folder / f"validation_{n}.json").is_file()}
     if noisy:
         print("\n".join(interior(noisy)), end="\n\n")
-        print("\n".join(scorers(noisy, both=True)))  # the noisy runs score the mlp_hidden preset only
+        print("\n".join(scorers(noisy, tap_set=PRESET, both=True)), end="\n\n")
+    print("\n".join(decision(folder, [*reports, *noisy])))
 
 
 if __name__ == "__main__":
