@@ -27,8 +27,8 @@ from . import __version__
 DEMO_IMAGES = 64
 DEMO_TIMESTEPS = "0:1000:50"
 #: Names the parser needs before the library is imported (the tests keep them equal to the library's own).
-SCORERS = ("hfr", "hfr_centered", "token_var", "chan_entropy")
-DEFAULT_SCORER = "token_var"
+SCORERS = ("hfr", "hfr_centered", "token_var", "chan_entropy", "sf")
+DEFAULT_SCORER = "sf"
 BACKENDS = ("auto", "triton", "cuda", "matmul", "torch")
 DEFAULT_TAPS = "mlp_hidden"
 VALIDATION_TIMESTEPS = "0,10,25,50:1000:50"
@@ -221,8 +221,9 @@ def _run_selection(args: argparse.Namespace, out: Path, model: Any, images: Any,
     print(table)
     print(textwrap.fill(f"best t per tap: {per_tap}", _WIDTH, subsequent_indent="  ", break_on_hyphens=False))
     print(f"chosen (t, tap) = ({t}, {tap}) by {result.primary} ({result.directions[result.primary]})")
+    draws = " x 2 noise draws" if meta.get("pair_scorers") else ""
     print(f"scored {_plural(meta['samples'], 'sample')} ({_plural(images.shape[0], 'image')} x "
-          f"{_plural(len(result.timesteps), 'timestep')}) x {_plural(len(result.taps), 'tap')} in "
+          f"{_plural(len(result.timesteps), 'timestep')}{draws}) x {_plural(len(result.taps), 'tap')} in "
           f"{_plural(meta['chunks'], 'chunk')} of {meta['chunk_size']}; wall time {wall:.1f} s on {meta['device']}")
     print(f"wrote result.json and scores.png in {out}")
 

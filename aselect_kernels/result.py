@@ -110,7 +110,9 @@ class SelectionResult:
             labels = [f"[{i + 1}]" for i in range(len(shown))]
         width = max(_CELL, *map(len, labels))
         per_block = max(1, (line_width - 7) // (width + 1))
-        lines = [f"scorer {name} (direction {direction}), mean +- std over images"]
+        across = name in self.meta.get("pair_scorers", ())
+        what = "one value per cell, across images and two noise draws" if across else "mean +- std over images"
+        lines = [f"scorer {name} (direction {direction}), {what}"]
         for lo in range(0, len(shown), per_block):
             cols = range(lo, min(lo + per_block, len(shown)))
             if lo:
@@ -121,7 +123,7 @@ class SelectionResult:
                 for c in cols:
                     p = self.taps.index(shown[c])
                     mark = "*" if per_tap[shown[c]] == t else " "
-                    text = ("dead" if self.count[ti, p, s] == 0
+                    text = ("dead" if self.count[ti, p, s] == 0 else f"{self.mean[ti, p, s]:.4f}" if across
                             else f"{self.mean[ti, p, s]:.4f}+-{self.std[ti, p, s]:.3f}")
                     cells.append(f"{text}{mark}".rjust(width))
                 lines.append(f"{t:>6} " + " ".join(cells))

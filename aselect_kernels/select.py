@@ -68,7 +68,9 @@ def select_timestep(
         taps: preset names (``query``, ``attn_out``, ``mlp_hidden`` (the default), ``mlp_out``, ``block_out``,
             ``all``, ``attn_mlp``, with optional ``:blocks``) or module paths (:mod:`.taps`).
         scorer: the primary scorer (registered name or :class:`Scorer`); ``direction`` overrides its direction.
-        extra_scorers: more scorers for the table; every registered statistic scorer is included by default.
+        extra_scorers: more scorers for the table; by default every registered statistic scorer, and the
+            across-image (``pair_fn``) scorers when the primary is one.  An across-image scorer runs every sample
+            a second time, with the noise of ``seed + 1``: the forward costs twice as much.
         noise: ``"ddpm"``, ``"flow"``, ``"flux"`` (flow with Flux's shift for the images' resolution,
             :func:`~aselect_kernels.noise.flux_shift`) or a :class:`Noiser` wrapping a diffusers scheduler.
         config: frequency settings of the statistics (cutoff, 1-D/2-D, grid).
@@ -85,9 +87,9 @@ def select_timestep(
     """
     primary = get_scorer(scorer)
     if direction is not None:
-        primary = Scorer(primary.name, direction, primary.stat, primary.feature_fn, primary.doc)
+        primary = Scorer(primary.name, direction, primary.stat, primary.feature_fn, primary.doc, primary.pair_fn)
     others = [get_scorer(s) for s in extra_scorers] if extra_scorers is not None else [
-        s for s in list_scorers() if s.stat is not None]
+        s for s in list_scorers() if s.stat is not None or (s.pair_fn is not None and primary.pair_fn is not None)]
     scorers = [primary] + [s for s in others if s.name != primary.name]
     noiser = _noiser(noise, images)
     ts = noiser.check(parse_timesteps(timesteps))
@@ -95,28 +97,61 @@ def select_timestep(
     check_images(model, images, model_device_dtype(model)[0], warn_range=False)
     n_img = images.shape[0]
     feature_fns = {s.name: s.feature_fn for s in scorers if s.feature_fn is not None}
+    pairs = [s for s in scorers if s.pair_fn is not None]
     start = time.perf_counter()
+    run = dict(conditioning=conditioning, shared_noise=shared_noise, chunk_size=chunk_size,
+               memory_budget=memory_budget, progress=progress, call=call)
     tapset = TapSet(model, specs, n_img * len(ts), feature_fns=feature_fns, config=config, backend=backend,
-                    overlap=overlap)
-    collected, info = _run_taps(
-        model, images, ts, noiser, tapset, conditioning=conditioning, seed=seed, shared_noise=shared_noise,
-        chunk_size=chunk_size, memory_budget=memory_budget, progress=progress, call=call,
-    )
+                    overlap=overlap, means=bool(pairs))
+    collected, info = _run_taps(model, images, ts, noiser, tapset, seed=seed, **run)
     columns = tapset.columns
-    # per-sample scores [B, T, P, S]: the only host transfer of the run
+    # per-sample scores [B, T, P, S]: the only host transfer of the run (pair scorers: NaN, scored below)
     values = np.stack([
-        np.stack([collected[spec.name][:, columns.index(s.stat or s.name)].numpy() for s in scorers], axis=-1)
+        np.stack([collected[spec.name][:, columns.index(s.stat or s.name)].numpy() if s.pair_fn is None
+                  else np.full(n_img * len(ts), np.nan) for s in scorers], axis=-1)
         for spec in specs
     ], axis=1).reshape(n_img, len(ts), len(specs), len(scorers))
     moments = Moments.from_samples(values, axis=0)
+    if pairs:  # the second noise draw of every image: its channel means only
+        second = TapSet(model, specs, n_img * len(ts), config=config, backend=backend, overlap=overlap, means=True)
+        again, info2 = _run_taps(model, images, ts, noiser, second, seed=seed + 1, **run)
+        info = RunInfo(info.samples + info2.samples, info.chunks + info2.chunks, info.chunk_size,
+                       info.wall_s + info2.wall_s)
+        for s in pairs:
+            moments = _with_pair_scores(moments, scorers.index(s), s, specs, (collected, len(columns)),
+                                        (again, len(second.columns)), n_img, len(ts))
     result = SelectionResult(
         timesteps=ts, taps=[s.name for s in specs], scorers=[s.name for s in scorers],
         directions={s.name: s.direction for s in scorers}, moments=moments, primary=primary.name,
         meta={**_meta(model, images, noiser, config, backend, info, time.perf_counter() - start, seed, shared_noise),
-              "overlap": overlap},
+              "overlap": overlap, "pair_scorers": [s.name for s in pairs], "pair_seed": seed + 1 if pairs else None},
     )
     result.per_sample = values  # [B, T, P, S], not serialized
     return result
+
+
+def _with_pair_scores(moments: Moments, index: int, scorer: Scorer, specs: Sequence, first: tuple[dict, int],
+                      second: tuple[dict, int], n_img: int, n_t: int) -> Moments:
+    """``moments`` with column ``index`` replaced by ``scorer.pair_fn`` of every (t, tap) cell, taken across the
+    images from the channel means of the two draws: each draw's buffers and the number of columns ahead of the
+    means in them."""
+    value = np.full((n_t, len(specs)), np.nan)
+    count = np.zeros((n_t, len(specs)), dtype=np.int64)
+    (buf_a, cols_a), (buf_b, cols_b) = first, second
+    for p, spec in enumerate(specs):
+        a = buf_a[spec.name][:, cols_a:].reshape(n_img, n_t, -1)
+        b = buf_b[spec.name][:, cols_b:].reshape(n_img, n_t, -1)
+        for ti in range(n_t):
+            ok = torch.isfinite(a[:, ti]).all(1) & torch.isfinite(b[:, ti]).all(1)
+            count[ti, p] = int(ok.sum())
+            value[ti, p] = float(scorer.pair_fn(a[:, ti], b[:, ti]))
+    pop = Moments.from_population(value, count, n_img - count)
+    fields = []
+    for name in ("count", "total", "total_sq", "flagged"):
+        arr = np.array(getattr(moments, name), dtype=np.float64 if name.startswith("total") else np.int64)
+        arr[..., index] = getattr(pop, name)
+        fields.append(arr)
+    return Moments(*fields)
 
 
 def _run_taps(model: nn.Module, images: torch.Tensor, ts: list[int], noiser: Noiser, tapset: TapSet,

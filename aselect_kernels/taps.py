@@ -321,6 +321,8 @@ class TapSet:
         feature_fns: extra per-sample scores computed from the raw tapped tensor (user scorers), name -> fn.
         overlap: score CUDA taps on a side stream (see the module docstring); ``stat_fn`` and ``feature_fns`` must
             then be free of host synchronisations.  A no-op on the CPU.
+        means: also keep each sample's per-channel token means (the fused kernel returns them with the statistics;
+            :func:`~aselect_kernels.reference.channel_means`), as the last C columns of the tap's buffer.
 
     Before each chunk the caller sets :attr:`rows` (a device ``long`` tensor: the rows of this chunk's samples),
     and after it calls :meth:`join` (:meth:`collect` joins too).
@@ -330,14 +332,17 @@ class TapSet:
         self, model: nn.Module, taps: Sequence[TapSpec], total: int,
         stat_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
         feature_fns: dict[str, FeatureFn] | None = None, config: StatsConfig = StatsConfig(), backend: str = "auto",
-        nvtx: bool = False, overlap: bool = False,
+        nvtx: bool = False, overlap: bool = False, means: bool = False,
     ) -> None:
         from .stats import compute_stats
 
         self.model = model
         self.taps = list(taps)
         self.total = total
-        self.stat_fn = stat_fn or (lambda x: compute_stats(x, config, backend))
+        if means and stat_fn is not None:
+            raise ValueError("means=True takes the fused statistics; it cannot be combined with stat_fn")
+        self.means = means
+        self.stat_fn = stat_fn or (lambda x: compute_stats(x, config, backend, with_means=means))
         self.feature_fns = dict(feature_fns or {})
         self.columns = list(STAT_NAMES) + list(self.feature_fns)
         self.buffers: dict[str, torch.Tensor] = {}
@@ -392,7 +397,11 @@ class TapSet:
         if mark:  # a constant outer range (for ncu --nvtx-include "aselect.tap/") around the tap's own name
             torch.cuda.nvtx.range_push("aselect.tap")
             torch.cuda.nvtx.range_push(spec.name)
-        cols = [self.stat_fn(x)] + [fn(x).to(torch.float32).reshape(-1, 1) for fn in self.feature_fns.values()]
+        out = self.stat_fn(x)
+        stats, means = out if self.means else (out, None)
+        cols = [stats] + [fn(x).to(torch.float32).reshape(-1, 1) for fn in self.feature_fns.values()]
+        if means is not None:
+            cols.append(means)
         if mark:
             torch.cuda.nvtx.range_pop()
             torch.cuda.nvtx.range_pop()
@@ -460,7 +469,8 @@ class TapSet:
         self._rows = None
 
     def collect(self) -> dict[str, torch.Tensor]:
-        """All statistics, moved to the host once: tap name -> ``[total, len(columns)]`` float32."""
+        """All statistics, moved to the host once: tap name -> ``[total, len(columns)]`` float32 (then the C
+        channel means of the tap, with ``means=True``)."""
         self.join()
         missing = [s.name for s in self.taps if s.name not in self.buffers]
         if missing:

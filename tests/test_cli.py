@@ -86,7 +86,8 @@ def test_select_writes_result(model_dir, inputs, tmp_path, capsys):
                "0:1000:500", "--taps", "all", "--out", str(out), "--no-progress", "--backend", "torch"])
     assert rc == 0
     text = capsys.readouterr().out
-    assert "chosen (t, tap)" in text and "in 1 chunk of 6;" in text and "x 10 taps" in text
+    assert "chosen (t, tap)" in text and "in 2 chunks of 6;" in text and "x 10 taps" in text
+    assert "12 samples (3 images x 2 timesteps x 2 noise draws)" in text  # the default sf scores two draws
     assert max(len(line) for line in text.splitlines() if not line.startswith("wrote")) <= 130
     data = json.loads((out / "result.json").read_text())
     assert data["timesteps"] == [0, 500] and len(data["taps"]) == 10 and data["meta"]["images"] == 3
@@ -270,7 +271,7 @@ def test_help_shows_defaults_and_version(capsys):
         helps[command] = " ".join(capsys.readouterr().out.split())
     for command in ("demo", "select"):
         text = helps[command]
-        assert "(default: 0:1000:50)" in text and "(default: mlp_hidden)" in text and "(default: token_var)" in text
+        assert "(default: 0:1000:50)" in text and "(default: mlp_hidden)" in text and "(default: sf)" in text
     assert "(default: aselect_demo)" in helps["demo"] and "number of test images (default: 64)" in helps["demo"]
     assert "(default: aselect_out)" in helps["select"]
     assert "default 0,10,25,50:1000:50, or 0,25,50,100,150,200,300,500,900 for the *_noise" in helps["validate"]
@@ -319,7 +320,7 @@ def test_demo_small_run(tmp_path, capsys):
                "--no-progress"])
     assert rc == 0
     text = capsys.readouterr().out
-    assert "chosen (t, tap)" in text and "demo wall time" in text and "x 1 tap in 1 chunk of 4;" in text
+    assert "chosen (t, tap)" in text and "demo wall time" in text and "x 1 tap in 2 chunks of 4;" in text
     data = json.loads((out / "result.json").read_text())
     assert data["best"]["t"] in (0, 500) and data["meta"]["images"] == 2
 

@@ -83,7 +83,7 @@ def test_cli_select_two_ranks_equals_one_process(two_ranks, images_npz, tmp_path
     one = json.loads((tmp_path / "result.json").read_text())
     two = json.loads((two_ranks / "select" / "result.json").read_text())
     assert two["meta"]["world_size"] == 2 and one["meta"]["world_size"] == 1
-    assert two["meta"]["samples"] == one["meta"]["samples"] == 15
+    assert two["meta"]["samples"] == one["meta"]["samples"] == 30  # 15 samples x 2 noise draws (sf)
     assert two["meta"]["chunks"] < one["meta"]["chunks"]  # rank 0 ran only its shard
     assert _strip(two) == _strip(one)  # the table's sums, mean, std and choices: exact
 

@@ -45,7 +45,8 @@ def test_overlap_scores_equal_the_reference_and_leave_no_hooks(model, images):
     for p, name in enumerate(res.taps):  # oracle: the fp64 reference on the raw tapped tensors
         x = feats[name].reshape(-1, *feats[name].shape[2:])
         ref = reference_stats(x.double(), StatsConfig(), torch.float64).numpy().reshape(3, len(TS), -1)
-        for s, scorer in enumerate(res.scorers):
+        np.testing.assert_array_equal(res.mean, plain.mean)  # sf too
+        for s, scorer in [(s, name) for s, name in enumerate(res.scorers) if name in STAT_NAMES]:
             np.testing.assert_allclose(res.per_sample[:, :, p, s], ref[:, :, STAT_NAMES.index(scorer)],
                                        rtol=1e-4, atol=1e-5, err_msg=f"{name} {scorer}")
 

@@ -44,7 +44,8 @@ def test_bar_moves_inside_a_single_chunk(bars):
     during = []
     handle = model.transformer_blocks[2].register_forward_pre_hook(lambda m, a: during.append(bars[-1].n))
     try:
-        select_timestep(model, images, [0, 400, 900], taps="query:0", backend="torch", chunk_size=12)
+        select_timestep(model, images, [0, 400, 900], taps="query:0", scorer="token_var", extra_scorers=[],
+                        backend="torch", chunk_size=12)
     finally:
         handle.remove()
     (bar,) = bars

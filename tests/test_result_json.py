@@ -139,8 +139,10 @@ def test_round_trip_of_a_scored_run_with_poisoned_features(tmp_path):
 
     handle = model.transformer_blocks[1].attn1.to_q.register_forward_hook(poison)
     try:
-        res = select_timestep(model, images, ts, taps="query", extra_scorers=["hfr", "chan_entropy"],
-                              backend="torch", chunk_size=9, progress=False)
+        res = select_timestep(model, images, ts, taps="query", scorer="token_var",
+                              extra_scorers=["hfr", "chan_entropy"], backend="torch", chunk_size=9, progress=False)
+        pairs = select_timestep(model, images, ts, taps="query", extra_scorers=[], backend="torch", chunk_size=9,
+                                progress=False)
     finally:
         handle.remove()
     tap = "transformer_blocks.1.attn1.to_q"
@@ -151,3 +153,13 @@ def test_round_trip_of_a_scored_run_with_poisoned_features(tmp_path):
     back = SelectionResult.from_json(path)
     _assert_same_result(back, res)
     _assert_matches_numpy(back, res.per_sample)
+    # the across-image scorer sf (both draws see the same poisoned rows): a dead t = 0 cell, one image dropped at
+    # t = 400 on block 1, every image elsewhere; its one value per cell round-trips exactly
+    assert pairs.scorers == ["sf"] and pairs.dead_cells() == [(0, tap)]
+    p = pairs.taps.index(tap)
+    assert pairs.count[:, p, 0].tolist() == [0, 2, 3] and pairs.flagged[:, p, 0].tolist() == [3, 1, 0]
+    assert (pairs.count[:, [q for q in range(len(pairs.taps)) if q != p], 0] == 3).all()
+    pairs.to_json(path)
+    back = SelectionResult.from_json(path)
+    _assert_same_result(back, pairs)
+    assert "one value per cell" in back.table()

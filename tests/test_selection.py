@@ -59,7 +59,10 @@ def test_scores_equal_reference_on_manually_noised_features(dit, images):
     expected = reference_stats(feats.double(), StatsConfig(), torch.float64).numpy().reshape(3, len(TS), -1)
     got = res.per_sample[:, :, 0, :]
     for s, name in enumerate(res.scorers):
-        np.testing.assert_allclose(got[..., s], expected[..., STAT_NAMES.index(name)], rtol=2e-4, atol=2e-5)
+        if name in STAT_NAMES:  # the per-sample scorers (sf is taken across images: no per-sample value)
+            np.testing.assert_allclose(got[..., s], expected[..., STAT_NAMES.index(name)], rtol=2e-4, atol=2e-5)
+        else:
+            assert name == "sf" and np.isnan(got[..., s]).all()
     # the table's mean/std are over images, ddof=1
     h = res.scorers.index("hfr")
     np.testing.assert_allclose(res.mean[:, 0, h], expected[..., STAT_NAMES.index("hfr")].mean(0), rtol=2e-4)
@@ -76,8 +79,9 @@ def test_mlp_hidden_tap_scores_the_gelu_activation(dit, images):
     assert hidden.shape[-1] == 4 * dit.config.num_attention_heads * dit.config.attention_head_dim
     expected = reference_stats(hidden, StatsConfig(), torch.float64).numpy().reshape(3, len(TS), -1)
     for s, name in enumerate(res.scorers):
-        np.testing.assert_allclose(res.per_sample[:, :, 0, s], expected[..., STAT_NAMES.index(name)],
-                                   rtol=2e-4, atol=2e-5)
+        if name in STAT_NAMES:
+            np.testing.assert_allclose(res.per_sample[:, :, 0, s], expected[..., STAT_NAMES.index(name)],
+                                       rtol=2e-4, atol=2e-5)
     assert [t.name for t in resolve_taps(PlainDiT(), "mlp_hidden:0")] == ["blocks.0.mlp.1"]
     assert [t.name for t in resolve_taps(tiny_sd3(), "mlp_hidden:0")] == ["transformer_blocks.0.ff.net.0"]
 
@@ -87,7 +91,8 @@ def test_chunking_does_not_change_scores(dit, images, chunk):
     one = select_timestep(dit, images, TS, taps="all", backend="torch", chunk_size=12, progress=False)
     many = select_timestep(dit, images, TS, taps="all", backend="torch", chunk_size=chunk, progress=False)
     np.testing.assert_allclose(many.per_sample, one.per_sample, rtol=1e-5, atol=1e-6)
-    assert many.meta["chunks"] == -(-12 // chunk)
+    np.testing.assert_allclose(many.mean, one.mean, rtol=1e-5, atol=1e-6)  # sf too: from per-sample means
+    assert many.meta["chunks"] == 2 * -(-12 // chunk)  # the default sf runs the samples twice (two noise draws)
 
 
 def test_memory_budget_sets_chunks(dit, images):
@@ -217,11 +222,15 @@ def test_nan_feature_is_flagged_and_excluded(dit, images):
     finally:
         h.remove()
     p = res.taps.index("transformer_blocks.0.attn1.to_q")
-    assert res.flagged[:, p, 0].sum() == 3 and res.n_flagged >= 3
-    assert res.count[:3, p, 0].tolist() == [2, 2, 2] and res.count[3, p, 0] == 3
-    assert "flagged" in res.table()
-    clean = res.per_sample[1:, 0, p, 0].mean()
-    assert res.mean[0, p, 0] == pytest.approx(clean)
+    s = res.scorers.index("token_var")
+    assert res.flagged[:, p, s].sum() == 3 and res.n_flagged >= 3
+    assert res.count[:3, p, s].tolist() == [2, 2, 2] and res.count[3, p, s] == 3
+    assert "flagged" in res.table("token_var")
+    clean = res.per_sample[1:, 0, p, s].mean()
+    assert res.mean[0, p, s] == pytest.approx(clean)
+    # sf drops an image poisoned in either draw (the same rows here): 2 images left where one was poisoned
+    f = res.scorers.index("sf")
+    assert res.count[:, p, f].tolist() == res.count[:, p, s].tolist() and np.isfinite(res.mean[:, p, f]).all()
 
 
 def test_result_json_roundtrip_table_and_plot(dit, images, tmp_path):
@@ -233,7 +242,8 @@ def test_result_json_roundtrip_table_and_plot(dit, images, tmp_path):
     np.testing.assert_array_equal(back.std, res.std)
     assert back.best() == res.best() and back.best_t_per_tap() == res.best_t_per_tap()
     d = json.loads(path.read_text())
-    assert d["best"]["t"] == res.best()[0] and d["meta"]["samples"] == 12
+    assert d["best"]["t"] == res.best()[0] and d["meta"]["samples"] == 24  # 3 images x 4 t x 2 draws (sf)
+    assert d["meta"]["pair_scorers"] == ["sf"] and d["meta"]["pair_seed"] == 1
     text = res.table()
     assert "best (t, tap)" in text and str(res.best()[0]) in text
     png = res.plot(tmp_path / "p.png")
