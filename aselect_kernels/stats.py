@@ -78,7 +78,8 @@ def compute_stats(
     """Statistics of :data:`~aselect_kernels.reference.STAT_NAMES` for each sample of ``x`` ``[N, L, C]``.
 
     Returns ``[N, 6]`` float32 on ``x``'s device.  ``backend`` is one of :data:`BACKENDS`.  ``with_means=True``
-    returns ``(stats, channel_means [N, C] float32)`` (:func:`~aselect_kernels.reference.channel_means`).
+    returns ``(stats, channel_means [N, C] float32)`` (:func:`~aselect_kernels.reference.channel_means`), fused
+    into the statistics' read of ``x`` on the Triton and PyTorch-twin paths (``_stats_and_means``).
     """
     if with_means:
         return _stats_and_means(x, config, backend)
@@ -124,6 +125,25 @@ def compute_stats(
 
 
 def _stats_and_means(x: torch.Tensor, config: StatsConfig, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``compute_stats`` and the per-channel token means of the same tensor."""
-    stats = compute_stats(x, config, backend)
-    return stats, channel_means(x)
+    """``compute_stats`` and the per-channel token means of the same tensor, from one read of ``x`` where a kernel
+    returns both: the PyTorch twin (``"matmul"``, and ``"auto"`` on a CPU tensor) and the Triton kernel
+    (``"triton"``, and ``"auto"`` on a CUDA tensor the table gives to Triton), in eager mode.  Everywhere else
+    (``"torch"``, ``"cuda"``, the custom op that ``torch.compile`` traces, the reference fallback of ``"auto"``)
+    the unfused fallback: the statistics as :func:`compute_stats` takes them, then
+    :func:`~aselect_kernels.reference.channel_means` (a second pass over ``x``)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    check_features(x)
+    eager = not torch.compiler.is_compiling()
+    if backend == "matmul" or (backend == "auto" and eager and not _on_gpu(x)):
+        return matmul_stats(x, config, with_means=True)
+    if eager and backend in ("triton", "auto") and _kernel_unsupported(x) is None:
+        from .ops import fused_stats as fused_module
+
+        if backend == "triton":
+            fused = _on_gpu(x) or (x.device.type == "cpu" and fused_module.INTERPRET)
+        else:
+            fused = custom_op.gpu_kernel(x, config) == "triton"
+        if fused:
+            return fused_module.fused_stats(x, config, with_means=True)
+    return compute_stats(x, config, backend), channel_means(x)

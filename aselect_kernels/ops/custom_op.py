@@ -31,18 +31,28 @@ def config_to_args(config: StatsConfig) -> tuple[float, int, int, int]:
     return float(config.cutoff), int(config.hfr_dims), int(grid_h), int(grid_w)
 
 
-def gpu_stats(x: torch.Tensor, config: StatsConfig) -> torch.Tensor:
-    """Statistics of a CUDA tensor by the kernel the backend table names for its shape; the Triton kernel (with a
-    one-time warning) when the table names the CUDA kernel and it cannot run here."""
+def gpu_kernel(x: torch.Tensor, config: StatsConfig) -> str:
+    """The GPU kernel that scores the CUDA tensor ``x``: ``"cuda"`` where the backend table names it and it can run
+    here, else ``"triton"`` (with a one-time warning when the table named the CUDA kernel)."""
     if backend_table.choose_for(x, config.hfr_dims) == "cuda":
-        from .cuda_stats import cuda_stats, unavailable_reason
+        from .cuda_stats import unavailable_reason
 
         reason = unavailable_reason()
         if reason is None:
-            return cuda_stats(x, config)
+            return "cuda"
         if reason not in _warned:
             _warned.add(reason)
-            warnings.warn(f"{reason}: using the Triton kernel instead", RuntimeWarning, stacklevel=2)
+            warnings.warn(f"{reason}: using the Triton kernel instead", RuntimeWarning, stacklevel=3)
+    return "triton"
+
+
+def gpu_stats(x: torch.Tensor, config: StatsConfig) -> torch.Tensor:
+    """Statistics of a CUDA tensor by the kernel the backend table names for its shape; the Triton kernel (with a
+    one-time warning) when the table names the CUDA kernel and it cannot run here."""
+    if gpu_kernel(x, config) == "cuda":
+        from .cuda_stats import cuda_stats
+
+        return cuda_stats(x, config)
     from .fused_stats import fused_stats
 
     return fused_stats(x, config)

@@ -12,12 +12,14 @@ kernel sits in two files, each explained step by step:
 * :mod:`~aselect_kernels.ops.stats_merge` - the exact, ordered merge of a sample's partials into its six numbers,
   done by the sample's last work item (one launch; an atomic ticket decides who is last) or by a combine kernel.
 
-**Memory traffic.**  ``X`` is read once.  Where every token of a channel block fits one tile (``L <= 256``)
-and the basis is small (16 rows: 2-D ratios on DiT grids), the basis tile is loaded once per program and kept on
-chip, further basis-row blocks reuse the tile in registers, and the row entropy states stay in registers across a
-group of channel blocks, so each work item writes ``3 L + 4`` floats.  Otherwise the kernel walks token tiles,
-software-pipelined (``tl.range(num_stages=...)``), re-reads the basis tile per token tile (from L2) and writes its
-entropy states per channel block.  ``bench/NOTES.md`` has the traffic model, the compile facts and the predictions.
+**Memory traffic.**  ``X`` is read once, also when the per-channel means are asked for (``with_means``: each
+channel block stores the ``mu_c`` it already holds).  Where every token of a channel block fits one tile
+(``L <= 256``) and the basis is small (16 rows: 2-D ratios on DiT grids), the basis tile is loaded once per program
+and kept on chip, further basis-row blocks reuse the tile in registers, and the row entropy states stay in
+registers across a group of channel blocks, so each work item writes ``3 L + 4`` floats.  Otherwise the kernel
+walks token tiles, software-pipelined (``tl.range(num_stages=...)``), re-reads the basis tile per token tile (from
+L2) and writes its entropy states per channel block.  ``bench/NOTES.md`` has the traffic model, the compile facts
+and the predictions.
 
 **Tiling.**  Block sizes, warps, stages and the grid come from :func:`~aselect_kernels.ops.tiling.tiling`, a
 deterministic table keyed on ``(L, C, K, dtype, target)``, never on ``N``: a sample's result does not depend on the
@@ -115,31 +117,34 @@ def num_groups(length: int, channels: int, tile: Tiling) -> int:
     return triton.cdiv(triton.cdiv(channels, tile.block_c), group)
 
 
-def buffer_bytes(n: int, length: int, channels: int, tile: Tiling) -> list[int]:
+def buffer_bytes(n: int, length: int, channels: int, tile: Tiling, with_means: bool = False) -> list[int]:
     """Bytes of the buffers :func:`fused_stats` allocates, in its order: partials, entropy states, tickets (when
-    the kernel merges), output."""
+    the kernel merges), output, and the channel means (``with_means``)."""
     groups = num_groups(length, channels, tile)
     sizes = [n * groups * _NUM_PARTIALS * 4, n * groups * 3 * length * 4]
     if tile.merge_in_kernel:
         sizes.append(n * 4)
-    return sizes + [n * len(STAT_NAMES) * 4]
+    sizes.append(n * len(STAT_NAMES) * 4)
+    return sizes + [n * channels * 4] if with_means else sizes
 
 
 @dataclass(frozen=True)
 class LaunchPlan:
     """Everything one call launches: the main kernel's grid, arguments and meta-parameters, and the combine
-    kernel's when the merge is not done in the main kernel.  ``out`` is the ``[N, 6]`` result buffer."""
+    kernel's when the merge is not done in the main kernel.  ``out`` is the ``[N, 6]`` result buffer, ``means``
+    the ``[N, C]`` channel means buffer (``None`` unless asked for)."""
 
     grid: tuple[int]
     args: tuple
     meta: dict
     out: torch.Tensor
     combine: tuple[tuple[int], tuple, dict] | None
+    means: torch.Tensor | None = None
 
 
 def launch_plan(
     x: torch.Tensor, config: StatsConfig = _DEFAULT_CONFIG, *, tile: Tiling | None = None,
-    num_programs: int | None = None, target: str | tuple[int, int] | None = None,
+    num_programs: int | None = None, target: str | tuple[int, int] | None = None, with_means: bool = False,
     **overrides: int | str | bool | None,
 ) -> LaunchPlan:
     """The launches of :func:`fused_stats` for ``x`` (its buffers allocated), compiled for ``target`` (by default
@@ -174,42 +179,49 @@ def launch_plan(
     ent = torch.empty(n, groups, 3, length, dtype=torch.float32, device=x.device)
     tickets = torch.zeros(n if tile.merge_in_kernel else 1, dtype=torch.int32, device=x.device)
     out = torch.empty(n, len(STAT_NAMES), dtype=torch.float32, device=x.device)
+    # without means the kernel never touches its means pointer: ``out`` stands in, nothing is allocated
+    means = torch.empty(n, channels, dtype=torch.float32, device=x.device) if with_means else None
+    means_arg = out if means is None else means
     merge_block_l = tile.block_l if one_tile else pow2(length, 16, 256)
     meta = dict(
         BLOCK_L=tile.block_l, BLOCK_C=tile.block_c, BLOCK_K=tile.block_k, GROUP_C=tile.group_c if one_tile else 1,
         ONE_TILE=one_tile, HAS_LOW=k_low > 0, SPLIT_BASIS=split_dtype is not None, UPCAST_DOT=not on_gpu,
         FP32_DOT=fp32_dot, NUM_STAGES=tile.num_stages, HOIST_BASIS=tile.hoist_basis,
-        MERGE_IN_KERNEL=tile.merge_in_kernel, MERGE_BLOCK_L=merge_block_l,
+        MERGE_IN_KERNEL=tile.merge_in_kernel, MERGE_BLOCK_L=merge_block_l, WRITE_MEANS=with_means,
     )
     if on_gpu:
         meta["num_warps"] = tile.num_warps
-    args = (x, basis_hi, basis_lo, rowsum, part, ent, tickets, out,
+    args = (x, basis_hi, basis_lo, rowsum, part, ent, tickets, out, means_arg,
             n, length, channels, triton.cdiv(channels, tile.block_c), groups, math.ceil(k_low / tile.block_k),
-            x.stride(0), x.stride(1), x.stride(2), basis_hi.stride(0), out.stride(0), out.stride(1))
+            x.stride(0), x.stride(1), x.stride(2), basis_hi.stride(0), out.stride(0), out.stride(1),
+            means_arg.stride(0))
     combine = None
     if not tile.merge_in_kernel:
         combine = ((n,), (part, ent, out, length, channels, groups, out.stride(0), out.stride(1)),
                    {"BLOCK_L": merge_block_l})
-    return LaunchPlan((programs,), args, meta, out, combine)
+    return LaunchPlan((programs,), args, meta, out, combine, means)
 
 
 def fused_stats(
     x: torch.Tensor, config: StatsConfig = _DEFAULT_CONFIG, *, tile: Tiling | None = None,
-    num_programs: int | None = None, **overrides: int | str | bool | None,
-) -> torch.Tensor:
+    num_programs: int | None = None, with_means: bool = False, **overrides: int | str | bool | None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """All statistics of :data:`STAT_NAMES` for each sample of ``x`` ``[N, L, C]`` -> ``[N, 6]`` float32.
 
     ``x`` is fp32, fp16 or bf16, on a CUDA device (or on the CPU under ``TRITON_INTERPRET=1``), with any strides.
-    Tests and benchmarks may replace the table's tiling (``tile``, e.g. a GPU row run under the interpreter), or
-    some of its fields (``overrides``: ``block_l=...``, ``num_warps=...``, see :class:`Tiling`), and cap the
-    persistent grid at ``num_programs``.  None of these changes what is computed, only the summation order.
+    ``with_means=True`` returns ``(stats, means)``, ``means`` the ``[N, C]`` float32 token mean of every channel
+    (:func:`~aselect_kernels.reference.channel_means`) from the same read of ``x``; the statistics are the same
+    bits either way.  Tests and benchmarks may replace the table's tiling (``tile``, e.g. a GPU row run under the
+    interpreter), or some of its fields (``overrides``: ``block_l=...``, ``num_warps=...``, see :class:`Tiling`),
+    and cap the persistent grid at ``num_programs``.  None of these changes what is computed, only the summation
+    order.
     """
     if isinstance(x, torch.Tensor) and x.device.type == "cpu" and not INTERPRET:
         raise RuntimeError("a CPU tensor needs the Triton interpreter: set TRITON_INTERPRET=1 before importing")
-    plan = launch_plan(x, config, tile=tile, num_programs=num_programs, **overrides)
+    plan = launch_plan(x, config, tile=tile, num_programs=num_programs, with_means=with_means, **overrides)
     with torch.cuda.device(x.device) if x.is_cuda else nullcontext():
         fused_sample_stats_kernel[plan.grid](*plan.args, **plan.meta)
         if plan.combine is not None:
             grid, args, meta = plan.combine
             combine_kernel[grid](*args, **meta)
-    return plan.out
+    return (plan.out, plan.means) if with_means else plan.out

@@ -39,8 +39,9 @@ def _basis(length: int, grid: tuple[int, int] | None, cutoff: float,
     return basis.to(device), basis.double().sum(dim=1).float().to(device)
 
 
-def _block_stats(x: torch.Tensor, basis: torch.Tensor, rowsum: torch.Tensor) -> torch.Tensor:
-    """Statistics ``[n, 6]`` of one block ``x [n, L, C]`` (float32)."""
+def _block_stats(x: torch.Tensor, basis: torch.Tensor,
+                 rowsum: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Statistics ``[n, 6]`` and channel means ``mu [n, C]`` of one block ``x [n, L, C]`` (float32)."""
     length, channels = x.shape[1], x.shape[2]
     shift = x[:, :1, :]
     d = x - shift
@@ -74,12 +75,17 @@ def _block_stats(x: torch.Tensor, basis: torch.Tensor, rowsum: torch.Tensor) -> 
     nan = torch.full_like(e_high, float("nan"))
     hfr = torch.where(e_total > 0, e_high / e_total, nan)
     hfr_centered = torch.where(e_centred > 0, e_high / e_centred, nan)
-    return torch.stack([mean, mean_sq, token_var, chan_entropy, hfr, hfr_centered], dim=1)
+    return torch.stack([mean, mean_sq, token_var, chan_entropy, hfr, hfr_centered], dim=1), mu
 
 
-def matmul_stats(x: torch.Tensor, config: StatsConfig = _DEFAULT_CONFIG) -> torch.Tensor:
+def matmul_stats(
+    x: torch.Tensor, config: StatsConfig = _DEFAULT_CONFIG, with_means: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """All statistics of :data:`~aselect_kernels.reference.STAT_NAMES` for each sample of ``x`` ``[N, L, C]``
-    (fp32, fp16, bf16 or fp64, any device, any strides) -> ``[N, 6]`` float32, computed in float32."""
+    (fp32, fp16, bf16 or fp64, any device, any strides) -> ``[N, 6]`` float32, computed in float32.
+
+    ``with_means=True`` returns ``(stats, means)``, ``means`` the ``[N, C]`` float32 token mean of every channel
+    (:func:`~aselect_kernels.reference.channel_means`): the ``mu_c`` of the moments, no second pass."""
     check_features(x)
     n, length, channels = x.shape
     grid = config.resolve_grid(length)
@@ -87,7 +93,10 @@ def matmul_stats(x: torch.Tensor, config: StatsConfig = _DEFAULT_CONFIG) -> torc
     basis, rowsum = _basis(length, grid, float(config.cutoff), x.device)
     block = max(1, BLOCK_BYTES // (4 * length * channels))
     out = torch.empty(n, 6, dtype=torch.float32, device=x.device)
+    means = torch.empty(n, channels, dtype=torch.float32, device=x.device) if with_means else None
     with torch.no_grad():
         for s in range(0, n, block):
-            out[s:s + block] = _block_stats(x[s:s + block].to(torch.float32), basis, rowsum)
-    return out
+            out[s:s + block], mu = _block_stats(x[s:s + block].to(torch.float32), basis, rowsum)
+            if means is not None:
+                means[s:s + block] = mu
+    return (out, means) if with_means else out

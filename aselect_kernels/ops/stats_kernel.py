@@ -15,6 +15,11 @@ arithmetic never depends on which program runs it, nor on ``P`` or ``N``, so res
 
 Shifting by a sample of the channel keeps ``M2_c`` accurate when the mean dwarfs the spread.
 
+**Step 1b - channel means (optional).**  With ``WRITE_MEANS`` each channel block also stores its ``mu_c`` into
+row ``n`` of the ``[N, C]`` means buffer (:func:`~aselect_kernels.reference.channel_means`): the value is already
+in registers, so the means cost ``4 C`` bytes of writes per sample and no second read of ``X``.  Without the flag
+the store is compiled out.
+
 **Step 2 - channel entropy.**  Per token row, the log-sum-exp state ``(m, s, t)`` of the row's channels in the
 block (:mod:`~aselect_kernels.ops.stats_merge`).  With one tile per channel block (``ONE_TILE``: ``BLOCK_L >= L``)
 the states of a whole row stay in registers while the program walks its group's channel blocks, merged exactly,
@@ -103,13 +108,14 @@ def _low_energy(proj, rowsum_ptr, rows, centre):
 
 @triton.jit
 def _channel_block(
-    x_base, cb, b_hi0, b_lo0, basis_hi_ptr, basis_lo_ptr, rowsum_ptr, ent_item,
+    x_base, cb, b_hi0, b_lo0, basis_hi_ptr, basis_lo_ptr, rowsum_ptr, ent_item, means_base,
     L, C, NUM_KB, stride_xl, stride_xc, stride_b,
     BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, ONE_TILE: tl.constexpr,
     HAS_LOW: tl.constexpr, SPLIT_BASIS: tl.constexpr, UPCAST_DOT: tl.constexpr, FP32_DOT: tl.constexpr,
-    NUM_STAGES: tl.constexpr, HOIST_BASIS: tl.constexpr,
+    NUM_STAGES: tl.constexpr, HOIST_BASIS: tl.constexpr, WRITE_MEANS: tl.constexpr,
 ):
-    """Steps 1-3 for channel block ``cb`` of one sample: its 4 partial sums and (``ONE_TILE``) its row states."""
+    """Steps 1-3 for channel block ``cb`` of one sample: its 4 partial sums and (``ONE_TILE``) its row states;
+    with ``WRITE_MEANS`` its channel means go to ``means_base`` (the sample's row of the means buffer)."""
     offs_c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = offs_c < C
     offs_l0 = tl.arange(0, BLOCK_L)
@@ -160,6 +166,8 @@ def _channel_block(
     mu_off = a / L  # mu_c - k_c
     m2 = tl.where(c_ok, b - a * mu_off, 0.0)
     mu = shift + mu_off
+    if WRITE_MEANS:
+        tl.store(means_base + offs_c, mu, mask=c_ok)
     e_low = tl.sum(tl.zeros([BLOCK_C], tl.float32), axis=0)
     if HAS_LOW:
         # The operand was x (split basis) or x - k (fp32): remove the matching mean leak.
@@ -196,14 +204,17 @@ def _channel_block(
 
 @triton.jit
 def fused_sample_stats_kernel(
-    x_ptr, basis_hi_ptr, basis_lo_ptr, rowsum_ptr, part_ptr, ent_ptr, ticket_ptr, out_ptr,
+    x_ptr, basis_hi_ptr, basis_lo_ptr, rowsum_ptr, part_ptr, ent_ptr, ticket_ptr, out_ptr, means_ptr,
     N, L, C, NUM_CB, NUM_GROUPS, NUM_KB, stride_xn, stride_xl, stride_xc, stride_b, stride_on, stride_os,
+    stride_mn,
     BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_C: tl.constexpr,
     ONE_TILE: tl.constexpr, HAS_LOW: tl.constexpr, SPLIT_BASIS: tl.constexpr, UPCAST_DOT: tl.constexpr,
     FP32_DOT: tl.constexpr, NUM_STAGES: tl.constexpr, HOIST_BASIS: tl.constexpr, MERGE_IN_KERNEL: tl.constexpr,
-    MERGE_BLOCK_L: tl.constexpr,
+    MERGE_BLOCK_L: tl.constexpr, WRITE_MEANS: tl.constexpr,
 ):
-    """Persistent program: walks the work items ``(n, g)`` (module docstring, steps 0-4)."""
+    """Persistent program: walks the work items ``(n, g)`` (module docstring, steps 0-4).  ``means_ptr`` is the
+    fp32 ``[N, C]`` means buffer (unit channel stride, rows ``stride_mn`` apart), written only with
+    ``WRITE_MEANS``."""
     pid = tl.program_id(0)
     num_programs = tl.num_programs(0)
     offs_l0 = tl.arange(0, BLOCK_L)
@@ -225,18 +236,19 @@ def fused_sample_stats_kernel(
         g = item - n * NUM_GROUPS
         x_base = x_ptr + n * stride_xn
         ent_item = ent_ptr + item * 3 * L
+        means_base = means_ptr + n * stride_mn
         cb0 = g * GROUP_C
         sum_x, sum_m2, sum_lmu2, e_low, m, s, t = _channel_block(
-            x_base, cb0, b_hi0, b_lo0, basis_hi_ptr, basis_lo_ptr, rowsum_ptr, ent_item, L, C, NUM_KB,
-            stride_xl, stride_xc, stride_b, BLOCK_L, BLOCK_C, BLOCK_K, ONE_TILE, HAS_LOW, SPLIT_BASIS,
-            UPCAST_DOT, FP32_DOT, NUM_STAGES, HOIST_BASIS)
+            x_base, cb0, b_hi0, b_lo0, basis_hi_ptr, basis_lo_ptr, rowsum_ptr, ent_item, means_base, L, C,
+            NUM_KB, stride_xl, stride_xc, stride_b, BLOCK_L, BLOCK_C, BLOCK_K, ONE_TILE, HAS_LOW, SPLIT_BASIS,
+            UPCAST_DOT, FP32_DOT, NUM_STAGES, HOIST_BASIS, WRITE_MEANS)
         if ONE_TILE:
             # The group's further channel blocks, merged into the running sums and row states in order.
             for cb in tl.range(cb0 + 1, tl.minimum(cb0 + GROUP_C, NUM_CB), num_stages=NUM_STAGES):
                 px, pm2, plmu2, pe, m2, s2, t2 = _channel_block(
-                    x_base, cb, b_hi0, b_lo0, basis_hi_ptr, basis_lo_ptr, rowsum_ptr, ent_item, L, C, NUM_KB,
-                    stride_xl, stride_xc, stride_b, BLOCK_L, BLOCK_C, BLOCK_K, ONE_TILE, HAS_LOW, SPLIT_BASIS,
-                    UPCAST_DOT, FP32_DOT, NUM_STAGES, HOIST_BASIS)
+                    x_base, cb, b_hi0, b_lo0, basis_hi_ptr, basis_lo_ptr, rowsum_ptr, ent_item, means_base, L,
+                    C, NUM_KB, stride_xl, stride_xc, stride_b, BLOCK_L, BLOCK_C, BLOCK_K, ONE_TILE, HAS_LOW,
+                    SPLIT_BASIS, UPCAST_DOT, FP32_DOT, NUM_STAGES, HOIST_BASIS, WRITE_MEANS)
                 sum_x += px
                 sum_m2 += pm2
                 sum_lmu2 += plmu2
