@@ -145,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     cls = compare(selection, grid, _tap_sets(selection.taps))
     picks = {}
     for set_name, block in cls["tap_sets"].items():
-        row = block["scorers"]["token_var:max"]
-        picks[set_name] = {"best": block["best"], "token_var_max": row["joint"]}
+        picks[set_name] = {"best": block["best"], **{key.replace(":", "_"): block["scorers"][key]["joint"]
+                                                     for key in ("sf:max", "token_var:max") if key in block["scorers"]}}
     warm, cold = res["steps"]["selection_warm"]["wall_s"], res["steps"]["selection_cold"]["wall_s"]
     res["ratios"] = {"wall_warm": grid.wall_s / warm, "wall_cold": grid.wall_s / cold,
                      "forward": grid.forward_samples / res["steps"]["selection_warm"]["samples"]}

@@ -22,7 +22,7 @@ def main() -> None:
         x = x[:, None]
     # Score every block's query projection at 10 timesteps, unconditionally (the DiT null class).
     result = select_timestep(
-        model, x, timesteps="0:1000:100", taps="query", scorer="token_var", noise="ddpm",
+        model, x, timesteps="0:1000:100", taps="query", scorer="sf", noise="ddpm",
         conditioning=Conditioning(class_labels=None), progress=False,
     )
     print(result.table(max_taps=4))

@@ -30,12 +30,13 @@ from aselect_kernels.validate import _model_input, load_dataset, paired_bootstra
 TAP_SET = "mlp_hidden"
 #: The training pool of each dataset's split (all its training images), of which the run used the first n_train.
 POOL = {"fashion": 4000, "fashion_noise": 4000, "mnist": 4000, "mnist_noise": 4000}
-REGISTERED = ("token_var", "hfr", "hfr_centered", "chan_entropy")
+REGISTERED = ("sf", "token_var", "hfr", "hfr_centered", "chan_entropy")
 
 
 def chosen_cells(folder: Path, dataset: str) -> dict[str, tuple[int, str]]:
     """``{label: (t, tap)}`` of every cell the run chose on :data:`TAP_SET`."""
-    rep = json.loads((folder / f"validation_{dataset}.json").read_text())["classification"]["tap_sets"][TAP_SET]
+    sets = json.loads((folder / f"validation_{dataset}.json").read_text())["classification"]["tap_sets"]
+    rep = sets[TAP_SET] if TAP_SET in sets else sets["all"]  # a run over the preset alone names it "all"
     best = rep["best"]
     ts = json.loads((folder / f"validation_{dataset}.json").read_text())["classification"]["grid"]["timesteps"]
     cells = {"grid best": (best["t"], best["tap"]), "grid best's tap at the smallest t": (min(ts), best["tap"])}
@@ -52,7 +53,7 @@ def chosen_cells(folder: Path, dataset: str) -> dict[str, tuple[int, str]]:
         reports = json.loads(lf.read_text())
         if dataset in reports:
             sets = reports[dataset]["tap_sets"]
-            part = sets.get(TAP_SET, sets["all"])
+            part = sets[TAP_SET] if TAP_SET in sets else sets["all"]
             for key, r in part["scorers"].items():
                 if key.endswith(":max") or key.startswith("perank"):
                     cells[f"candidate {key}"] = (r["joint"]["t"], r["joint"]["tap"])

@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-DEFAULT = "token_var:max"
+DEFAULT = "sf:max"
+DEFAULT_LABEL = "`sf` (max)"
 #: The default tap preset of selection; its pick is read against the best cell of the whole grid (tap set "all").
 PRESET = "mlp_hidden"
 
@@ -62,7 +63,7 @@ def targets(fashion: dict) -> list[str]:
          f"{best['metric']:.2f} at (t={best['t']}, `{_short(best['tap'])}`) vs raw pixels {floor:.2f}: "
          f"**{best['metric'] - floor:+.2f}**{ci}", best["metric"] - floor >= 1.0),
         ("accuracy at the selected (t, tap) within 1 point of the grid's best",
-         f"`token_var` (max) over `{PRESET}`: {sel['metric']:.2f} at ({sel['t']}, `{_short(sel['tap'])}`), gap "
+         f"{DEFAULT_LABEL} over `{PRESET}`: {sel['metric']:.2f} at ({sel['t']}, `{_short(sel['tap'])}`), gap "
          f"**{sel['gap']:.2f}**"
          f"{_ci(sel)}", sel["gap"] <= 1.0),
         ("joint gap ≤ the best trivial rule's",
@@ -83,7 +84,7 @@ def targets(fashion: dict) -> list[str]:
 
 
 def others(reports: dict[str, dict]) -> list[str]:
-    out = ["| task | grid best | raw floor | `token_var` joint pick, gap | within 1? | best trivial rule, gap | "
+    out = [f"| task | grid best | raw floor | {DEFAULT_LABEL} joint pick, gap | within 1? | best trivial rule, gap | "
            "≤ trivial? | random | compute (forward / CPU wall) |", "|---|---|---|---|---|---|---|---|---|"]
     for name, rep_all in reports.items():
         for task in ("classification", "dense"):
@@ -159,6 +160,25 @@ def interior(reports: dict[str, dict]) -> list[str]:
     return out
 
 
+def per_tap(reports: dict[str, dict]) -> list[str]:
+    """Probe accuracy (%) of every tap of the preset at every t, the best of each row in bold."""
+    first = next(iter(reports.values()))["classification"]["grid"]
+    ts = first["timesteps"]
+    out = ["| tap \\ t | " + " | ".join(map(str, ts)) + " |", "|---|" + "---|" * len(ts)]
+    for name, rep in reports.items():
+        g = rep["classification"]["grid"]
+        if g["timesteps"] != ts:
+            raise ValueError(f"{name}: its grid's timesteps differ from the others'")
+        for p, tap in enumerate(g["taps"]):
+            if PRESET == "mlp_hidden" and not tap.endswith("ff.net.0"):
+                continue
+            row = [100 * g["metric"][ti][p] for ti in range(len(ts))]
+            top = max(row)
+            cells = [f"**{v:.1f}**" if v == top else f"{v:.1f}" for v in row]
+            out.append(f"| {name} `{_short(tap)}` | " + " | ".join(cells) + " |")
+    return out
+
+
 def decision(folder: Path, names: list[str]) -> list[str]:
     """Joint gaps on the preset over every benchmark: registered scorers (default direction), trivial rules and the
     label-free candidates of ``label_free.json``, with the worst and the mean (the held-out plan's decision rule)."""
@@ -192,6 +212,41 @@ def decision(folder: Path, names: list[str]) -> list[str]:
     return out
 
 
+SMALLEST_T_OF_BEST = "grid best's tap at the smallest t"
+
+
+def confirmation(folder: Path, names: list[str]) -> list[str]:
+    """The confirmation split (``confirm_<dataset>.json`` of ``confirm.py``): the grid's best cell against raw
+    pixels, and each pick's distance below that cell, on images no choice saw."""
+    def find(cells: dict, *labels: str) -> dict | None:
+        return next((cells[k] for k in labels if k in cells), None)
+
+    def gap(r: dict | None) -> str:
+        if r is None:
+            return "-"
+        g = r["below_grid_best"]
+        return f"({r['t']}, {_short(r['tap'])}) {g['gap']:.2f} [{g['ci95'][0]:.2f}, {g['ci95'][1]:.2f}]"
+
+    out = ["| dataset (confirmation images) | raw pixels | grid best cell: accuracy, vs raw pixels | `sf` (max) | "
+           "`token_var` (max) | smallest-t rule | t ≈ 100 rule | grid best's tap at the smallest t |",
+           "|---|---|---|---|---|---|---|---|"]
+    for n in names:
+        path = folder / f"confirm_{n}.json"
+        if not path.is_file():
+            continue
+        rep = json.loads(path.read_text())
+        c = rep["cells"]
+        best = c["grid best"]
+        v = best["vs_raw_pixels"]
+        out.append(
+            f"| {n} ({rep['n_confirm']}) | {rep['raw_pixels']:.2f} | ({best['t']}, {_short(best['tap'])}) "
+            f"{best['accuracy']:.2f}, {v['margin']:+.2f} [{v['ci95'][0]:+.2f}, {v['ci95'][1]:+.2f}] | "
+            f"{gap(find(c, 'sf:max', 'candidate sf:max'))} | {gap(find(c, 'token_var:max'))} | "
+            f"{gap(find(c, 'rule smallest_t'))} | {gap(find(c, 'rule t100'))} | "
+            f"{gap(find(c, SMALLEST_T_OF_BEST))} |")
+    return out
+
+
 def main(folder: Path = HERE) -> None:
     reports = {n: json.loads((folder / f"validation_{n}.json").read_text()) for n in ("fashion", "digits", "mnist")
                if (folder / f"validation_{n}.json").is_file()}
@@ -206,9 +261,13 @@ def main(folder: Path = HERE) -> None:
     noisy = {n: json.loads((folder / f"validation_{n}.json").read_text())
              for n in ("fashion_noise", "digits_noise", "mnist_noise") if (folder / f"validation_{n}.json").is_file()}
     if noisy:
+        print("\n".join(per_tap(noisy)), end="\n\n")
         print("\n".join(interior(noisy)), end="\n\n")
         print("\n".join(scorers(noisy, tap_set=PRESET, both=True)), end="\n\n")
     print("\n".join(decision(folder, [*reports, *noisy])))
+    conf = confirmation(folder, [*reports, *noisy])
+    if len(conf) > 2:
+        print("\n" + "\n".join(conf))
 
 
 if __name__ == "__main__":
