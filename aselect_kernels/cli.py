@@ -461,7 +461,8 @@ def _selection_args(p: argparse.ArgumentParser, default_out: str) -> None:
     p.add_argument("--taps", default=DEFAULT_TAPS,
                    help="preset (query, attn_out, mlp_hidden, mlp_out, block_out, all, attn_mlp; ':9' picks blocks) "
                         "or comma-separated module paths")
-    p.add_argument("--scorer", default=DEFAULT_SCORER, choices=SCORERS, help="the scorer that selects")
+    p.add_argument("--scorer", default=DEFAULT_SCORER, choices=SCORERS,
+                   help="the scorer that selects (sf scores two noise draws of every image: twice the forward)")
     p.add_argument("--direction", choices=("max", "min"),
                    help="override the scorer's selection direction (default: the scorer's own)")
     p.add_argument("--noise", default="ddpm", choices=("ddpm", "flow"),
