@@ -17,7 +17,7 @@ from torch import nn
 from . import distributed
 from .forward import Conditioning, RunInfo, check_images, model_device_dtype, run_multi_timestep
 from .noise import Noiser, as_timestep, parse_timesteps
-from .reference import STAT_NAMES, StatsConfig
+from .reference import STAT_NAMES, StatsConfig, channel_means
 from .result import SelectionResult
 from .scorers import DEFAULT_SCORER, Moments, Scorer, get_scorer, list_scorers
 from .taps import DEFAULT_TAPS, TapSet, resolve_taps
@@ -112,14 +112,14 @@ def select_timestep(
         for spec in specs
     ], axis=1).reshape(n_img, len(ts), len(specs), len(scorers))
     moments = Moments.from_samples(values, axis=0)
-    if pairs:  # the second noise draw of every image: its channel means only
-        second = TapSet(model, specs, n_img * len(ts), config=config, backend=backend, overlap=overlap, means=True)
+    if pairs:  # the second noise draw of every image: its channel means only, no statistics
+        second = TapSet(model, specs, n_img * len(ts), stat_fn=channel_means, overlap=overlap)
         again, info2 = _run_taps(model, images, ts, noiser, second, seed=seed + 1, **run)
         info = RunInfo(info.samples + info2.samples, info.chunks + info2.chunks, info.chunk_size,
                        info.wall_s + info2.wall_s)
+        first = {spec.name: collected[spec.name][:, len(columns):] for spec in specs}  # the means, after the stats
         for s in pairs:
-            moments = _with_pair_scores(moments, scorers.index(s), s, specs, (collected, len(columns)),
-                                        (again, len(second.columns)), n_img, len(ts))
+            moments = _with_pair_scores(moments, scorers.index(s), s, specs, first, again, n_img, len(ts))
     result = SelectionResult(
         timesteps=ts, taps=[s.name for s in specs], scorers=[s.name for s in scorers],
         directions={s.name: s.direction for s in scorers}, moments=moments, primary=primary.name,
@@ -130,17 +130,15 @@ def select_timestep(
     return result
 
 
-def _with_pair_scores(moments: Moments, index: int, scorer: Scorer, specs: Sequence, first: tuple[dict, int],
-                      second: tuple[dict, int], n_img: int, n_t: int) -> Moments:
+def _with_pair_scores(moments: Moments, index: int, scorer: Scorer, specs: Sequence, first: dict, second: dict,
+                      n_img: int, n_t: int) -> Moments:
     """``moments`` with column ``index`` replaced by ``scorer.pair_fn`` of every (t, tap) cell, taken across the
-    images from the channel means of the two draws: each draw's buffers and the number of columns ahead of the
-    means in them."""
+    images from the channel means ``[B * T, C]`` of the two draws (tap name -> means)."""
     value = np.full((n_t, len(specs)), np.nan)
     count = np.zeros((n_t, len(specs)), dtype=np.int64)
-    (buf_a, cols_a), (buf_b, cols_b) = first, second
     for p, spec in enumerate(specs):
-        a = buf_a[spec.name][:, cols_a:].reshape(n_img, n_t, -1)
-        b = buf_b[spec.name][:, cols_b:].reshape(n_img, n_t, -1)
+        a = first[spec.name].reshape(n_img, n_t, -1)
+        b = second[spec.name].reshape(n_img, n_t, -1)
         for ti in range(n_t):
             ok = torch.isfinite(a[:, ti]).all(1) & torch.isfinite(b[:, ti]).all(1)
             count[ti, p] = int(ok.sum())

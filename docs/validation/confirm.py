@@ -35,10 +35,11 @@ REGISTERED = ("sf", "token_var", "hfr", "hfr_centered", "chan_entropy")
 
 def chosen_cells(folder: Path, dataset: str) -> dict[str, tuple[int, str]]:
     """``{label: (t, tap)}`` of every cell the run chose on :data:`TAP_SET`."""
-    sets = json.loads((folder / f"validation_{dataset}.json").read_text())["classification"]["tap_sets"]
+    cls = json.loads((folder / f"validation_{dataset}.json").read_text())["classification"]
+    sets = cls["tap_sets"]
     rep = sets[TAP_SET] if TAP_SET in sets else sets["all"]  # a run over the preset alone names it "all"
     best = rep["best"]
-    ts = json.loads((folder / f"validation_{dataset}.json").read_text())["classification"]["grid"]["timesteps"]
+    ts = cls["grid"]["timesteps"]
     cells = {"grid best": (best["t"], best["tap"]), "grid best's tap at the smallest t": (min(ts), best["tap"])}
     for name in REGISTERED:
         key = f"{name}:{get_scorer(name).direction}"

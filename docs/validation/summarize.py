@@ -179,10 +179,10 @@ def per_tap(reports: dict[str, dict]) -> list[str]:
     return out
 
 
-def decision(folder: Path, names: list[str]) -> list[str]:
+def decision(folder: Path, reports: dict[str, dict]) -> list[str]:
     """Joint gaps on the preset over every benchmark: registered scorers (default direction), trivial rules and the
     label-free candidates of ``label_free.json``, with the worst and the mean (the held-out plan's decision rule)."""
-    reports = {n: json.loads((folder / f"validation_{n}.json").read_text()) for n in names}
+    names = list(reports)
     lf_path = folder / "label_free.json"
     lf = json.loads(lf_path.read_text()) if lf_path.is_file() else {}
     rows: dict[str, list[float | None]] = {}
@@ -264,7 +264,7 @@ def main(folder: Path = HERE) -> None:
         print("\n".join(per_tap(noisy)), end="\n\n")
         print("\n".join(interior(noisy)), end="\n\n")
         print("\n".join(scorers(noisy, tap_set=PRESET, both=True)), end="\n\n")
-    print("\n".join(decision(folder, [*reports, *noisy])))
+    print("\n".join(decision(folder, {**reports, **noisy})))
     conf = confirmation(folder, [*reports, *noisy])
     if len(conf) > 2:
         print("\n" + "\n".join(conf))
