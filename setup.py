@@ -39,7 +39,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["aselect_kernels", "aselect_kernels.*"]),
-    package_data={"aselect_kernels": ["assets/*", "assets/*/*", "ops/*.json"]},
+    package_data={"aselect_kernels": ["embedded/assets/*", "embedded/assets/*/*", "ops/*.json"]},
     include_package_data=True,
     install_requires=[
         "torch>=2.4",

@@ -1,7 +1,8 @@
 """aselect-kernels: fused statistics for automatic timestep selection (A-SelecT) on Diffusion Transformers.
 
 The public names below are imported on first use, so ``import aselect_kernels`` (and the command line's argument
-checks) do not wait for torch.
+checks) do not wait for torch.  The package has three parts: the scorer core at this level (start at
+:mod:`.select`), the validation harness in :mod:`.validation`, the embedded model in :mod:`.embedded`.
 """
 
 from __future__ import annotations
@@ -9,13 +10,15 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from .old_paths import install
+
 __version__ = "0.1.0"
 
 #: Public name -> the submodule that defines it.
 _EXPORTS = {
-    "Conditioning": "forward", "run_multi_timestep": "forward",
-    "load_embedded": "model", "load_model": "model",
-    "load_embedded_images": "data", "load_images": "data", "to_model_range": "data",
+    "Conditioning": "conditioning", "run_multi_timestep": "forward",
+    "load_embedded": "embedded.model", "load_model": "models",
+    "load_embedded_images": "embedded.data", "load_images": "images", "to_model_range": "images",
     "Noiser": "noise", "parse_timesteps": "noise",
     "STAT_NAMES": "reference", "StatsConfig": "reference", "reference_stats": "reference",
     "SelectionResult": "result",
@@ -27,6 +30,8 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
+
+install()  # the old import paths of moved modules keep working, with a DeprecationWarning
 
 
 def __getattr__(name: str) -> Any:
@@ -43,9 +48,12 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # static analysers see the eager imports
-    from .data import load_embedded_images, load_images, to_model_range  # noqa: F401
-    from .forward import Conditioning, run_multi_timestep  # noqa: F401
-    from .model import load_embedded, load_model  # noqa: F401
+    from .conditioning import Conditioning  # noqa: F401
+    from .embedded.data import load_embedded_images  # noqa: F401
+    from .embedded.model import load_embedded  # noqa: F401
+    from .forward import run_multi_timestep  # noqa: F401
+    from .images import load_images, to_model_range  # noqa: F401
+    from .models import load_model  # noqa: F401
     from .noise import Noiser, parse_timesteps  # noqa: F401
     from .reference import STAT_NAMES, StatsConfig, reference_stats  # noqa: F401
     from .result import SelectionResult  # noqa: F401

@@ -193,7 +193,7 @@ def _plural(n: int, noun: str) -> str:
 
 
 def _run_selection(args: argparse.Namespace, out: Path, model: Any, images: Any, labels: Any) -> None:
-    from .forward import Conditioning
+    from .conditioning import Conditioning
     from .reference import StatsConfig
     from .result import _short
     from .select import select_timestep
@@ -234,14 +234,15 @@ _SELECTION_FILES = ("result.json", "scores.png")
 def cmd_demo(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     out = check_out(args.out, _SELECTION_FILES)
-    from .data import load_embedded_images, to_model_range
+    from .embedded.data import load_embedded_images
+    from .images import to_model_range
 
     images, _ = load_embedded_images("test")
     if args.images > len(images):
         raise CliError(f"--images must be in [1, {len(images)}] (the shipped test images), got {args.images}")
     device = _device(args.device)
     _check_selection_args(args)
-    from .model import load_embedded
+    from .embedded.model import load_embedded
 
     model = load_embedded(device=device, dtype=_dtype(args.dtype))
     x = to_model_range(images[: args.images]).to(device)
@@ -256,7 +257,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def cmd_select(args: argparse.Namespace) -> None:
     out = check_out(args.out, _SELECTION_FILES)
-    from .data import load_images
+    from .images import load_images
 
     images, labels = load_images(args.images)
     if args.limit is not None:
@@ -268,7 +269,7 @@ def cmd_select(args: argparse.Namespace) -> None:
         raise CliError(f"--use-labels given but {args.images} has no labels")
     device = _device(args.device)
     _check_selection_args(args)  # imports diffusers' schedulers: after the quick checks
-    from .model import load_model
+    from .models import load_model
 
     model = load_model(args.model, device=device, dtype=_dtype(args.dtype))
     cfg = getattr(model, "config", None)
@@ -289,7 +290,7 @@ def cmd_select(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     check_out(args.out)
     from . import distributed
-    from .train import train
+    from .embedded.train import train
 
     if distributed.active():
         raise CliError("aselect train runs in one process: launch it without torchrun")
@@ -329,13 +330,14 @@ def _check_validation_args(args: argparse.Namespace) -> None:
 
 def _labelled_data(args: argparse.Namespace, device: Any) -> dict:
     """The labelled images of a shipped dataset or of --images/--test-images, as keyword arguments of
-    :func:`~aselect_kernels.validate.validation_parts` (masks of a shipped dataset: its foreground targets; the
+    :func:`~aselect_kernels.validation.run.validation_parts` (masks of a shipped dataset: its foreground targets; the
     noisy datasets have none)."""
-    from .probe import dense_target
-    from .validate import _model_input, load_dataset
+    from .images import to_model_range
+    from .validation.probe import dense_target
+    from .validation.run import load_dataset
 
     if args.images:
-        from .data import load_labelled
+        from .images import load_labelled
 
         train = load_labelled(args.images)
         test = load_labelled(args.test_images) if args.test_images else None
@@ -346,8 +348,8 @@ def _labelled_data(args: argparse.Namespace, device: Any) -> dict:
     dataset = _data_name(args)
     (utr, ytr), (ute, yte), _ = load_dataset(dataset, args.n_train, args.n_test, args.seed)
     noisy = dataset.endswith("_noise")
-    return {"images": _model_input(utr, device), "labels": ytr,
-            "masks": None if noisy else dense_target(utr, ytr), "test_images": _model_input(ute, device),
+    return {"images": to_model_range(utr)[:, None].to(device), "labels": ytr,
+            "masks": None if noisy else dense_target(utr, ytr), "test_images": to_model_range(ute)[:, None].to(device),
             "test_labels": yte, "test_masks": None if noisy else dense_target(ute, yte), "name": dataset}
 
 
@@ -370,9 +372,9 @@ def cmd_probe(args: argparse.Namespace) -> None:
     data = _labelled_data(args, device)  # bad files fail here, before the model loads
     import torch
 
-    from .forward import Conditioning
-    from .model import load_model
-    from .validate import prepare_splits, probe_grid
+    from .conditioning import Conditioning
+    from .models import load_model
+    from .validation.run import prepare_splits, probe_grid
 
     model = load_model(args.model, device=device, dtype=_dtype(args.dtype))
     train, test, classes, _ = prepare_splits(
@@ -423,8 +425,8 @@ def cmd_validate(args: argparse.Namespace) -> None:
         if dense and not args.images and (args.n_dense_train > n_train or args.n_dense_test > n_test):
             raise CliError(f"the dense probe takes its images from the probe's: --n-dense-train {args.n_dense_train} "
                            f"and --n-dense-test {args.n_dense_test} must not exceed {n_train} and {n_test}")
-    from .model import load_model
-    from .validate import plot_validation, report_markdown, summary_lines, validation_parts
+    from .models import load_model
+    from .validation.run import plot_validation, report_markdown, summary_lines, validation_parts
 
     model = load_model(args.model, device=device, dtype=_dtype(args.dtype))
     report, selection, grid, dgrid = validation_parts(

@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .conditioning import Conditioning, per_image
 from .noise import Noiser, flux_shift
 
 #: Side of the latent patch Flux packs into one token.
@@ -69,15 +70,13 @@ def _per_chunk(value: torch.Tensor | float, b: torch.Tensor, n_images: int, name
     return value[b.to(value.device)]
 
 
-def flux_call(model: nn.Module, x_t: torch.Tensor, t_model: torch.Tensor, b: torch.Tensor, cond: object,
+def flux_call(model: nn.Module, x_t: torch.Tensor, t_model: torch.Tensor, b: torch.Tensor, cond: Conditioning,
               n_images: int) -> object:
     """Call a ``FluxTransformer2DModel`` on one chunk (the ``call`` of :func:`~aselect_kernels.forward.
     run_multi_timestep`): pack, build the ids, pass the text, pooled text, guidance and sigma."""
-    from .forward import _per_image
-
     kwargs = dict(cond.model_kwargs)
-    ehs = _per_image(cond.encoder_hidden_states, b, "encoder_hidden_states", n_images)
-    pooled = _per_image(cond.pooled_projections, b, "pooled_projections", n_images)
+    ehs = per_image(cond.encoder_hidden_states, b, "encoder_hidden_states", n_images)
+    pooled = per_image(cond.pooled_projections, b, "pooled_projections", n_images)
     if ehs is None or pooled is None:
         raise ValueError("Flux needs text conditioning: Conditioning(encoder_hidden_states=[B or 1, S, D], "
                          "pooled_projections=[B or 1, D])")

@@ -14,36 +14,18 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from .conditioning import Conditioning, per_image
 from .noise import Noiser, sample_noise
 
 #: CPU default memory budget for one chunk's activations.
 CPU_BUDGET_BYTES = 2 << 30
 #: Fraction of free device memory a chunk may use when no budget is given.
 CUDA_BUDGET_FRACTION = 0.5
-
-
-@dataclass
-class Conditioning:
-    """What the model is conditioned on, per image (batch B) or shared (batch 1).
-
-    Attributes:
-        class_labels: ``[B]`` class ids; ``None`` uses the null class of a class-conditional diffusers DiT.
-        encoder_hidden_states: text tokens for SD3 / PixArt / Flux-style models, ``[B or 1, S, D]``.
-        pooled_projections: pooled text embedding for SD3 / Flux, ``[B or 1, D]``.
-        model_kwargs: passed to the model as they are (e.g. PixArt's ``added_cond_kwargs``); for Flux its
-            ``guidance`` (one value or one per image, indexed per chunk) and, for packed inputs, ``img_ids``
-            (:mod:`.flux` builds the ids of latents ``[B, C, H, W]``).
-    """
-
-    class_labels: torch.Tensor | None = None
-    encoder_hidden_states: torch.Tensor | None = None
-    pooled_projections: torch.Tensor | None = None
-    model_kwargs: dict = field(default_factory=dict)
 
 
 def model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
@@ -92,16 +74,6 @@ def check_class_labels(model: nn.Module, labels: torch.Tensor | None, n_images: 
                              f"and the null class {nc}")
 
 
-def _per_image(value: torch.Tensor | None, b: torch.Tensor, name: str, n_images: int) -> torch.Tensor | None:
-    if value is None:
-        return None
-    if value.shape[0] == 1:
-        return value.expand(b.shape[0], *value.shape[1:])
-    if value.shape[0] != n_images:
-        raise ValueError(f"{name} has batch {value.shape[0]}, expected 1 or the number of images {n_images}")
-    return value[b.to(value.device)]
-
-
 def default_call(model: nn.Module, x_t: torch.Tensor, t_model: torch.Tensor, b: torch.Tensor,
                  cond: Conditioning, n_images: int) -> object:
     """Call a diffusers transformer (keyword ``hidden_states``; Flux through :func:`~aselect_kernels.flux.flux_call`)
@@ -111,7 +83,7 @@ def default_call(model: nn.Module, x_t: torch.Tensor, t_model: torch.Tensor, b: 
         from .flux import flux_call
 
         return flux_call(model, x_t, t_model, b, cond, n_images)
-    labels = _per_image(cond.class_labels, b, "class_labels", n_images)
+    labels = per_image(cond.class_labels, b, "class_labels", n_images)
     if labels is None and ("class_labels" in params or "y" in params):
         nc = null_class(model)
         if nc is None:
@@ -125,10 +97,10 @@ def default_call(model: nn.Module, x_t: torch.Tensor, t_model: torch.Tensor, b: 
         kwargs.update(hidden_states=x_t, timestep=t_model)
         if "class_labels" in params:
             kwargs["class_labels"] = labels
-        ehs = _per_image(cond.encoder_hidden_states, b, "encoder_hidden_states", n_images)
+        ehs = per_image(cond.encoder_hidden_states, b, "encoder_hidden_states", n_images)
         if ehs is not None:
             kwargs["encoder_hidden_states"] = ehs
-        pooled = _per_image(cond.pooled_projections, b, "pooled_projections", n_images)
+        pooled = per_image(cond.pooled_projections, b, "pooled_projections", n_images)
         if pooled is not None:
             kwargs["pooled_projections"] = pooled
         return model(**kwargs)

@@ -23,7 +23,8 @@ from .scorers import DEFAULT_SCORER, Moments, Scorer, get_scorer, list_scorers
 from .taps import DEFAULT_TAPS, TapSet, resolve_taps
 
 
-def _noiser(noise: str | Noiser, images: torch.Tensor) -> Noiser:
+def noiser_for(noise: str | Noiser, images: torch.Tensor | None = None) -> Noiser:
+    """The :class:`~.noise.Noiser` of ``noise`` (a family name or a Noiser); ``"flux"`` shifts for ``images``."""
     if isinstance(noise, Noiser):
         return noise
     if noise == "flux":  # rectified flow with Flux's shift for this resolution
@@ -91,7 +92,7 @@ def select_timestep(
     others = [get_scorer(s) for s in extra_scorers] if extra_scorers is not None else [
         s for s in list_scorers() if s.stat is not None or (s.pair_fn is not None and primary.pair_fn is not None)]
     scorers = [primary] + [s for s in others if s.name != primary.name]
-    noiser = _noiser(noise, images)
+    noiser = noiser_for(noise, images)
     ts = noiser.check(parse_timesteps(timesteps))
     specs = resolve_taps(model, taps, text_tokens=_text_tokens(conditioning))
     check_images(model, images, model_device_dtype(model)[0], warn_range=False)
@@ -197,7 +198,7 @@ def capture_features(
 
     Returns ``{tap: [B, T, C]}`` (mean over tokens) when ``pool``, else ``{tap: [B, T, L, C]}``, and the run info.
     """
-    noiser = _noiser(noise, images)
+    noiser = noiser_for(noise, images)
     ts = noiser.check(parse_timesteps(timesteps))
     specs = resolve_taps(model, taps, text_tokens=_text_tokens(conditioning))
     check_images(model, images, model_device_dtype(model)[0], warn_range=False)

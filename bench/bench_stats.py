@@ -54,8 +54,8 @@ for _p in (REPO, Path(__file__).resolve().parent):  # run from a checkout withou
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
+from aselect_kernels.embedded.model import EMBEDDED_CONFIG  # noqa: E402
 from aselect_kernels.frequency import band_counts  # noqa: E402
-from aselect_kernels.model import EMBEDDED_CONFIG  # noqa: E402
 from aselect_kernels.reference import STAT_NAMES, StatsConfig, reference_stats  # noqa: E402
 from aselect_kernels.taps import TapSpec, resolve_taps  # noqa: E402
 

@@ -9,15 +9,15 @@ all 30 taps), in this order:
 1. ``selection_cold``: the first ``select_timestep`` call of the process, so it includes the Triton JIT of the
    fused kernel (what a user's first call pays);
 2. ``selection_warm``: the same call again (kernels compiled and cached);
-3. ``grid``: :func:`~aselect_kernels.validate.probe_grid`, the features of 2000 images at every (t, tap) and a
+3. ``grid``: :func:`~aselect_kernels.validation.run.probe_grid`, the features of 2000 images at every (t, tap) and a
    logistic-regression probe per cell, all cells fitted together on the GPU (batched L-BFGS); its progress (fits
    done, seconds) is saved as it goes, so a run cut short still says how far it got;
-4. ``dense_grid``: :func:`~aselect_kernels.validate.dense_probe_grid` on 100 + 100 images at the block outputs,
+4. ``dense_grid``: :func:`~aselect_kernels.validation.run.dense_probe_grid` on 100 + 100 images at the block outputs,
    batched, as ``aselect validate`` runs it;
 5. ``fits_side_by_side``: on the cells of two timesteps (``--side-timesteps``, 60 cells with all 30 taps), the
    batched fit of every cell and the one-at-a-time fit of the first ``--single-cells`` (the old path, about 0.76 s a
    fit on an H100), with their agreement (``bench/probe_fit.py``'s :func:`fit_both`);
-6. the picks of :func:`~aselect_kernels.validate.compare` for the default scorer, and the wall-time ratios.
+6. the picks of :func:`~aselect_kernels.validation.run.compare` for the default scorer, and the wall-time ratios.
 
 ``DIR/gpu_validate.json`` is rewritten after every step.  Forward-sample counts are the same as on the CPU.
 ``--smoke`` runs every step on a tiny configuration (any device, CPU included) to check the script itself.
@@ -39,17 +39,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from probe_fit import fit_both  # noqa: E402
 
-from aselect_kernels.model import load_embedded  # noqa: E402
-from aselect_kernels.probe import dense_target  # noqa: E402
+from aselect_kernels.embedded.model import load_embedded  # noqa: E402
+from aselect_kernels.images import to_model_range  # noqa: E402
 from aselect_kernels.select import capture_features, select_timestep  # noqa: E402
-from aselect_kernels.validate import (  # noqa: E402
+from aselect_kernels.validation.probe import dense_target  # noqa: E402
+from aselect_kernels.validation.run import (  # noqa: E402
     VALIDATION_TIMESTEPS,
-    _model_input,
-    _tap_sets,
     compare,
     dense_probe_grid,
     load_dataset,
     probe_grid,
+    tap_sets,
 )
 
 
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
 
     model = load_embedded(device=device)
     (utr, ytr), (ute, yte), k = load_dataset(args.dataset, args.n_train, args.n_test, 0)
-    xtr, xte = _model_input(utr, device), _model_input(ute, device)
+    xtr, xte = to_model_range(utr)[:, None].to(device), to_model_range(ute)[:, None].to(device)
     res["config"]["n_test"] = len(yte)
     selection = None
     for step in ("selection_cold", "selection_warm"):
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     save()
 
     nd = args.n_dense
-    dense_taps = _tap_sets(grid.taps).get("block_out", grid.taps)
+    dense_taps = tap_sets(grid.taps).get("block_out", grid.taps)
     _sync()
     dgrid = dense_probe_grid(model, (xtr[:nd], dense_target(utr[:nd], ytr[:nd])),
                              (xte[:nd], dense_target(ute[:nd], yte[:nd])), args.timesteps, dense_taps, k + 1,
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     res["fits_side_by_side_cells"] = side["per_cell"]
     print(f"fits_side_by_side: {side['summary']}", flush=True)
     save()
-    cls = compare(selection, grid, _tap_sets(selection.taps))
+    cls = compare(selection, grid, tap_sets(selection.taps))
     picks = {}
     for set_name, block in cls["tap_sets"].items():
         picks[set_name] = {"best": block["best"], **{key.replace(":", "_"): block["scorers"][key]["joint"]

@@ -25,8 +25,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aselect_kernels.batched_logistic import _loss_grad  # noqa: E402
-from aselect_kernels.probe import L2, probe_logits, standardize  # noqa: E402
+from aselect_kernels.validation.logistic import _loss_grad  # noqa: E402
+from aselect_kernels.validation.probe import L2, probe_logits, standardize  # noqa: E402
 
 
 def _sync() -> None:
@@ -121,8 +121,8 @@ def fit_both(feats: dict[str, torch.Tensor], ytr: torch.Tensor, yte: torch.Tenso
 def convergence(feats: dict[str, torch.Tensor], ytr: torch.Tensor, k: int, device: torch.device, count: int,
                 ) -> dict:
     """Largest gradient entry at the batched and the one-at-a-time solutions of the first ``count`` cells."""
-    from aselect_kernels.batched_logistic import fit_padded
-    from aselect_kernels.probe import fit_logistic
+    from aselect_kernels.validation.logistic import fit_padded
+    from aselect_kernels.validation.probe import fit_logistic
 
     names, n = list(feats), ytr.shape[0]
     cells = [(p, ti) for p in range(len(names)) for ti in range(feats[names[0]].shape[1])][:count]
@@ -135,9 +135,10 @@ def convergence(feats: dict[str, torch.Tensor], ytr: torch.Tensor, k: int, devic
 
 
 def main(argv: list[str] | None = None) -> int:
-    from aselect_kernels.model import load_embedded
+    from aselect_kernels.embedded.model import load_embedded
+    from aselect_kernels.images import to_model_range
     from aselect_kernels.select import capture_features
-    from aselect_kernels.validate import _model_input, load_dataset
+    from aselect_kernels.validation.run import load_dataset
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -160,8 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     if saved is not None and saved["key"] == [args.timesteps, args.taps]:
         feats = saved["feats"]
     else:
-        feats, _ = capture_features(model, torch.cat([_model_input(utr, device), _model_input(ute, device)]),
-                                    args.timesteps, args.taps, progress=False)
+        x = to_model_range(torch.cat([utr, ute]))[:, None].to(device)
+        feats, _ = capture_features(model, x, args.timesteps, args.taps, progress=False)
         torch.save({"key": [args.timesteps, args.taps], "feats": feats}, cache)
     res: dict = {"env": {"python": platform.python_version(), "torch": torch.__version__, "device": str(device),
                          "threads": torch.get_num_threads(), "cpus": os.cpu_count(),

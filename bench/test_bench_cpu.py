@@ -16,7 +16,7 @@ import os
 import pytest
 import torch
 
-from aselect_kernels.model import EMBEDDED_CONFIG
+from aselect_kernels.embedded.model import EMBEDDED_CONFIG
 from aselect_kernels.ops.matmul_stats import matmul_stats
 from aselect_kernels.reference import StatsConfig, reference_stats
 

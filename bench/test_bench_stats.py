@@ -18,7 +18,7 @@ from functools import lru_cache
 import pytest
 import torch
 
-from aselect_kernels.model import EMBEDDED_CONFIG
+from aselect_kernels.embedded.model import EMBEDDED_CONFIG
 from aselect_kernels.reference import StatsConfig, reference_stats
 
 #: Channels of the embedded model's taps (its hidden width).

@@ -9,8 +9,9 @@ from __future__ import annotations
 import torch
 
 from aselect_kernels import Conditioning, extract_features, select_timestep
-from aselect_kernels.data import load_embedded_images, to_model_range
-from aselect_kernels.model import load_embedded
+from aselect_kernels.embedded.data import load_embedded_images
+from aselect_kernels.embedded.model import load_embedded
+from aselect_kernels.images import to_model_range
 
 
 def main() -> None:

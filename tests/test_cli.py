@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aselect_kernels import cli, model
+from aselect_kernels import cli, hub, models
 from aselect_kernels.cli import main
-from aselect_kernels.model import EMBEDDED_DIR
+from aselect_kernels.embedded import model
+from aselect_kernels.embedded.model import EMBEDDED_DIR
 
 from tiny_models import tiny_dit
 
@@ -63,7 +64,7 @@ def no_model_load(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the error was found")
 
-    monkeypatch.setattr(model, "load_model", refuse)
+    monkeypatch.setattr(models, "load_model", refuse)
     monkeypatch.setattr(model, "load_embedded", refuse)
 
 
@@ -188,12 +189,12 @@ def test_hub_offline_probe(monkeypatch):
         server.bind(("127.0.0.1", 0))
         server.listen(1)
         monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
-        assert not model.hub_offline()
+        assert not hub.hub_offline()
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
-    assert model.hub_offline()
+    assert hub.hub_offline()
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert model.hub_offline()
+    assert hub.hub_offline()
 
 
 @pytest.mark.parametrize("offline_env", [False, True])
@@ -281,7 +282,8 @@ def test_help_shows_defaults_and_version(capsys):
 
 
 def test_parser_names_match_the_library():
-    from aselect_kernels import scorers, stats, taps, validate
+    from aselect_kernels import scorers, stats, taps
+    from aselect_kernels.validation import run as validate
 
     assert cli.SCORERS == tuple(s.name for s in scorers.list_scorers()[: len(cli.SCORERS)])
     assert cli.DEFAULT_SCORER == scorers.DEFAULT_SCORER and cli.BACKENDS == stats.BACKENDS
@@ -307,7 +309,7 @@ def test_rejected_arguments_do_not_import_torch():
 
 @pytest.mark.skipif(not HAS_EMBEDDED, reason="embedded weights not trained yet")
 def test_embedded_model_loads_without_the_accelerate_warning_but_user_warnings_show():
-    proc = _run_python("import warnings\nfrom aselect_kernels.model import load_embedded\nload_embedded()\n"
+    proc = _run_python("import warnings\nfrom aselect_kernels.embedded.model import load_embedded\nload_embedded()\n"
                        "warnings.warn('the user warning')")
     assert proc.returncode == 0, proc.stderr
     assert "accelerate" not in proc.stderr and "the user warning" in proc.stderr
@@ -367,11 +369,11 @@ def test_validate_checks_before_loading(tmp_path, capsys, no_model_load, extra, 
 def test_validate_small_run_writes_report_and_its_selection_equals_the_library(tmp_path, capsys):
     """A small ``validate --candidates``: the report, and the saved selection equal to select_timestep plus the
     candidates' second run with the same arguments."""
-    import torch
 
+    from aselect_kernels.images import to_model_range
     from aselect_kernels.result import SelectionResult
     from aselect_kernels.select import select_timestep
-    from aselect_kernels.validate import _model_input, _with_candidates, load_dataset
+    from aselect_kernels.validation.run import _with_candidates, load_dataset
 
     out = tmp_path / "val"
     rc = main(["validate", "--dataset", "digits", "--n-train", "40", "--n-test", "12", "--n-select", "4",
@@ -385,7 +387,7 @@ def test_validate_small_run_writes_report_and_its_selection_equals_the_library(t
     assert report["n_test"] == 12 and len(best["vs_floor"]["ci95"]) == 2
     assert (out / "validation_digits.md").read_text().count("[") > 4 and (out / "validation_digits.png").is_file()
     (utr, _), _, _ = load_dataset("digits", 16, 12, 0)
-    x = _model_input(utr, torch.device("cpu"))[:4]
+    x = to_model_range(utr)[:, None][:4]
     embedded = model.load_embedded()
     base = select_timestep(embedded, x, "0,500", "block_out:5", progress=False)
     direct = _with_candidates(base, embedded, x, "0,500", "block_out:5", 0, False)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from aselect_kernels.cli import main
-from aselect_kernels.data import load_images
 from aselect_kernels.forward import Conditioning
-from aselect_kernels.model import load_model
+from aselect_kernels.images import load_images
+from aselect_kernels.models import load_model
 from aselect_kernels.reference import StatsConfig
 from aselect_kernels.result import SelectionResult
 from aselect_kernels.select import select_timestep

@@ -1,23 +1,18 @@
-"""docs/validation/confirm.py: the chosen cells re-scored on unused training images, against one-at-a-time probes."""
+"""validation/confirm.py: the chosen cells re-scored on unused training images, against one-at-a-time probes."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from aselect_kernels.model import load_embedded
-from aselect_kernels.probe import linear_probe_correct
+from aselect_kernels.embedded.model import load_embedded
+from aselect_kernels.images import to_model_range
 from aselect_kernels.select import capture_features
-from aselect_kernels.validate import _model_input, load_dataset
-
-_PATH = Path(__file__).resolve().parents[1] / "docs" / "validation" / "confirm.py"
-_spec = importlib.util.spec_from_file_location("confirm", _PATH)
-confirm = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(confirm)
+from aselect_kernels.validation import confirm
+from aselect_kernels.validation.probe import linear_probe_correct
+from aselect_kernels.validation.run import load_dataset
 
 TAPS = ["transformer_blocks.1.ff.net.0", "transformer_blocks.4.ff.net.0"]
 
@@ -46,7 +41,7 @@ def test_confirm_rescoring_matches_independent_probes(tmp_path: Path):
     assert cells["grid best"]["below_grid_best"]["gap"] == 0.0
     # oracle: the same images' features, probed one cell at a time with the unbatched fit
     (x, y), _, k = load_dataset("fashion", n_train=pool)
-    feats, _ = capture_features(load_embedded(), _model_input(x, torch.device("cpu")), [0, 100], TAPS,
+    feats, _ = capture_features(load_embedded(), to_model_range(x)[:, None], [0, 100], TAPS,
                                 progress=False)
     raw = linear_probe_correct(x[:n_train].flatten(1).double(), y[:n_train], x[n_train:].flatten(1).double(),
                                y[n_train:], k).numpy()

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from aselect_kernels import data, model
-from aselect_kernels.train import _eval_batch, eval_loss, main_train, train
+from aselect_kernels import images, models
+from aselect_kernels.embedded import data, model
+from aselect_kernels.embedded.train import _eval_batch, eval_loss, main_train, train
 
 
 def _write_idx(path: Path, arr: np.ndarray, type_code: int = 0x08, compress: bool = True) -> None:
@@ -105,7 +106,7 @@ def test_build_subset(tmp_path: Path) -> None:
 
 
 def test_to_model_range() -> None:
-    x = data.to_model_range(np.array([0, 255, 127], dtype=np.uint8))
+    x = images.to_model_range(np.array([0, 255, 127], dtype=np.uint8))
     assert x.dtype == torch.float32
     torch.testing.assert_close(x, torch.tensor([-1.0, 1.0, 127 / 127.5 - 1]))
 
@@ -116,16 +117,16 @@ def test_to_model_range() -> None:
 def test_load_images_npz_and_npy(tmp_path: Path) -> None:
     imgs = np.random.default_rng(0).integers(0, 256, (5, 16, 16), dtype=np.uint8)
     np.savez(tmp_path / "a.npz", images=imgs, labels=np.arange(5))
-    x, y = data.load_images(tmp_path / "a.npz")
+    x, y = images.load_images(tmp_path / "a.npz")
     assert x.shape == (5, 1, 16, 16) and x.dtype == torch.float32
     assert float(x.min()) >= -1 and float(x.max()) <= 1
     assert y is not None and y.tolist() == [0, 1, 2, 3, 4]
     np.savez(tmp_path / "b.npz", x=np.zeros((2, 3, 8, 8), np.float32), y=[1, 2])
-    x, y = data.load_images(tmp_path / "b.npz")
+    x, y = images.load_images(tmp_path / "b.npz")
     assert x.shape == (2, 3, 8, 8) and y is not None
     nhwc = np.random.default_rng(1).integers(0, 256, (4, 8, 6, 3), dtype=np.uint8)
     np.save(tmp_path / "c.npy", nhwc)  # NHWC -> NCHW, checked pixel by pixel
-    x, y = data.load_images(tmp_path / "c.npy")
+    x, y = images.load_images(tmp_path / "c.npy")
     assert x.shape == (4, 3, 8, 6) and y is None
     expected = torch.from_numpy(nhwc.transpose(0, 3, 1, 2).astype(np.float64) / 127.5 - 1).float()
     torch.testing.assert_close(x, expected)
@@ -134,24 +135,24 @@ def test_load_images_npz_and_npy(tmp_path: Path) -> None:
 def test_load_images_errors(tmp_path: Path) -> None:
     np.save(tmp_path / "rank2.npy", np.zeros((8, 8), np.uint8))
     with pytest.raises(ValueError, match="rank"):
-        data.load_images(tmp_path / "rank2.npy")
+        images.load_images(tmp_path / "rank2.npy")
     np.save(tmp_path / "empty.npy", np.zeros((0, 8, 8), np.uint8))
     with pytest.raises(ValueError, match="empty"):
-        data.load_images(tmp_path / "empty.npy")
+        images.load_images(tmp_path / "empty.npy")
     np.savez(tmp_path / "nokey.npz", pixels=np.zeros((1, 8, 8), np.uint8))
     with pytest.raises(ValueError, match="'images' or 'x'"):
-        data.load_images(tmp_path / "nokey.npz")
+        images.load_images(tmp_path / "nokey.npz")
     np.savez(tmp_path / "badlab.npz", images=np.zeros((3, 8, 8), np.uint8), labels=[0, 1])
     with pytest.raises(ValueError, match="labels"):
-        data.load_images(tmp_path / "badlab.npz")
+        images.load_images(tmp_path / "badlab.npz")
     np.save(tmp_path / "range.npy", np.full((1, 8, 8), 7.0, np.float32))
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        data.load_images(tmp_path / "range.npy")
+        images.load_images(tmp_path / "range.npy")
     (tmp_path / "x.txt").write_text("hi")
     with pytest.raises(ValueError, match="unsupported"):
-        data.load_images(tmp_path / "x.txt")
+        images.load_images(tmp_path / "x.txt")
     with pytest.raises(FileNotFoundError):
-        data.load_images(tmp_path / "missing.npz")
+        images.load_images(tmp_path / "missing.npz")
 
 
 def test_load_images_png_folder(tmp_path: Path) -> None:
@@ -161,7 +162,7 @@ def test_load_images_png_folder(tmp_path: Path) -> None:
     gray.mkdir()
     for i in range(3):
         Image.fromarray(np.full((12, 10), 50 * i, np.uint8), mode="L").save(gray / f"{i}.png")
-    x, y = data.load_images(gray)
+    x, y = images.load_images(gray)
     assert x.shape == (3, 1, 12, 10) and y is None
     torch.testing.assert_close(x[1].unique(), torch.tensor([50 / 127.5 - 1]))
 
@@ -169,7 +170,7 @@ def test_load_images_png_folder(tmp_path: Path) -> None:
     rgb.mkdir()
     Image.fromarray(np.zeros((8, 8, 3), np.uint8), mode="RGB").save(rgb / "a.png")
     Image.fromarray(np.zeros((8, 8), np.uint8), mode="L").save(rgb / "b.jpg")
-    x, _ = data.load_images(rgb)
+    x, _ = images.load_images(rgb)
     assert x.shape == (2, 3, 8, 8)
 
     mixed = tmp_path / "mixed"
@@ -177,12 +178,12 @@ def test_load_images_png_folder(tmp_path: Path) -> None:
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(mixed / "a.png")
     Image.fromarray(np.zeros((9, 8), np.uint8)).save(mixed / "b.png")
     with pytest.raises(ValueError, match="different sizes"):
-        data.load_images(mixed)
+        images.load_images(mixed)
 
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ValueError, match="no PNG"):
-        data.load_images(empty)
+        images.load_images(empty)
 
 
 # ---------------------------------------------------------------- model
@@ -217,14 +218,14 @@ def test_set_label_dropout() -> None:
 def test_load_model_local_folder(tmp_path: Path) -> None:
     m = model.build_model(TINY)
     m.save_pretrained(str(tmp_path / "m"))
-    loaded = model.load_model(str(tmp_path / "m"))
+    loaded = models.load_model(str(tmp_path / "m"))
     assert type(loaded).__name__ == "DiTTransformer2DModel" and not loaded.training
     torch.testing.assert_close(loaded.proj_out_2.weight, m.proj_out_2.weight)
     m.save_pretrained(str(tmp_path / "pipe" / "transformer"))  # pipeline layout: transformer/ subfolder
-    assert model.load_model(str(tmp_path / "pipe")).config.num_layers == 1
+    assert models.load_model(str(tmp_path / "pipe")).config.num_layers == 1
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="config.json"):
-        model.load_model(str(tmp_path / "empty"))
+        models.load_model(str(tmp_path / "empty"))
 
 
 def test_train_smoke(tmp_path: Path) -> None:
@@ -240,7 +241,7 @@ def test_train_smoke(tmp_path: Path) -> None:
     assert json.loads((out / "training_log.json").read_text())["batch_size"] == 8
     card = (out / "MODEL_CARD.md").read_text()
     assert "Zalando" in card and "eval loss" in card
-    reloaded = model.load_model(str(out))
+    reloaded = models.load_model(str(out))
     assert reloaded.config.num_layers == 1
     with pytest.raises(ValueError):
         train(out, minutes=None, max_steps=None)
@@ -250,10 +251,10 @@ def test_train_resume_keeps_weights_and_history(tmp_path: Path) -> None:
     root = _fake_fashion_root(tmp_path / "fm")
     first = tmp_path / "first"
     train(first, minutes=None, max_steps=2, batch_size=4, num_layers=1, hidden=32, eval_size=8, data_root=root)
-    before = {k: v.clone() for k, v in model.load_model(str(first)).state_dict().items()}
+    before = {k: v.clone() for k, v in models.load_model(str(first)).state_dict().items()}
     same = tmp_path / "same"
     log = train(same, minutes=None, max_steps=0, eval_size=8, data_root=root, init_from=first)
-    after = model.load_model(str(same)).state_dict()
+    after = models.load_model(str(same)).state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     assert log["history"][0]["steps"] == 2 and log["init_from"] == str(first)
     cont = tmp_path / "cont"
@@ -263,8 +264,8 @@ def test_train_resume_keeps_weights_and_history(tmp_path: Path) -> None:
     assert json.loads((cont / "checkpoint" / "checkpoint.json").read_text())["step"] == 2
     card = (cont / "MODEL_CARD.md").read_text()
     assert "Trained in stages" in card and "In all: 4 optimizer steps" in card
-    assert any(not torch.equal(before[k], v) for k, v in model.load_model(str(cont)).state_dict().items())
-    for k, v in model.load_model(str(first)).state_dict().items():  # the source folder is left as it was
+    assert any(not torch.equal(before[k], v) for k, v in models.load_model(str(cont)).state_dict().items())
+    for k, v in models.load_model(str(first)).state_dict().items():  # the source folder is left as it was
         assert torch.equal(before[k], v)
     with pytest.raises(ValueError, match="both"):
         train(first, minutes=None, max_steps=1, data_root=root, init_from=first)
@@ -280,7 +281,7 @@ def test_main_train_cli(tmp_path: Path) -> None:
             "--batch-size", "4", "--no-ema", "--data-root", str(root)]
     log = main_train(argv)
     assert log["steps"] == 2 and log["saved_weights"] == "raw"
-    assert log["command"].startswith("python -m aselect_kernels.train ") and "--max-steps 2" in log["command"]
+    assert log["command"].startswith("python -m aselect_kernels.embedded.train ") and "--max-steps 2" in log["command"]
 
 
 # ---------------------------------------------------------------- shipped weights
@@ -305,4 +306,4 @@ def test_embedded_model_beats_untrained() -> None:
     assert loss_trained < 0.5 * loss_untrained
     assert loss_trained < 0.15
     assert (model.EMBEDDED_DIR / "MODEL_CARD.md").is_file()
-    assert (model.load_model("embedded").proj_out_2.weight == trained.proj_out_2.weight).all()
+    assert (models.load_model("embedded").proj_out_2.weight == trained.proj_out_2.weight).all()

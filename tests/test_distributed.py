@@ -43,7 +43,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def images_npz(tmp_path_factory):
-    from aselect_kernels.data import load_embedded_images
+    from aselect_kernels.embedded.data import load_embedded_images
 
     x, y = load_embedded_images("test")
     path = tmp_path_factory.mktemp("data") / "images.npz"

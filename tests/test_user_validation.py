@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from aselect_kernels.cli import main
-from aselect_kernels.data import load_labelled, to_model_range
-from aselect_kernels.validate import probe_grid, stratified_split, validate
+from aselect_kernels.images import load_labelled, to_model_range
+from aselect_kernels.validate import validate
+from aselect_kernels.validation.run import probe_grid, stratified_split
 
 from tiny_models import tiny_dit
 
@@ -159,13 +160,12 @@ def test_cli_validate_and_probe_image_folder(npz, image_folder, tmp_path, capsys
 ])
 def test_cli_argument_errors_come_before_any_computation(npz, tmp_path, capsys, monkeypatch, extra,
                                                          needle):
-    import aselect_kernels.select as select_mod
-    import aselect_kernels.validate as validate_mod
+    import aselect_kernels.validation.run as validate_mod
 
     def computed(*args, **kwargs):
         raise AssertionError("computation started before the arguments were checked")
 
-    monkeypatch.setattr(select_mod, "select_timestep", computed)
+    monkeypatch.setattr(validate_mod, "select_timestep", computed)
     monkeypatch.setattr(validate_mod, "capture_features", computed)
     extra = [str(npz / "nomask.npz") if e == "NOMASK" else e for e in extra]
     rc = main(["validate", "--model", str(npz / "dit8"), "--images", str(npz / "train.npz"), "--out",
@@ -184,7 +184,7 @@ def test_cli_rejects_images_that_do_not_fit_the_model(npz, tmp_path, capsys):
 
 
 def test_use_labels_conditions_on_the_labels_as_given(npz, monkeypatch):
-    import aselect_kernels.validate as validate_mod
+    import aselect_kernels.validation.run as validate_mod
 
     seen = []
     real = validate_mod.capture_features

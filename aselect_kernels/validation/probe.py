@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from .batched_logistic import fit_padded, plan_batches
+from .logistic import fit_padded, plan_batches
 
 #: L2 penalty on the probe weights (mean loss + L2 * ||W||^2), fixed a priori.
 L2 = 1e-3

@@ -7,7 +7,7 @@ ones carries the bias) and their weights into ``Theta [G, D + 1, K]``; the loss,
 recursion are batched matrix products and reductions over ``G``, and each cell keeps its own step length, history
 and stopping state.  A cell that has converged leaves the active batch.
 
-Objective of each cell, as :func:`~aselect_kernels.probe.fit_logistic`::
+Objective of each cell, as :func:`~aselect_kernels.validation.probe.fit_logistic`::
 
     f(W, b) = mean_n cross_entropy(softmax(x_n W + b), y_n) + l2 * ||W||^2        (bias not penalised)
 

@@ -4,9 +4,9 @@ Each mutation replaces one exact snippet of the package with a plausible mistake
 files (the working tree is never touched), then runs the tests that should notice it.  A mutation is *killed* when
 those tests fail, and *survives* when they pass.  Usage, from the repository root::
 
-    python tests/mutation_check.py              # every mutation, then the kill table
-    python tests/mutation_check.py --list       # the mutations, no test run
-    python tests/mutation_check.py --only entropy-merge-sign cutoff-ge
+    python tools/mutation_check.py              # every mutation, then the kill table
+    python tools/mutation_check.py --list       # the mutations, no test run
+    python tools/mutation_check.py --only entropy-merge-sign cutoff-ge
 
 A snippet that no longer occurs exactly once makes that row ``stale`` (the code moved: update the list).
 """
@@ -82,7 +82,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation("direction-ignored", "aselect_kernels/scorers.py",
              'return int(np.argmax(masked) if direction == "max" else np.argmin(masked))',
              "return int(np.argmax(masked))", ("tests/test_selection.py",), "selection takes the argmax for 'min'"),
-    Mutation("probe-l2-dropped", "aselect_kernels/probe.py",
+    Mutation("probe-l2-dropped", "aselect_kernels/validation/probe.py",
              "F.cross_entropy(x @ w + b, y) + l2 * (w * w).sum()", "F.cross_entropy(x @ w + b, y)",
              ("tests/test_probe_validate.py",), "the probe's L2 penalty is left out of the loss"),
 )

