@@ -333,8 +333,8 @@ def _labelled_data(args: argparse.Namespace, device: Any) -> dict:
     :func:`~aselect_kernels.validation.run.validation_parts` (masks of a shipped dataset: its foreground targets; the
     noisy datasets have none)."""
     from .images import to_model_range
+    from .validation.datasets import load_dataset
     from .validation.probe import dense_target
-    from .validation.run import load_dataset
 
     if args.images:
         from .images import load_labelled
@@ -374,7 +374,8 @@ def cmd_probe(args: argparse.Namespace) -> None:
 
     from .conditioning import Conditioning
     from .models import load_model
-    from .validation.run import prepare_splits, probe_grid
+    from .validation.grids import probe_grid
+    from .validation.splits import prepare_splits
 
     model = load_model(args.model, device=device, dtype=_dtype(args.dtype))
     train, test, classes, _ = prepare_splits(
@@ -426,7 +427,8 @@ def cmd_validate(args: argparse.Namespace) -> None:
             raise CliError(f"the dense probe takes its images from the probe's: --n-dense-train {args.n_dense_train} "
                            f"and --n-dense-test {args.n_dense_test} must not exceed {n_train} and {n_test}")
     from .models import load_model
-    from .validation.run import plot_validation, report_markdown, summary_lines, validation_parts
+    from .validation.report import plot_validation, report_markdown, summary_lines
+    from .validation.run import validation_parts
 
     model = load_model(args.model, device=device, dtype=_dtype(args.dtype))
     report, selection, grid, dgrid = validation_parts(

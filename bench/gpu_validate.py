@@ -42,15 +42,10 @@ from probe_fit import fit_both  # noqa: E402
 from aselect_kernels.embedded.model import load_embedded  # noqa: E402
 from aselect_kernels.images import to_model_range  # noqa: E402
 from aselect_kernels.select import capture_features, select_timestep  # noqa: E402
+from aselect_kernels.validation.compare import compare, tap_sets  # noqa: E402
+from aselect_kernels.validation.datasets import VALIDATION_TIMESTEPS, load_dataset  # noqa: E402
+from aselect_kernels.validation.grids import dense_probe_grid, probe_grid  # noqa: E402
 from aselect_kernels.validation.probe import dense_target  # noqa: E402
-from aselect_kernels.validation.run import (  # noqa: E402
-    VALIDATION_TIMESTEPS,
-    compare,
-    dense_probe_grid,
-    load_dataset,
-    probe_grid,
-    tap_sets,
-)
 
 
 def _sync() -> None:

@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     from aselect_kernels.embedded.model import load_embedded
     from aselect_kernels.images import to_model_range
     from aselect_kernels.select import capture_features
-    from aselect_kernels.validation.run import load_dataset
+    from aselect_kernels.validation.datasets import load_dataset
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)

@@ -23,8 +23,8 @@ from aselect_kernels import distributed
 from aselect_kernels.cli import main
 from aselect_kernels.forward import default_call
 from aselect_kernels.select import select_timestep
+from aselect_kernels.validation.grids import dense_probe_grid
 from aselect_kernels.validation.probe import dense_target
-from aselect_kernels.validation.run import dense_probe_grid
 
 from tiny_models import tiny_dit
 

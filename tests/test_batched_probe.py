@@ -20,9 +20,9 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
+from aselect_kernels.validation.grids import probe_grid
 from aselect_kernels.validation.logistic import cell_bytes, fit_padded, lbfgs_logistic, plan_batches
 from aselect_kernels.validation.probe import fit_logistic, probe_logits, standardize
-from aselect_kernels.validation.run import probe_grid
 
 from tiny_models import tiny_dit
 

@@ -373,7 +373,8 @@ def test_validate_small_run_writes_report_and_its_selection_equals_the_library(t
     from aselect_kernels.images import to_model_range
     from aselect_kernels.result import SelectionResult
     from aselect_kernels.select import select_timestep
-    from aselect_kernels.validation.run import _with_candidates, load_dataset
+    from aselect_kernels.validation.datasets import load_dataset
+    from aselect_kernels.validation.run import _with_candidates
 
     out = tmp_path / "val"
     rc = main(["validate", "--dataset", "digits", "--n-train", "40", "--n-test", "12", "--n-select", "4",

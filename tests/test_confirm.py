@@ -11,8 +11,8 @@ from aselect_kernels.embedded.model import load_embedded
 from aselect_kernels.images import to_model_range
 from aselect_kernels.select import capture_features
 from aselect_kernels.validation import confirm
+from aselect_kernels.validation.datasets import load_dataset
 from aselect_kernels.validation.probe import linear_probe_correct
-from aselect_kernels.validation.run import load_dataset
 
 TAPS = ["transformer_blocks.1.ff.net.0", "transformer_blocks.4.ff.net.0"]
 

@@ -253,7 +253,7 @@ def test_token_slice_syntax():
 def test_validation_groups_flux_taps_by_kind(flux):
     """The validation report's per-kind tap sets recognise Flux's names (token slices, ``attn@0``, ``act_mlp``,
     single-stream ``proj_out``), so each set is exactly what that preset kind resolves to."""
-    from aselect_kernels.validation.run import tap_sets
+    from aselect_kernels.validation.compare import tap_sets
 
     sets = tap_sets([s.name for s in resolve_taps(flux, "all", text_tokens=S)])
     for kind in KINDS:

@@ -22,7 +22,10 @@ from aselect_kernels.result import SelectionResult
 from aselect_kernels.scorers import Moments
 from aselect_kernels.stats import triton_available
 from aselect_kernels.taps import GROUPS, KINDS, resolve_taps
-from aselect_kernels.validation.run import ProbeGrid, check_dense_taps, compare, run_validation, summary_lines
+from aselect_kernels.validation.compare import compare
+from aselect_kernels.validation.grids import ProbeGrid
+from aselect_kernels.validation.report import summary_lines
+from aselect_kernels.validation.run import check_dense_taps, run_validation
 
 from tiny_models import PlainDiT, tiny_dit
 

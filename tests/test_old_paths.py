@@ -28,11 +28,13 @@ OLD_NAMES = {
     "aselect_kernels.probe": {"fit_logistic": "aselect_kernels.validation.probe"},
     "aselect_kernels.batched_logistic": {"fit_padded": "aselect_kernels.validation.logistic"},
     "aselect_kernels.nuisance": {"add_pixel_noise": "aselect_kernels.validation.datasets"},
-    "aselect_kernels.validate": {"probe_grid": "aselect_kernels.validation.run",
-                                 "load_dataset": "aselect_kernels.validation.run",
-                                 "compare": "aselect_kernels.validation.run",
-                                 "stratified_split": "aselect_kernels.validation.run",
-                                 "summary_lines": "aselect_kernels.validation.run"},
+    "aselect_kernels.validate": {"probe_grid": "aselect_kernels.validation.grids",
+                                 "load_dataset": "aselect_kernels.validation.datasets",
+                                 "compare": "aselect_kernels.validation.compare",
+                                 "TRIVIAL_RULES": "aselect_kernels.validation.rules",
+                                 "stratified_split": "aselect_kernels.validation.splits",
+                                 "summary_lines": "aselect_kernels.validation.report",
+                                 "run_validation": "aselect_kernels.validation.run"},
 }
 
 

@@ -11,6 +11,8 @@ from sklearn.metrics import jaccard_score
 
 from aselect_kernels.result import SelectionResult
 from aselect_kernels.scorers import Moments
+from aselect_kernels.validation.compare import compare, paired_bootstrap_ci, spearman
+from aselect_kernels.validation.grids import ProbeGrid, dense_probe_grid, probe_grid
 from aselect_kernels.validation.probe import (
     dense_probe_miou,
     dense_target,
@@ -20,15 +22,7 @@ from aselect_kernels.validation.probe import (
     patch_labels,
     standardize,
 )
-from aselect_kernels.validation.run import (
-    ProbeGrid,
-    compare,
-    dense_probe_grid,
-    paired_bootstrap_ci,
-    probe_grid,
-    report_markdown,
-    spearman,
-)
+from aselect_kernels.validation.report import report_markdown
 
 from tiny_models import tiny_dit
 
@@ -229,7 +223,7 @@ def test_probe_grids_on_a_tiny_dit():
 
 def test_tap_sets_split_every_kind():
     from aselect_kernels.taps import resolve_taps
-    from aselect_kernels.validation.run import tap_sets
+    from aselect_kernels.validation.compare import tap_sets
 
     from tiny_models import PlainDiT, tiny_dit
 

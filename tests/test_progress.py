@@ -9,7 +9,7 @@ import tqdm.auto
 from aselect_kernels.forward import _ChunkProgress, run_multi_timestep
 from aselect_kernels.noise import Noiser
 from aselect_kernels.select import select_timestep
-from aselect_kernels.validation.run import _fit_progress, probe_grid
+from aselect_kernels.validation.grids import _fit_progress, probe_grid
 
 from tiny_models import PlainDiT, tiny_dit
 

@@ -10,7 +10,8 @@ import pytest
 
 from aselect_kernels.result import SelectionResult
 from aselect_kernels.scorers import Moments
-from aselect_kernels.validation.run import ProbeGrid, plot_validation
+from aselect_kernels.validation.grids import ProbeGrid
+from aselect_kernels.validation.report import plot_validation
 
 matplotlib.use("Agg")
 

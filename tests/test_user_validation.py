@@ -11,7 +11,8 @@ import torch
 from aselect_kernels.cli import main
 from aselect_kernels.images import load_labelled, to_model_range
 from aselect_kernels.validate import validate
-from aselect_kernels.validation.run import probe_grid, stratified_split
+from aselect_kernels.validation.grids import probe_grid
+from aselect_kernels.validation.splits import stratified_split
 
 from tiny_models import tiny_dit
 
@@ -160,13 +161,13 @@ def test_cli_validate_and_probe_image_folder(npz, image_folder, tmp_path, capsys
 ])
 def test_cli_argument_errors_come_before_any_computation(npz, tmp_path, capsys, monkeypatch, extra,
                                                          needle):
-    import aselect_kernels.validation.run as validate_mod
+    from aselect_kernels.validation import grids, run
 
     def computed(*args, **kwargs):
         raise AssertionError("computation started before the arguments were checked")
 
-    monkeypatch.setattr(validate_mod, "select_timestep", computed)
-    monkeypatch.setattr(validate_mod, "capture_features", computed)
+    monkeypatch.setattr(run, "select_timestep", computed)
+    monkeypatch.setattr(grids, "capture_features", computed)
     extra = [str(npz / "nomask.npz") if e == "NOMASK" else e for e in extra]
     rc = main(["validate", "--model", str(npz / "dit8"), "--images", str(npz / "train.npz"), "--out",
                str(tmp_path / "x"), *CLI_TINY, *extra])
@@ -184,16 +185,16 @@ def test_cli_rejects_images_that_do_not_fit_the_model(npz, tmp_path, capsys):
 
 
 def test_use_labels_conditions_on_the_labels_as_given(npz, monkeypatch):
-    import aselect_kernels.validation.run as validate_mod
+    from aselect_kernels.validation import grids
 
     seen = []
-    real = validate_mod.capture_features
+    real = grids.capture_features
 
     def spy(model, images, *args, conditioning=None, **kwargs):
         seen.append((images.shape[0], conditioning.class_labels.cpu()))
         return real(model, images, *args, conditioning=conditioning, **kwargs)
 
-    monkeypatch.setattr(validate_mod, "capture_features", spy)
+    monkeypatch.setattr(grids, "capture_features", spy)
     data, test = load_labelled(npz / "train.npz"), load_labelled(npz / "test.npz")
     report = validate(tiny_dit(sample=8), data.images, data.labels, test_images=test.images,
                       test_labels=test.labels, dense=False, use_labels=True, **TINY)

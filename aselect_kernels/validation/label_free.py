@@ -14,7 +14,7 @@ seeds (0, the selection's, and 1), cached as ``pooled_<dataset>.npz`` in the fol
 * ``perank``: effective rank of the standardized features across the 64 images;
 * ``sf_bw`` and ``sf_stab``: the products.
 
-Each is read in both directions with :func:`.run.compare` against ``validation_<dataset>.json``
+Each is read in both directions with :func:`.compare.compare` against ``validation_<dataset>.json``
 of the same folder, and ``label_free.json`` collects the reports.  The criteria are not registered scorers.
 """
 
@@ -31,7 +31,9 @@ from ..images import to_model_range
 from ..result import SelectionResult
 from ..scorers import Moments
 from ..select import capture_features
-from .run import ProbeGrid, compare, load_dataset, tap_sets
+from .compare import compare, tap_sets
+from .datasets import load_dataset
+from .grids import ProbeGrid
 
 NAMES = ("sf", "bw", "stab", "perank", "sf_bw", "sf_stab")
 N_SELECT = 64

@@ -1,0 +1,134 @@
+"""A validation report as people read it: summary lines, markdown tables, and the score-against-probe plot."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..result import SelectionResult
+from .grids import ProbeGrid
+from .rules import rule_label
+
+
+def plot_validation(selection: SelectionResult, grid: ProbeGrid, path: str, scorers: Sequence[str] | None = None
+                    ) -> None:
+    """PNG: for each scorer, the probe metric (left axis) and the score (right axis) against t, at the tap the
+    scorer's joint choice selects (or the grid's first tap); the t the scorer chooses at that tap is marked on both
+    curves, and each panel has a legend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(scorers or selection.scorers)
+    ncols = min(4, len(names))
+    nrows = -(-len(names) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.4 * ncols, 3.6 * nrows), squeeze=False)
+    for ax in axes.flat[len(names):]:
+        ax.set_visible(False)
+    for ax, name in zip(axes.flat, names, strict=False):
+        _, tap = selection.best(name)
+        if tap not in grid.taps:  # the joint choice lies outside this grid's taps: show the grid's first tap
+            tap = grid.taps[0]
+        t_sel = selection.best_t_per_tap(name)[tap]
+        p_grid, p_sel, s = grid.taps.index(tap), selection.taps.index(tap), selection.scorers.index(name)
+        metric, score = grid.metric[:, p_grid] * 100, selection.mean[:, p_sel, s]
+        handles = ax.plot(grid.timesteps, metric, "k-o", ms=3, label=f"probe {grid.metric_name}")
+        ax.set_xlabel("t")
+        ax.set_ylabel(f"{grid.metric_name} (%)")
+        ax2 = ax.twinx()
+        handles += ax2.plot(selection.timesteps, score, "r-s", ms=3, label=f"{name} ({selection.directions[name]})")
+        ax2.set_ylabel(f"{name} ({selection.directions[name]})", color="r")
+        handles += ax.plot([t_sel], [metric[grid.timesteps.index(t_sel)]], "b*", ms=13, label=f"chosen t = {t_sel}")
+        ax2.plot([t_sel], [score[selection.timesteps.index(t_sel)]], "b*", ms=13)
+        ax.legend(handles=handles, fontsize=6, loc="best")
+        ax.set_title(f"{name} @ {tap}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def summary_lines(report: dict) -> list[str]:
+    """A readable summary: per task and tap set, each scorer's rho / gaps beside the trivial rules."""
+    lines = [f"dataset {report['dataset']}: selection on {report['n_select']} images vs probes on "
+             f"{report['n_train']}/{report['n_test']}; compute ratio {report['cost']['wall_ratio']:.1f}x wall, "
+             f"{report['cost']['forward_ratio']:.1f}x forward samples"]
+    for task in ("classification", "dense"):
+        if task not in report:
+            continue
+        part = report[task]
+        g = part["grid"]
+        lines.append(f"[{task}] {part['metric']}: raw-pixel floor {100 * g['raw_pixel_floor']:.2f}")
+        for set_name, rep in part["tap_sets"].items():
+            b = rep["best"]
+            margin = (f"; {b['vs_floor']['margin']:+.2f} over raw pixels, 95% CI "
+                      f"[{b['vs_floor']['ci95'][0]:+.2f}, {b['vs_floor']['ci95'][1]:+.2f}]") if "vs_floor" in b else ""
+            if "vs_smallest_t" in b:
+                v = b["vs_smallest_t"]
+                margin += (f"; {v['margin']:+.2f} over t={v['t']} at that tap, 95% CI "
+                           f"[{v['ci95'][0]:+.2f}, {v['ci95'][1]:+.2f}]")
+            lines.append(f"  tap set {set_name}: grid best {b['metric']:.2f} at (t={b['t']}, {b['tap']}){margin}")
+            for key, row in rep["scorers"].items():
+                j = row["joint"]
+                tag = " (default dir)" if row["direction"] == row["default_direction"] else ""
+                lines.append(f"    {key:<20} rho {row['mean_rho']:+.2f}  per-tap gap {row['mean_gap']:5.2f}  "
+                             f"joint ({j['t']}, {j['tap']}) gap {_gap(j)}{tag}")
+            for rule, row in rep["trivial"].items():
+                lines.append(f"    {'rule ' + rule_label(rule, row):<20}           per-tap gap {row['mean_gap']:5.2f}  "
+                             f"joint gap {_gap(row['joint'])}")
+    return lines
+
+
+def _gap(joint: dict) -> str:
+    """A joint gap, with its 95% interval when there is one."""
+    if "gap_ci95" not in joint:
+        return f"{joint['gap']:.2f}"
+    lo, hi = joint["gap_ci95"]
+    return f"{joint['gap']:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def report_markdown(report: dict) -> str:
+    """Markdown tables of a validation report (the measured figures of docs/VALIDATION.md)."""
+    c = report["cost"]
+    out = [f"### {report['dataset']}: selection on {report['n_select']} images, probes on "
+           f"{report['n_train']} train / {report['n_test']} test, timesteps `{report['timesteps']}`, "
+           f"taps `{report['taps']}`", "",
+           f"Compute: selection {c['select_wall_s']:.1f} s for {c['select_forward_samples']} forward samples; "
+           f"exhaustive grid {c['grid_wall_s']:.1f} s for {c['grid_forward_samples']} forward samples plus "
+           f"{len(report['classification']['grid']['taps']) * len(report['classification']['grid']['timesteps'])}"
+           f" probe fits: **{c['wall_ratio']:.1f}x** less wall time, **{c['forward_ratio']:.1f}x** fewer forward "
+           f"samples.", "",
+           "Classification gaps carry a 95% paired bootstrap interval over the test images, in brackets.", ""]
+    for task in ("classification", "dense"):
+        if task not in report:
+            continue
+        part = report[task]
+        g = part["grid"]
+        unit = "accuracy" if part["metric"] == "accuracy" else "mIoU"
+        out.append(f"#### {task} ({unit}, %; raw-pixel floor {100 * g['raw_pixel_floor']:.2f})")
+        out.append("")
+        for set_name, rep in part["tap_sets"].items():
+            b = rep["best"]
+            extra = ""
+            if "vs_floor" in b:
+                lo, hi = b["vs_floor"]["ci95"]
+                extra = (f" (standard error {b['se']:.2f}); margin over raw pixels {b['vs_floor']['margin']:+.2f} "
+                         f"[{lo:+.2f}, {hi:+.2f}]")
+            if "vs_smallest_t" in b:
+                v = b["vs_smallest_t"]
+                extra += (f"; margin over t={v['t']} at the same tap {v['margin']:+.2f} "
+                          f"[{v['ci95'][0]:+.2f}, {v['ci95'][1]:+.2f}]")
+            out += [f"Tap set `{set_name}`: grid best **{b['metric']:.2f}** at (t={b['t']}, `{b['tap']}`){extra}.", "",
+                    "| rule | direction | mean ρ | mean per-tap gap | joint pick (t, tap) | joint value | joint gap |",
+                    "|---|---|---|---|---|---|---|"]
+            for row in rep["scorers"].values():
+                j = row["joint"]
+                default = " (default)" if row["direction"] == row["default_direction"] else ""
+                out.append(f"| {row['scorer']} | {row['direction']}{default} | {row['mean_rho']:+.2f} | "
+                           f"{row['mean_gap']:.2f} | ({j['t']}, `{j['tap']}`) | {j['metric']:.2f} | {_gap(j)} |")
+            for rule, row in rep["trivial"].items():
+                j = row["joint"]
+                pick = "random (expectation)" if j["t"] is None else f"({j['t']}, `{j['tap']}`)"
+                out.append(f"| *{rule_label(rule, row)}* | | | {row['mean_gap']:.2f} | {pick} | {j['metric']:.2f} | "
+                           f"{_gap(j)} |")
+            out.append("")
+    return "\n".join(out)
