@@ -102,7 +102,7 @@ BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 
 # Source lines that read X, per backend (matched against the text of the line the line information names).
 X_LOAD_LINE = {
-    "triton": re.compile(r"tl\.load\(x_base"),
+    "triton": re.compile(r"tl\.load\(x_(?:base|block|tile) \+"),
     "cuda": re.compile(r"cp\.async\.cg\.shared\.global|Elem<T>::bits\(\*p\)"),
 }
 
