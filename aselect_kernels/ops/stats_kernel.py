@@ -9,6 +9,11 @@ split across work items: the low-frequency projection (*Step 3*) must be squared
 tokens.  The grid is persistent: program ``p`` of ``P`` walks the items ``p, p + P, p + 2P, ...``.  An item's
 arithmetic never depends on which program runs it, nor on ``P`` or ``N``, so results are batch-invariant.
 
+*Indexing.*  ``X`` may be any strided view, and a view of a large tensor (a permuted ``[1024, 4096, 3072]``) has
+element offsets past 2^31.  Sample, channel-block and token-tile starts are therefore 64-bit pointers; the offsets
+inside one tile are 32-bit (cheaper) unless a tile itself spans 2^31 elements (``WIDE_INDEX``, decided by the
+launcher from the strides).
+
 **Step 1 - moments with a shift**, per channel, ``k_c = x[n, 0, c]``::
 
     a_c = sum_l (x_lc - k_c)     b_c = sum_l (x_lc - k_c)^2     mu_c = k_c + a_c / L     M2_c = b_c - a_c^2 / L

@@ -126,10 +126,11 @@ def _gpu(length: int, channels: int, k: int, dtype: torch.dtype, capability: tup
         # read once, not once per 64-row block (sm_90: 248 registers, no spills; bench/sass_report.py).
         return Tiling(block_l=64, block_c=fit_block_c(channels, 64), block_k=HOPPER_MAX_BLOCK_K, num_warps=4,
                       num_stages=2, fp32_dot=fp32_dot)
-    # Three stages on Hopper: the loop keeps the next tile's copies in flight while it computes (two stages wait
-    # at the loop top for the copies issued at its bottom: `DEPBAR.LE SB0, 0x0` in the SASS).
+    # Three stages with wgmma: the loop keeps the next tile's copies in flight while it computes (two stages wait
+    # at the loop top for the copies issued at its bottom: `DEPBAR.LE SB0, 0x0` in the SASS).  With mma.sync
+    # (SD3's 32 rows) a third stage raises the registers from 168 to 255, so two programs per SM instead of three.
     return Tiling(block_l=64, block_c=fit_block_c(channels, 128 if wide else 64), block_k=block_k, num_warps=4,
-                  num_stages=3 if capability >= (9, 0) else 2, fp32_dot=fp32_dot)
+                  num_stages=3 if wide else 2, fp32_dot=fp32_dot)
 
 
 def tiling(length: int, channels: int, k: int, dtype: torch.dtype,
