@@ -121,6 +121,52 @@ def test_non_contiguous_views(dtype: torch.dtype) -> None:
         assert torch.equal(out, fused_stats(view.contiguous(), config))
 
 
+# A child process reads views whose element offsets pass 2^31 (a permuted [1024, 4096, 3072] has token stride
+# 1024 x 3072: 32-bit offsets wrapped from token 683).  The storage is 4-5 GB of address space, but only the few
+# pages the views touch are ever written or read.  A wrong offset reads outside the storage, which may crash, so
+# the kernel runs in a child and writes its result and the view's values for this process to check.
+_HUGE_STRIDE_CHILD = """
+import sys, torch
+from aselect_kernels.ops.fused_stats import fused_stats, launch_plan
+from aselect_kernels.reference import StatsConfig
+cases = []
+# token stride 2^28 + 8, 9 tokens: the tile spans 2^31 elements (64-bit offsets inside the tile)
+# token stride 2^23 + 8, 300 tokens: token tiles of 64; tile starts pass 2^31 (64-bit tile base, 32-bit inside)
+for stride_l, length, channels in ((2**28 + 8, 9, 24), (2**23 + 8, 300, 20)):
+    storage = torch.empty((length - 1) * stride_l + channels, dtype=torch.bfloat16)
+    view = storage.as_strided((1, length, channels), (length * stride_l, stride_l, 1))
+    g = torch.Generator().manual_seed(length)
+    view.copy_((torch.randn(1, length, channels, generator=g) * 1.5 + 0.5).to(torch.bfloat16))
+    config = StatsConfig(cutoff=0.5)
+    out = fused_stats(view, config)
+    cases.append((view.clone(), out, launch_plan(view, config).meta.get("WIDE_INDEX")))
+torch.save(cases, sys.argv[1])
+"""
+
+
+@pytest.mark.skipif(not fused.INTERPRET, reason="the child runs the interpreter on CPU tensors")
+def test_offsets_past_2_31_elements(tmp_path) -> None:
+    """Tile and channel-block starts are 64-bit; offsets inside a tile are 64-bit where a tile spans 2^31."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out_file = tmp_path / "huge.pt"
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    child = subprocess.run([sys.executable, "-W", "ignore", "-c", _HUGE_STRIDE_CHILD, str(out_file)], env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert child.returncode == 0, f"child failed (rc {child.returncode}):\n{child.stderr[-2000:]}"
+    cases = torch.load(out_file)
+    assert [wide for *_, wide in cases] == [True, False]
+    config = StatsConfig(cutoff=0.5)
+    for values, out, _ in cases:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", CutoffWarning)
+            ref = ref64(values, config)
+        assert_stats_close(out, ref, values, tolerance(torch.bfloat16, values.shape[1], values.shape[2]))
+
+
 @pytest.mark.parametrize(("dtype", "offset"), [(torch.float32, 1e3), (torch.float32, -3e4), (torch.bfloat16, 100.0)])
 def test_large_mean_offset(dtype: torch.dtype, offset: float) -> None:
     """A mean far above the spread: token_var and hfr_centered stay accurate (no E[x^2] - E[x]^2 cancellation),

@@ -128,6 +128,14 @@ def buffer_bytes(n: int, length: int, channels: int, tile: Tiling, with_means: b
     return sizes + [n * channels * 4] if with_means else sizes
 
 
+def wide_index(x: torch.Tensor, tile: Tiling) -> bool:
+    """Whether offsets inside one tile of ``x`` can reach 2^31 elements, so that the kernel must compute them in
+    64 bits.  Tile and channel-block starts are always 64-bit pointers; this asks only about the span of a tile
+    (``block_l`` tokens by ``block_c`` channels, and a channel block's shift row)."""
+    span = (tile.block_l - 1) * abs(x.stride(1)) + (tile.block_c - 1) * abs(x.stride(2))
+    return span >= 2**31
+
+
 @dataclass(frozen=True)
 class LaunchPlan:
     """Everything one call launches: the main kernel's grid, arguments and meta-parameters, and the combine
@@ -188,6 +196,7 @@ def launch_plan(
         ONE_TILE=one_tile, HAS_LOW=k_low > 0, SPLIT_BASIS=split_dtype is not None, UPCAST_DOT=not on_gpu,
         FP32_DOT=fp32_dot, NUM_STAGES=tile.num_stages, HOIST_BASIS=tile.hoist_basis,
         MERGE_IN_KERNEL=tile.merge_in_kernel, MERGE_BLOCK_L=merge_block_l, WRITE_MEANS=with_means,
+        WIDE_INDEX=wide_index(x, tile),
     )
     if on_gpu:
         meta["num_warps"] = tile.num_warps

@@ -9,6 +9,11 @@ split across work items: the low-frequency projection (*Step 3*) must be squared
 tokens.  The grid is persistent: program ``p`` of ``P`` walks the items ``p, p + P, p + 2P, ...``.  An item's
 arithmetic never depends on which program runs it, nor on ``P`` or ``N``, so results are batch-invariant.
 
+*Indexing.*  ``X`` may be any strided view, and a view of a large tensor (a permuted ``[1024, 4096, 3072]``) has
+element offsets past 2^31.  Sample, channel-block and token-tile starts are therefore 64-bit pointers; the offsets
+inside one tile are 32-bit (cheaper) unless a tile itself spans 2^31 elements (``WIDE_INDEX``, decided by the
+launcher from the strides).
+
 **Step 1 - moments with a shift**, per channel, ``k_c = x[n, 0, c]``::
 
     a_c = sum_l (x_lc - k_c)     b_c = sum_l (x_lc - k_c)^2     mu_c = k_c + a_c / L     M2_c = b_c - a_c^2 / L
@@ -57,12 +62,21 @@ from .stats_merge import merge_lse, merge_sample
 
 
 @triton.jit
-def _load_tile(x_base, l0, offs_l0, offs_c, c_ok, L, stride_xl, stride_xc):
-    """Tile ``[BLOCK_L, BLOCK_C]`` of one sample starting at token ``l0`` (zeros outside), with its masks."""
+def _load_tile(x_block, l0, offs_l0, offs_cb, c_ok, L, stride_xl, stride_xc, WIDE_INDEX: tl.constexpr):
+    """Tile ``[BLOCK_L, BLOCK_C]`` of one sample starting at token ``l0`` (zeros outside), with its masks.
+
+    ``x_block`` points at token 0 of the channel block; ``offs_cb`` are the channels relative to the block.  The
+    tile's start is a 64-bit pointer; offsets inside the tile are 32-bit unless the launcher found that a tile can
+    span 2^31 elements (``WIDE_INDEX``)."""
     offs_l = l0 + offs_l0
     l_ok = offs_l < L
     mask = l_ok[:, None] & c_ok[None, :]
-    xt = tl.load(x_base + offs_l[:, None] * stride_xl + offs_c[None, :] * stride_xc, mask=mask, other=0.0)
+    x_tile = x_block + tl.cast(l0, tl.int64) * stride_xl
+    if WIDE_INDEX:
+        rel = offs_l0.to(tl.int64)[:, None] * stride_xl + offs_cb.to(tl.int64)[None, :] * stride_xc
+    else:
+        rel = offs_l0[:, None] * stride_xl + offs_cb[None, :] * stride_xc
+    xt = tl.load(x_tile + rel, mask=mask, other=0.0)
     return xt, offs_l, l_ok, mask
 
 
@@ -112,19 +126,24 @@ def _channel_block(
     L, C, NUM_KB, stride_xl, stride_xc, stride_b,
     BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, ONE_TILE: tl.constexpr,
     HAS_LOW: tl.constexpr, SPLIT_BASIS: tl.constexpr, UPCAST_DOT: tl.constexpr, FP32_DOT: tl.constexpr,
-    NUM_STAGES: tl.constexpr, HOIST_BASIS: tl.constexpr, WRITE_MEANS: tl.constexpr,
+    NUM_STAGES: tl.constexpr, HOIST_BASIS: tl.constexpr, WRITE_MEANS: tl.constexpr, WIDE_INDEX: tl.constexpr,
 ):
     """Steps 1-3 for channel block ``cb`` of one sample: its 4 partial sums and (``ONE_TILE``) its row states;
     with ``WRITE_MEANS`` its channel means go to ``means_base`` (the sample's row of the means buffer)."""
-    offs_c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    offs_cb = tl.arange(0, BLOCK_C)
+    offs_c = cb * BLOCK_C + offs_cb
     c_ok = offs_c < C
     offs_l0 = tl.arange(0, BLOCK_L)
     offs_k = tl.arange(0, BLOCK_K)
-    shift = tl.load(x_base + offs_c * stride_xc, mask=c_ok, other=0.0).to(tl.float32)
+    x_block = x_base + tl.cast(cb * BLOCK_C, tl.int64) * stride_xc  # 64-bit: token 0 of the channel block
+    if WIDE_INDEX:
+        shift = tl.load(x_block + offs_cb.to(tl.int64) * stride_xc, mask=c_ok, other=0.0).to(tl.float32)
+    else:
+        shift = tl.load(x_block + offs_cb * stride_xc, mask=c_ok, other=0.0).to(tl.float32)
     proj = tl.zeros([BLOCK_K, BLOCK_C], tl.float32)
     if ONE_TILE:
         # Every token in one tile: the moments, the row states and the first projection come from registers.
-        xt, offs_l, l_ok, mask = _load_tile(x_base, 0, offs_l0, offs_c, c_ok, L, stride_xl, stride_xc)
+        xt, offs_l, l_ok, mask = _load_tile(x_block, 0, offs_l0, offs_cb, c_ok, L, stride_xl, stride_xc, WIDE_INDEX)
         xf = xt.to(tl.float32)
         d = tl.where(mask, xf - shift[None, :], 0.0)
         a = tl.sum(d, axis=0)
@@ -144,7 +163,8 @@ def _channel_block(
         a = tl.zeros([BLOCK_C], tl.float32)
         b = tl.zeros([BLOCK_C], tl.float32)
         for l0 in tl.range(0, L, BLOCK_L, num_stages=NUM_STAGES):
-            xt, offs_l, l_ok, mask = _load_tile(x_base, l0, offs_l0, offs_c, c_ok, L, stride_xl, stride_xc)
+            xt, offs_l, l_ok, mask = _load_tile(x_block, l0, offs_l0, offs_cb, c_ok, L, stride_xl, stride_xc,
+                                                             WIDE_INDEX)
             xf = xt.to(tl.float32)
             d = tl.where(mask, xf - shift[None, :], 0.0)
             a += tl.sum(d, axis=0)
@@ -187,7 +207,8 @@ def _channel_block(
                 proj = _project(proj, b_hi, b_lo, xt, d, SPLIT_BASIS, UPCAST_DOT, FP32_DOT)
             else:  # re-read the item's tiles
                 for l0 in range(0, L, BLOCK_L):
-                    xt, offs_l, l_ok, mask = _load_tile(x_base, l0, offs_l0, offs_c, c_ok, L, stride_xl, stride_xc)
+                    xt, offs_l, l_ok, mask = _load_tile(x_block, l0, offs_l0, offs_cb, c_ok, L, stride_xl,
+                                                        stride_xc, WIDE_INDEX)
                     d = tl.where(mask, xt.to(tl.float32) - shift[None, :], 0.0)
                     b_hi = _load_basis(basis_hi_ptr, rows, offs_l, l_ok, stride_b)
                     b_lo = b_hi
@@ -210,7 +231,7 @@ def fused_sample_stats_kernel(
     BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_C: tl.constexpr,
     ONE_TILE: tl.constexpr, HAS_LOW: tl.constexpr, SPLIT_BASIS: tl.constexpr, UPCAST_DOT: tl.constexpr,
     FP32_DOT: tl.constexpr, NUM_STAGES: tl.constexpr, HOIST_BASIS: tl.constexpr, MERGE_IN_KERNEL: tl.constexpr,
-    MERGE_BLOCK_L: tl.constexpr, WRITE_MEANS: tl.constexpr,
+    MERGE_BLOCK_L: tl.constexpr, WRITE_MEANS: tl.constexpr, WIDE_INDEX: tl.constexpr,
 ):
     """Persistent program: walks the work items ``(n, g)`` (module docstring, steps 0-4).  ``means_ptr`` is the
     fp32 ``[N, C]`` means buffer (unit channel stride, rows ``stride_mn`` apart), written only with
@@ -241,14 +262,14 @@ def fused_sample_stats_kernel(
         sum_x, sum_m2, sum_lmu2, e_low, m, s, t = _channel_block(
             x_base, cb0, b_hi0, b_lo0, basis_hi_ptr, basis_lo_ptr, rowsum_ptr, ent_item, means_base, L, C,
             NUM_KB, stride_xl, stride_xc, stride_b, BLOCK_L, BLOCK_C, BLOCK_K, ONE_TILE, HAS_LOW, SPLIT_BASIS,
-            UPCAST_DOT, FP32_DOT, NUM_STAGES, HOIST_BASIS, WRITE_MEANS)
+            UPCAST_DOT, FP32_DOT, NUM_STAGES, HOIST_BASIS, WRITE_MEANS, WIDE_INDEX)
         if ONE_TILE:
             # The group's further channel blocks, merged into the running sums and row states in order.
             for cb in tl.range(cb0 + 1, tl.minimum(cb0 + GROUP_C, NUM_CB), num_stages=NUM_STAGES):
                 px, pm2, plmu2, pe, m2, s2, t2 = _channel_block(
                     x_base, cb, b_hi0, b_lo0, basis_hi_ptr, basis_lo_ptr, rowsum_ptr, ent_item, means_base, L,
                     C, NUM_KB, stride_xl, stride_xc, stride_b, BLOCK_L, BLOCK_C, BLOCK_K, ONE_TILE, HAS_LOW,
-                    SPLIT_BASIS, UPCAST_DOT, FP32_DOT, NUM_STAGES, HOIST_BASIS, WRITE_MEANS)
+                    SPLIT_BASIS, UPCAST_DOT, FP32_DOT, NUM_STAGES, HOIST_BASIS, WRITE_MEANS, WIDE_INDEX)
                 sum_x += px
                 sum_m2 += pm2
                 sum_lmu2 += plmu2

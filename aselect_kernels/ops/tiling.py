@@ -22,6 +22,8 @@ import triton
 MAX_ONE_TILE_L = 256
 #: Largest block of basis rows kept in one accumulator; more rows re-read the sample's tiles once per block.
 MAX_BLOCK_K = 64
+#: On Hopper, half-precision inputs with 65 to 128 basis rows take one 128-row block over narrower channel blocks.
+HOPPER_MAX_BLOCK_K = 128
 
 
 @dataclass(frozen=True)
@@ -119,8 +121,16 @@ def _gpu(length: int, channels: int, k: int, dtype: torch.dtype, capability: tup
     # wgmma (Hopper, 64 basis rows) holds a 64 x 128 accumulator without spilling; mma.sync (fewer rows, or
     # before Hopper) spills at 128 channels (ptxas: 20 B at L = 1024 K = 32 on sm_90, 312 B at L = 256 on sm_80).
     wide = block_k == MAX_BLOCK_K and capability >= (9, 0)
+    if capability >= (9, 0) and MAX_BLOCK_K < k <= HOPPER_MAX_BLOCK_K:
+        # 65 to 128 basis rows (Flux 2-D at 64 x 64: K = 68): one 128-row block over 64 channels, so that X is
+        # read once, not once per 64-row block (sm_90: 248 registers, no spills; bench/sass_report.py).
+        return Tiling(block_l=64, block_c=fit_block_c(channels, 64), block_k=HOPPER_MAX_BLOCK_K, num_warps=4,
+                      num_stages=2, fp32_dot=fp32_dot)
+    # Three stages with wgmma: the loop keeps the next tile's copies in flight while it computes (two stages wait
+    # at the loop top for the copies issued at its bottom: `DEPBAR.LE SB0, 0x0` in the SASS).  With mma.sync
+    # (SD3's 32 rows) a third stage raises the registers from 168 to 255, so two programs per SM instead of three.
     return Tiling(block_l=64, block_c=fit_block_c(channels, 128 if wide else 64), block_k=block_k, num_warps=4,
-                  num_stages=2, fp32_dot=fp32_dot)
+                  num_stages=3 if wide else 2, fp32_dot=fp32_dot)
 
 
 def tiling(length: int, channels: int, k: int, dtype: torch.dtype,
