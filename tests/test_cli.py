@@ -283,13 +283,14 @@ def test_help_shows_defaults_and_version(capsys):
 
 def test_parser_names_match_the_library():
     from aselect_kernels import scorers, stats, taps
-    from aselect_kernels.validation import run as validate
+    from aselect_kernels.validation import datasets as validate
+    from aselect_kernels.validation import splits
 
     assert cli.SCORERS == tuple(s.name for s in scorers.list_scorers()[: len(cli.SCORERS)])
     assert cli.DEFAULT_SCORER == scorers.DEFAULT_SCORER and cli.BACKENDS == stats.BACKENDS
     assert cli.DEFAULT_TAPS == taps.DEFAULT_TAPS and cli.VALIDATION_TIMESTEPS == validate.VALIDATION_TIMESTEPS
     assert cli.NOISE_TIMESTEPS == validate.NOISE_TIMESTEPS and cli.DATASETS == validate.DATASETS
-    assert cli.DEFAULT_TEST_FRACTION == validate.DEFAULT_TEST_FRACTION
+    assert cli.DEFAULT_TEST_FRACTION == splits.DEFAULT_TEST_FRACTION
     assert validate.DEFAULT_TIMESTEPS == {d: cli.NOISE_TIMESTEPS for d in cli.DATASETS if d.endswith("_noise")}
 
 
