@@ -25,8 +25,8 @@ MOVED: dict[str, tuple[str, ...]] = {
     "aselect_kernels.probe": (f"{_V}.probe",),
     "aselect_kernels.batched_logistic": (f"{_V}.logistic",),
     "aselect_kernels.nuisance": (f"{_V}.datasets",),
-    "aselect_kernels.validate": tuple(f"{_V}.{m}" for m in ("rules", "datasets", "splits", "grids", "compare", "report",
-                                                            "run")),
+    "aselect_kernels.validate": ("aselect_kernels.constants", *(f"{_V}.{m}" for m in (
+        "rules", "datasets", "splits", "grids", "compare", "report", "run"))),
 }
 #: Old paths that stay public API, with the names they keep without a warning.
 KEPT: dict[str, frozenset[str]] = {"aselect_kernels.validate": frozenset({"validate", "validation_parts"})}

@@ -104,7 +104,7 @@ class SelectionResult:
         direction = self.directions[name]
         per_tap = self.best_t_per_tap(name)
         shown = self.taps if len(self.taps) <= max_taps else self._top_taps(s, max_taps)
-        labels = [_short(tap) for tap in shown]
+        labels = [short_tap(tap) for tap in shown]
         keyed = max(map(len, labels)) > _MAX_LABEL
         if keyed:  # long module paths: number the columns and list the names below
             labels = [f"[{i + 1}]" for i in range(len(shown))]
@@ -130,7 +130,7 @@ class SelectionResult:
         lines.append(f"* marks each tap's best t ({direction} {name})")
         if len(shown) < len(self.taps):
             best_word = "highest" if direction == "max" else "lowest"
-            lines.append(f"showing {len(shown)} of {_plural(len(self.taps), 'tap')}: those with the {best_word} best "
+            lines.append(f"showing {len(shown)} of {plural(len(self.taps), 'tap')}: those with the {best_word} best "
                          f"{name} (all of them are in the saved result)")
         if keyed:
             lines += [f"[{i + 1}] {tap}" for i, tap in enumerate(shown)]
@@ -140,10 +140,10 @@ class SelectionResult:
         best = self._best_or_none(name)
         lines.append(f"best (t, tap): ({best[0]}, {best[1]})" if best else "best (t, tap): none, every cell is dead")
         if self.n_flagged:
-            lines.append(f"WARNING: {_plural(self.n_flagged, 'non-finite sample score')} flagged and excluded")
+            lines.append(f"WARNING: {plural(self.n_flagged, 'non-finite sample score')} flagged and excluded")
         dead = self.dead_cells(name)
         if dead:
-            lines.append(f"WARNING: {len(dead)} of {_plural(len(self.timesteps) * len(self.taps), 'cell')} are dead "
+            lines.append(f"WARNING: {len(dead)} of {plural(len(self.timesteps) * len(self.taps), 'cell')} are dead "
                          f"(every sample flagged) under {name}: {_describe_cells(dead, self.timesteps)}")
         return "\n".join(lines)
 
@@ -263,20 +263,20 @@ class SelectionResult:
                 p = self.taps.index(tap)
                 mu, sd = self.mean[order, p, s], self.std[order, p, s]
                 color, style = plt.get_cmap("tab10")(i % 10), styles[(i // 10) % len(styles)]
-                ax.plot(ts, mu, style, color=color, lw=1.2, label=_short(tap))
+                ax.plot(ts, mu, style, color=color, lw=1.2, label=short_tap(tap))
                 ax.fill_between(ts, mu - sd, mu + sd, color=color, alpha=0.08)
             if tap_best in members:
                 ax.plot([t_best], [self.mean[self.timesteps.index(t_best), self.taps.index(tap_best), s]], "r*",
-                        ms=14, label=f"chosen ({t_best}, {_short(tap_best)})")
+                        ms=14, label=f"chosen ({t_best}, {short_tap(tap_best)})")
             ax.set_xlabel("t (noise from clean)")
             ax.set_ylabel(f"{name} ({self.directions[name]} is best)")
-            ax.set_title(kind or f"{_plural(len(members), 'tap')}", fontsize=9)
+            ax.set_title(kind or f"{plural(len(members), 'tap')}", fontsize=9)
             ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=1 + len(members) // 16,
                       borderaxespad=0.0)
         dead = self.dead_cells(name)
         chosen = f"chosen (t, tap) = ({t_best}, {tap_best})" if best is not None else "no live cell to choose"
-        dead_note = f"; {_plural(len(dead), 'dead cell')} (every sample flagged)" if dead else ""
-        fig.suptitle(f"A-SelecT scores: {name}, {_plural(len(self.taps), 'tap')}; {chosen}{dead_note}",
+        dead_note = f"; {plural(len(dead), 'dead cell')} (every sample flagged)" if dead else ""
+        fig.suptitle(f"A-SelecT scores: {name}, {plural(len(self.taps), 'tap')}; {chosen}{dead_note}",
                      fontsize=10)
         fig.tight_layout()
         return fig
@@ -291,13 +291,13 @@ _ABBREVIATION = {"transformer_blocks": "tb", "blocks": "b"}
 _BLOCK_INDEX = re.compile(r"(?<![A-Za-z0-9_])(transformer_blocks|blocks)\.(\d+)(?=$|[.@\[])")
 
 
-def _plural(n: int, noun: str) -> str:
+def plural(n: int, noun: str) -> str:
     """``1 tap``, ``2 taps`` (the last word of ``noun`` takes the plural)."""
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _abbreviations(taps: list[str]) -> list[str]:
-    """The legend of the block abbreviations :func:`_short` used for these taps."""
+    """The legend of the block abbreviations :func:`short_tap` used for these taps."""
     found = {m.group(1) for tap in taps for m in _BLOCK_INDEX.finditer(tap)}
     return [f"{_ABBREVIATION[k]}N = {k}.N" for k in ("transformer_blocks", "blocks") if k in found]
 
@@ -310,7 +310,7 @@ def _tap_kinds(taps: list[str]) -> dict[str, list[str]]:
     return kinds
 
 
-def _short(tap: str) -> str:
+def short_tap(tap: str) -> str:
     """A tap name shortened for tables: ``transformer_blocks.3.attn1.to_q`` -> ``tb3.attn1.to_q``,
     ``blocks.3.mlp`` -> ``b3.mlp``."""
     return _BLOCK_INDEX.sub(lambda m: _ABBREVIATION[m.group(1)] + m.group(2), tap)

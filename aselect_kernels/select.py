@@ -15,12 +15,14 @@ import torch
 from torch import nn
 
 from . import distributed
-from .forward import Conditioning, RunInfo, check_images, model_device_dtype, run_multi_timestep
+from .conditioning import Conditioning
+from .constants import DEFAULT_SCORER, DEFAULT_TAPS
+from .forward import RunInfo, check_images, model_device_dtype, run_multi_timestep
 from .noise import Noiser, as_timestep, parse_timesteps
 from .reference import STAT_NAMES, StatsConfig, channel_means
 from .result import SelectionResult
-from .scorers import DEFAULT_SCORER, Moments, Scorer, get_scorer, list_scorers
-from .taps import DEFAULT_TAPS, TapSet, resolve_taps
+from .scorers import Moments, Scorer, get_scorer, list_scorers
+from .taps import TapSet, resolve_taps
 
 
 def noiser_for(noise: str | Noiser, images: torch.Tensor | None = None) -> Noiser:

@@ -18,11 +18,10 @@ from functools import lru_cache
 
 import torch
 
+from .constants import BACKENDS
 from .ops import custom_op
 from .ops.matmul_stats import matmul_stats
 from .reference import StatsConfig, channel_means, check_features, reference_stats
-
-BACKENDS = ("auto", "triton", "cuda", "matmul", "torch")
 
 _DEFAULT_CONFIG = StatsConfig()
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)

@@ -52,6 +52,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .constants import DEFAULT_TAPS as DEFAULT_TAPS  # the default preset, also read here
 from .reference import STAT_NAMES, StatsConfig
 
 _SPEC = re.compile(r"^(?P<path>[A-Za-z0-9_.]+?)(?:@(?P<index>\d+))?"
@@ -103,9 +104,6 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "attn_mlp": ("attn_out", "mlp_out"),
 }
 KINDS = ("query", "attn_out", "mlp_hidden", "mlp_out", "block_out")
-#: The tap preset used when none is named: on the embedded model the MLP's hidden activations held the best cell of
-#: the whole grid on every validation dataset, clean, noisy and held out (docs/VALIDATION.md).
-DEFAULT_TAPS = "mlp_hidden"
 
 
 @dataclass(frozen=True)

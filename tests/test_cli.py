@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aselect_kernels import cli, hub, models
+from aselect_kernels import cli, constants, hub, models
 from aselect_kernels.cli import main
 from aselect_kernels.embedded import model
 from aselect_kernels.embedded.model import EMBEDDED_DIR
@@ -84,11 +84,12 @@ def select_args(model_dir, images, out, *extra) -> list[str]:
 def test_select_writes_result(model_dir, inputs, tmp_path, capsys):
     out = tmp_path / "out"
     rc = main(["select", "--model", str(model_dir), "--images", str(inputs / "images.npz"), "--timesteps",
-               "0:1000:500", "--taps", "all", "--out", str(out), "--no-progress", "--backend", "torch"])
+               "0:1000:500", "--taps", "all", "--out", str(out), "--no-progress", "--backend", "torch",
+               "--scorer", "sf"])
     assert rc == 0
     text = capsys.readouterr().out
     assert "chosen (t, tap)" in text and "in 2 chunks of 6;" in text and "x 10 taps" in text
-    assert "12 samples (3 images x 2 timesteps x 2 noise draws)" in text  # the default sf scores two draws
+    assert "12 samples (3 images x 2 timesteps x 2 noise draws)" in text  # sf scores two draws
     assert max(len(line) for line in text.splitlines() if not line.startswith("wrote")) <= 130
     data = json.loads((out / "result.json").read_text())
     assert data["timesteps"] == [0, 500] and len(data["taps"]) == 10 and data["meta"]["images"] == 3
@@ -272,26 +273,38 @@ def test_help_shows_defaults_and_version(capsys):
         helps[command] = " ".join(capsys.readouterr().out.split())
     for command in ("demo", "select"):
         text = helps[command]
-        assert "(default: 0:1000:50)" in text and "(default: mlp_hidden)" in text and "(default: sf)" in text
+        assert "(default: 0:1000:50)" in text and f"(default: {constants.DEFAULT_TAPS})" in text
+        assert f"(default: {constants.DEFAULT_SCORER})" in text
     assert "(default: aselect_demo)" in helps["demo"] and "number of test images (default: 64)" in helps["demo"]
     assert "(default: aselect_out)" in helps["select"]
-    assert "default 0,10,25,50:1000:50, or 0,25,50,100,150,200,300,500,900 for the *_noise" in helps["validate"]
+    assert (f"default {constants.VALIDATION_TIMESTEPS}, or {constants.NOISE_TIMESTEPS} for the *_noise"
+            in helps["validate"])
     assert "(default: aselect_validation)" in helps["validate"]
     assert "(default: aselect_probe)" in helps["probe"] and "(default: all)" in helps["probe"]
     assert "(default: None)" not in " ".join(helps.values())
 
 
-def test_parser_names_match_the_library():
-    from aselect_kernels import scorers, stats, taps
-    from aselect_kernels.validation import datasets as validate
-    from aselect_kernels.validation import splits
+def test_parser_offers_what_the_library_takes():
+    """The parser's choices and defaults are the library's: the built-in scorers, and the defaults of
+    select_timestep and validation_parts (a default changed in one place changes both)."""
+    import argparse
+    import inspect
 
-    assert cli.SCORERS == tuple(s.name for s in scorers.list_scorers()[: len(cli.SCORERS)])
-    assert cli.DEFAULT_SCORER == scorers.DEFAULT_SCORER and cli.BACKENDS == stats.BACKENDS
-    assert cli.DEFAULT_TAPS == taps.DEFAULT_TAPS and cli.VALIDATION_TIMESTEPS == validate.VALIDATION_TIMESTEPS
-    assert cli.NOISE_TIMESTEPS == validate.NOISE_TIMESTEPS and cli.DATASETS == validate.DATASETS
-    assert cli.DEFAULT_TEST_FRACTION == splits.DEFAULT_TEST_FRACTION
-    assert validate.DEFAULT_TIMESTEPS == {d: cli.NOISE_TIMESTEPS for d in cli.DATASETS if d.endswith("_noise")}
+    from aselect_kernels.scorers import list_scorers
+    from aselect_kernels.select import select_timestep
+    from aselect_kernels.validation.run import validation_parts
+
+    sub = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    options = {name: {a.dest: a for a in p._actions} for name, p in sub.choices.items()}
+    choices = tuple(options["select"]["scorer"].choices)
+    assert choices == tuple(s.name for s in list_scorers()[: len(choices)])
+    library = inspect.signature(select_timestep).parameters
+    for name in ("demo", "select"):
+        assert options[name]["scorer"].default == library["scorer"].default
+        assert options[name]["taps"].default == library["taps"].default
+        assert options[name]["backend"].default == library["backend"].default
+    parts = inspect.signature(validation_parts).parameters
+    assert options["validate"]["test_fraction"].default == parts["test_fraction"].default
 
 
 def _run_python(code: str, **env) -> subprocess.CompletedProcess:

@@ -12,7 +12,8 @@ import random
 import numpy as np
 import pytest
 
-from aselect_kernels.cli import BACKENDS, SCORERS, main
+from aselect_kernels.cli import main
+from aselect_kernels.constants import BACKENDS, SCORERS
 
 from tiny_models import tiny_dit
 

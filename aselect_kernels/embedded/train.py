@@ -16,6 +16,7 @@ import platform
 import shlex
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from diffusers import DDPMScheduler
 
 from ..images import to_model_range
 from ..models import load_model
+from .card import model_card
 from .data import DEFAULT_ROOT, load_embedded_images, load_fashion_mnist
 from .model import NULL_CLASS, build_model, set_label_dropout
 
@@ -162,7 +164,34 @@ def train(
         torch.set_num_threads(num_threads or os.cpu_count() or 1)
     torch.manual_seed(seed)
     np.random.seed(seed)
+    model, history = _starting_model(init_from, out_dir, _model_config(num_layers, hidden, head_dim), dev)
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    data = _TrainData.load(data_root, scheduler.config.num_train_timesteps, eval_size)
+    loss_untrained = eval_loss(model, scheduler, data.eval_batch, dev)
+    print(f"[train] {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params on {dev}; {data.source}; "
+          f"{'start' if init_from is not None else 'untrained'} eval loss {loss_untrained:.4f}", flush=True)
+    settings = _Settings(minutes, max_steps, batch_size, lr, seed, label_dropout, ema_decay, warmup_steps,
+                         weight_decay, log_every, checkpoint_minutes)
+    ema, run = _train_loop(model, scheduler, data, settings, dev, out_dir)
+    loss_trained_raw = eval_loss(model, scheduler, data.eval_batch, dev)
+    final = ema if ema is not None else model
+    loss_trained = eval_loss(final, scheduler, data.eval_batch, dev) if ema is not None else loss_trained_raw
+    final = _save(final, out_dir)
+    log = _training_log(
+        settings, run, final, model, dev, data,
+        command=command or _default_command(locals_for_command(
+            out_dir, minutes, max_steps, batch_size, lr, seed, device, num_layers, hidden, num_threads, init_from)),
+        losses=(loss_untrained, loss_trained, loss_trained_raw), total_wall_s=time.time() - t_start,
+        init_from=init_from, history=history)
+    (out_dir / "training_log.json").write_text(json.dumps(log, indent=1), encoding="utf-8")
+    (out_dir / "MODEL_CARD.md").write_text(model_card(log), encoding="utf-8")
+    print(f"[train] done: {run.steps} steps in {run.wall_s:.0f}s; eval loss {loss_untrained:.4f} -> "
+          f"{loss_trained:.4f}; saved to {out_dir}", flush=True)
+    return log
 
+
+def _model_config(num_layers: int | None, hidden: int | None, head_dim: int) -> dict[str, Any]:
+    """The changes to ``EMBEDDED_CONFIG`` that the width and depth options ask for."""
     cfg: dict[str, Any] = {}
     if num_layers is not None:
         cfg["num_layers"] = num_layers
@@ -171,129 +200,206 @@ def train(
             raise ValueError(f"hidden={hidden} must be a multiple of head_dim={head_dim}")
         cfg["num_attention_heads"] = hidden // head_dim
         cfg["attention_head_dim"] = head_dim
+    return cfg
+
+
+def _starting_model(init_from: str | Path | None, out_dir: Path, cfg: dict[str, Any], dev: torch.device
+                    ) -> tuple[torch.nn.Module, list[dict[str, Any]]]:
+    """A fresh model, or the one in ``init_from`` with its earlier stages, on ``dev`` with diffusers' label dropout
+    off (the trainer drops labels itself, once per sample for the whole network)."""
     history: list[dict[str, Any]] = []
     if init_from is not None:
         model, history = _resume(init_from, out_dir, cfg)
         model = model.to(dev)
     else:
         model = build_model(cfg).to(dev)
-    set_label_dropout(model, 0.0)  # label dropout is done here, once per sample for the whole network
-    n_params = sum(p.numel() for p in model.parameters())
-    scheduler = DDPMScheduler(num_train_timesteps=1000)
-    num_t = scheduler.config.num_train_timesteps
+    set_label_dropout(model, 0.0)
+    return model, history
 
-    x_tr, y_tr, x_te, y_te, source = _load_train_data(data_root)
-    images = torch.from_numpy(x_tr).unsqueeze(1)  # uint8 [N, 1, 28, 28], converted per batch
-    labels = torch.from_numpy(y_tr.astype(np.int64))
-    batch = _eval_batch(x_te, y_te, eval_size, 0, num_t)  # same held-out batch for every seed and stage
-    loss_untrained = eval_loss(model, scheduler, batch, dev)
-    start = "start" if init_from is not None else "untrained"
-    print(f"[train] {n_params / 1e6:.2f}M params on {dev}; {source}; {start} eval loss {loss_untrained:.4f}",
-          flush=True)
 
-    ema = copy.deepcopy(model).eval().requires_grad_(False) if ema_decay else None
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999))
-    use_bf16 = dev.type == "cuda"
-    gen = torch.Generator().manual_seed(seed)
-    budget_s = None if minutes is None else minutes * 60.0
-    curve: list[dict[str, float]] = []
-    smooth = None
-    step = 0
-    perm = torch.randperm(len(labels), generator=gen)
-    cursor = 0
+@dataclass
+class _TrainData:
+    """Training images (uint8 ``[N, 1, 28, 28]``, converted per batch) and labels, the fixed held-out batch, and
+    where they came from."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    eval_batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+    source: str
+
+    @classmethod
+    def load(cls, root: str | Path, num_train_timesteps: int, eval_size: int) -> _TrainData:
+        x_tr, y_tr, x_te, y_te, source = _load_train_data(root)
+        batch = _eval_batch(x_te, y_te, eval_size, 0, num_train_timesteps)  # same batch for every seed and stage
+        return cls(torch.from_numpy(x_tr).unsqueeze(1), torch.from_numpy(y_tr.astype(np.int64)), batch, source)
+
+
+@dataclass
+class _Settings:
+    """The options of the loop (see :func:`train`)."""
+
+    minutes: float | None
+    max_steps: int | None
+    batch_size: int
+    lr: float
+    seed: int
+    label_dropout: float
+    ema_decay: float | None
+    warmup_steps: int
+    weight_decay: float
+    log_every: int
+    checkpoint_minutes: float | None
+
+
+@dataclass
+class _Run:
+    """What the loop did: optimizer steps, the logged loss curve, the last and smoothed losses, the last learning
+    rate, its wall time, and whether it ran under bf16 autocast."""
+
+    steps: int = 0
+    curve: list[dict[str, float]] = field(default_factory=list)
+    loss: float = math.nan
+    smoothed: float | None = None
+    lr: float = 0.0
+    wall_s: float = 0.0
+    bf16: bool = False
+
+    def record(self, wall_s: float) -> None:
+        self.curve.append({"step": self.steps, "wall_s": round(wall_s, 2), "loss": round(self.loss, 5),
+                           "smoothed_loss": round(self.smoothed, 5), "lr": self.lr})
+
+
+def _train_loop(model: torch.nn.Module, scheduler: DDPMScheduler, data: _TrainData, settings: _Settings,
+                dev: torch.device, out_dir: Path) -> tuple[torch.nn.Module | None, _Run]:
+    """The optimizer loop until the time or step budget: AdamW on a warm-up then cosine schedule, the EMA copy
+    (returned, or ``None`` without ``ema_decay``), the loss log and the checkpoints."""
+    s = settings
+    ema = copy.deepcopy(model).eval().requires_grad_(False) if s.ema_decay else None
+    opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay, betas=(0.9, 0.999))
+    run = _Run(bf16=dev.type == "cuda")
+    gen = torch.Generator().manual_seed(s.seed)
+    budget_s = None if s.minutes is None else s.minutes * 60.0
+    batches = _Batches(len(data.labels), s.batch_size, gen)
     t_loop = time.time()
-    next_checkpoint = checkpoint_minutes * 60.0 if checkpoint_minutes else math.inf
+    next_checkpoint = s.checkpoint_minutes * 60.0 if s.checkpoint_minutes else math.inf
     model.train()
     while True:
         elapsed = time.time() - t_loop
-        if (max_steps is not None and step >= max_steps) or (budget_s is not None and elapsed >= budget_s):
+        if (s.max_steps is not None and run.steps >= s.max_steps) or (budget_s is not None and elapsed >= budget_s):
             break
-        progress = max(step / max_steps if max_steps else 0.0, elapsed / budget_s if budget_s else 0.0)
+        progress = max(run.steps / s.max_steps if s.max_steps else 0.0, elapsed / budget_s if budget_s else 0.0)
         for group in opt.param_groups:
-            group["lr"] = lr * _lr_factor(progress, step, warmup_steps)
-        if cursor + batch_size > len(perm):
-            perm, cursor = torch.randperm(len(labels), generator=gen), 0
-        idx = perm[cursor:cursor + batch_size]
-        cursor += batch_size
-        x0 = to_model_range(images[idx]).to(dev)
-        y = labels[idx].clone()
-        y[torch.rand(len(y), generator=gen) < label_dropout] = NULL_CLASS
-        y = y.to(dev)
-        t = torch.randint(0, num_t, (len(y),), generator=gen).to(dev)
-        noise = torch.randn(x0.shape, generator=gen).to(dev)
-        xt = scheduler.add_noise(x0, noise, t)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
-            pred = model(xt, timestep=t, class_labels=y).sample
-        loss = F.mse_loss(pred.float(), noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        step += 1
+            group["lr"] = s.lr * _lr_factor(progress, run.steps, s.warmup_steps)
+        loss = _step(model, opt, scheduler, data, batches.next(), s.label_dropout, gen, dev, run.bf16)
+        run.steps += 1
         if ema is not None:
-            decay = min(ema_decay, (1.0 + step) / (10.0 + step))
-            with torch.no_grad():
-                for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
-                    pe.lerp_(pm, 1.0 - decay)
-        val = loss.item()
-        if not math.isfinite(val):
-            raise FloatingPointError(f"training loss became {val} at step {step}")
-        smooth = val if smooth is None else 0.95 * smooth + 0.05 * val
-        if step % log_every == 0 or step == 1:
-            curve.append({"step": step, "wall_s": round(time.time() - t_loop, 2), "loss": round(val, 5),
-                          "smoothed_loss": round(smooth, 5), "lr": opt.param_groups[0]["lr"]})
-            print(f"[train] step {step} {curve[-1]['wall_s']:.0f}s loss {val:.4f} smoothed {smooth:.4f}", flush=True)
+            _update_ema(ema, model, s.ema_decay, run.steps)
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"training loss became {loss} at step {run.steps}")
+        run.loss, run.lr = loss, opt.param_groups[0]["lr"]
+        run.smoothed = loss if run.smoothed is None else 0.95 * run.smoothed + 0.05 * loss
+        if run.steps % s.log_every == 0 or run.steps == 1:
+            run.record(time.time() - t_loop)
+            print(f"[train] step {run.steps} {run.curve[-1]['wall_s']:.0f}s loss {loss:.4f} smoothed "
+                  f"{run.smoothed:.4f}", flush=True)
         if time.time() - t_loop >= next_checkpoint:
-            next_checkpoint += checkpoint_minutes * 60.0
-            _save_checkpoint(ema if ema is not None else model, out_dir / "checkpoint", step, time.time() - t_loop)
-    train_wall = time.time() - t_loop
-    if step and (not curve or curve[-1]["step"] != step):
-        curve.append({"step": step, "wall_s": round(train_wall, 2), "loss": round(val, 5),
-                      "smoothed_loss": round(smooth, 5), "lr": opt.param_groups[0]["lr"]})
+            next_checkpoint += s.checkpoint_minutes * 60.0
+            _save_checkpoint(ema if ema is not None else model, out_dir / "checkpoint", run.steps,
+                             time.time() - t_loop)
+    run.wall_s = time.time() - t_loop
+    if run.steps and (not run.curve or run.curve[-1]["step"] != run.steps):
+        run.record(run.wall_s)
+    return ema, run
 
-    loss_trained_raw = eval_loss(model, scheduler, batch, dev)
-    final = ema if ema is not None else model
-    loss_trained = eval_loss(final, scheduler, batch, dev) if ema is not None else loss_trained_raw
+
+class _Batches:
+    """Indices of the training batches: a seeded permutation, drawn again when too few images are left."""
+
+    def __init__(self, n: int, batch_size: int, gen: torch.Generator) -> None:
+        self.n, self.batch_size, self.gen = n, batch_size, gen
+        self.perm, self.cursor = torch.randperm(n, generator=gen), 0
+
+    def next(self) -> torch.Tensor:
+        if self.cursor + self.batch_size > len(self.perm):
+            self.perm, self.cursor = torch.randperm(self.n, generator=self.gen), 0
+        idx = self.perm[self.cursor:self.cursor + self.batch_size]
+        self.cursor += self.batch_size
+        return idx
+
+
+def _step(model: torch.nn.Module, opt: torch.optim.Optimizer, scheduler: DDPMScheduler, data: _TrainData,
+          idx: torch.Tensor, label_dropout: float, gen: torch.Generator, dev: torch.device, bf16: bool) -> float:
+    """One optimizer step on the images ``idx``: labels dropped to the null class at ``label_dropout``, random
+    timesteps and noise, epsilon MSE, gradient norm clipped at 1; returns the loss."""
+    x0 = to_model_range(data.images[idx]).to(dev)
+    y = data.labels[idx].clone()
+    y[torch.rand(len(y), generator=gen) < label_dropout] = NULL_CLASS
+    y = y.to(dev)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (len(y),), generator=gen).to(dev)
+    noise = torch.randn(x0.shape, generator=gen).to(dev)
+    xt = scheduler.add_noise(x0, noise, t)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+        pred = model(xt, timestep=t, class_labels=y).sample
+    loss = F.mse_loss(pred.float(), noise)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return loss.item()
+
+
+def _update_ema(ema: torch.nn.Module, model: torch.nn.Module, ema_decay: float, step: int) -> None:
+    """Move the EMA weights towards the model's (decay warmed up over the first steps)."""
+    decay = min(ema_decay, (1.0 + step) / (10.0 + step))
+    with torch.no_grad():
+        for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
+            pe.lerp_(pm, 1.0 - decay)
+
+
+def _save(final: torch.nn.Module, out_dir: Path) -> torch.nn.Module:
+    """Save ``final`` (moved to the CPU, eval mode) in the ``save_pretrained`` layout; returns it."""
     final = final.to("cpu").eval()
     out_dir.mkdir(parents=True, exist_ok=True)
     final.save_pretrained(str(out_dir), safe_serialization=True)
     for f in out_dir.glob("*.safetensors"):
         f.chmod(0o644)  # safetensors writes 0600; shipped/shared files should be world-readable
+    return final
 
-    log: dict[str, Any] = {
-        "command": command or _default_command(locals_for_command(
-            out_dir, minutes, max_steps, batch_size, lr, seed, device, num_layers, hidden, num_threads, init_from)),
-        "seed": seed,
-        "steps": step,
-        "batch_size": batch_size,
-        "lr": lr,
-        "lr_schedule": f"linear warm-up {warmup_steps} steps, cosine to 0.1x over the budget",
-        "optimizer": f"AdamW(betas=(0.9, 0.999), weight_decay={weight_decay}), grad-norm clip 1.0",
-        "label_dropout": label_dropout,
-        "ema_decay": ema_decay,
-        "saved_weights": "EMA" if ema is not None else "raw",
+
+def _training_log(settings: _Settings, run: _Run, final: torch.nn.Module, model: torch.nn.Module, dev: torch.device,
+                  data: _TrainData, *, command: str, losses: tuple[float, float, float], total_wall_s: float,
+                  init_from: str | Path | None, history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The training log (``training_log.json``; the model card is written from it)."""
+    s = settings
+    loss_untrained, loss_trained, loss_trained_raw = losses
+    return {
+        "command": command,
+        "seed": s.seed,
+        "steps": run.steps,
+        "batch_size": s.batch_size,
+        "lr": s.lr,
+        "lr_schedule": f"linear warm-up {s.warmup_steps} steps, cosine to 0.1x over the budget",
+        "optimizer": f"AdamW(betas=(0.9, 0.999), weight_decay={s.weight_decay}), grad-norm clip 1.0",
+        "label_dropout": s.label_dropout,
+        "ema_decay": s.ema_decay,
+        "saved_weights": "EMA" if s.ema_decay else "raw",
         "model_config": {k: v for k, v in final.config.items() if not k.startswith("_")},
-        "num_params": n_params,
-        "eval": {"images": len(batch[1]), "source": "held-out test split, fixed seeded timesteps and noise",
+        "num_params": sum(p.numel() for p in model.parameters()),
+        "eval": {"images": len(data.eval_batch[1]), "source": "held-out test split, fixed seeded timesteps and noise",
                  "loss_untrained": loss_untrained, "loss_trained": loss_trained,
                  "loss_trained_raw_weights": loss_trained_raw},
-        "final_smoothed_loss": smooth,
-        "train_wall_s": train_wall,
-        "total_wall_s": time.time() - t_start,
+        "final_smoothed_loss": run.smoothed,
+        "train_wall_s": run.wall_s,
+        "total_wall_s": total_wall_s,
         "device": str(dev),
         "hardware": _hardware(dev),
-        "bf16_autocast": use_bf16,
-        "dataset": source,
+        "bf16_autocast": run.bf16,
+        "dataset": data.source,
         "dataset_notice": FASHION_MNIST_NOTICE,
         "init_from": None if init_from is None else str(init_from),
         "history": history,
-        "loss_curve": curve,
+        "loss_curve": run.curve,
     }
-    (out_dir / "training_log.json").write_text(json.dumps(log, indent=1), encoding="utf-8")
-    (out_dir / "MODEL_CARD.md").write_text(_model_card(log), encoding="utf-8")
-    print(f"[train] done: {step} steps in {train_wall:.0f}s; eval loss {loss_untrained:.4f} -> {loss_trained:.4f}; "
-          f"saved to {out_dir}", flush=True)
-    return log
 
 
 def _resume(init_from: str | Path, out_dir: Path, cfg: dict[str, Any]) -> tuple[torch.nn.Module, list[dict]]:
@@ -338,84 +444,6 @@ def locals_for_command(
 def _default_command(kwargs: dict[str, Any]) -> str:
     args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items() if v is not None)
     return "python -c " + shlex.quote(f"from aselect_kernels.embedded.train import train; train({args})")
-
-
-def _subsample(curve: list[dict[str, float]], n: int = 20) -> list[dict[str, float]]:
-    if len(curve) <= n:
-        return curve
-    idx = sorted({round(i * (len(curve) - 1) / (n - 1)) for i in range(n)})
-    return [curve[i] for i in idx]
-
-
-def _stages(log: dict[str, Any]) -> str:
-    """Markdown lines for the earlier stages of a continued run (empty for a run from scratch)."""
-    if not log.get("history"):
-        return ""
-    lines = ["", "Trained in stages; the last one is detailed below. Earlier stages:", ""]
-    for i, h in enumerate(log["history"], 1):
-        ev = h.get("eval") or {}
-        lines.append(f"{i}. `{h.get('command')}`: {h.get('steps')} steps of batch {h.get('batch_size')}, lr "
-                     f"{h.get('lr')}, {h.get('train_wall_s') or 0:.0f} s on {h.get('hardware')}; eval loss "
-                     f"{ev.get('loss_untrained', float('nan')):.4f} -> {ev.get('loss_trained', float('nan')):.4f}.")
-    total = sum(h.get("steps") or 0 for h in log["history"]) + log["steps"]
-    wall = sum(h.get("train_wall_s") or 0 for h in log["history"]) + log["train_wall_s"]
-    lines.append(f"\nIn all: {total} optimizer steps, {wall:.0f} s of training.\n\nLast stage:")
-    return "\n".join(lines) + "\n"
-
-
-def _model_card(log: dict[str, Any]) -> str:
-    cfg = log["model_config"]
-    hidden = cfg["num_attention_heads"] * cfg["attention_head_dim"]
-    ev = log["eval"]
-    notes = f"\n- Notes: {log['notes']}" if log.get("notes") else ""
-    stages = _stages(log)
-    start = "untrained (same seed)" if not log.get("init_from") else f"start of the last stage ({log['init_from']})"
-    rows = "\n".join(
-        f"| {r['step']} | {r['wall_s']:.0f} | {r['smoothed_loss']:.4f} |" for r in _subsample(log["loss_curve"])
-    )
-    return f"""# Embedded Fashion-MNIST DiT
-
-A class-conditional pixel-space `DiTTransformer2DModel` (diffusers) that predicts DDPM noise (epsilon) on
-1x28x28 Fashion-MNIST images, used as the default model of aselect-kernels.
-
-- Architecture: {cfg['num_layers']} blocks, hidden {hidden} ({cfg['num_attention_heads']} heads x \
-{cfg['attention_head_dim']}), patch {cfg['patch_size']} ({(cfg['sample_size'] // cfg['patch_size']) ** 2} tokens), \
-adaLN-zero, {log['num_params'] / 1e6:.2f}M parameters.
-- Classes: labels 0-9 (Fashion-MNIST), {NULL_CLASS} = null/unconditional class (label dropout {log['label_dropout']}).
-- Inputs: images in [-1, 1]; `DDPMScheduler(num_train_timesteps=1000)` (linear betas), integer timesteps.
-- Saved weights: {log['saved_weights']}{f" (decay {log['ema_decay']})" if log['ema_decay'] else ""}.
-
-## Training
-{stages}
-- Command: `{log['command']}`
-- Seed {log['seed']}; {log['steps']} optimizer steps of batch {log['batch_size']}; lr {log['lr']} \
-({log['lr_schedule']}); {log['optimizer']}; bf16 autocast: {log['bf16_autocast']}.
-- Wall time: {log['train_wall_s']:.0f} s training, {log['total_wall_s']:.0f} s in all.
-- Hardware: {log['hardware']}.
-- Data: {log['dataset']}.{notes}
-
-## Loss
-
-Held-out evaluation ({ev['images']} test images, fixed seeded timesteps and noise, epsilon MSE):
-
-| model | eval loss |
-| --- | --- |
-| {start} | {ev['loss_untrained']:.4f} |
-| trained (saved weights) | {ev['loss_trained']:.4f} |
-| trained (raw weights) | {ev['loss_trained_raw_weights']:.4f} |
-
-Training loss (exponentially smoothed, factor 0.95):
-
-| step | wall s | smoothed loss |
-| --- | --- | --- |
-{rows}
-
-Full log: `training_log.json`.
-
-## Data license
-
-{log['dataset_notice']}
-"""
 
 
 def main_train(argv: list[str] | None = None) -> dict[str, Any]:

@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..constants import DATASETS, NOISE_TIMESTEPS
+from ..constants import VALIDATION_TIMESTEPS as VALIDATION_TIMESTEPS  # the default grid, also read here
 from ..embedded.data import load_embedded_images
 from ..images import READ_ERRORS
 
@@ -33,12 +35,6 @@ DEFAULT_N_TEST = {"fashion": 1000, "digits": 797, "mnist": 1000, "fashion_noise"
                   "mnist_noise": 500}
 #: Default probe-training size: 1000 labeled images, 300 on the noisy benchmarks (few labels, as in the search).
 DEFAULT_N_TRAIN = {"fashion_noise": 300, "digits_noise": 300, "mnist_noise": 300}
-#: The offline datasets of :func:`load_dataset`.
-DATASETS = ("fashion", "digits", "mnist", "fashion_noise", "digits_noise", "mnist_noise")
-#: Default validation grid: every 50 steps, plus t = 10 and 25, where a well-trained DiT's probe accuracy can peak.
-VALIDATION_TIMESTEPS = "0,10,25,50:1000:50"
-#: Grid of the noisy benchmarks: finer around t = 100, coarser above 300 (9 timesteps, for run time).
-NOISE_TIMESTEPS = "0,25,50,100,150,200,300,500,900"
 #: Default grid per dataset (:data:`VALIDATION_TIMESTEPS` where none is named).
 DEFAULT_TIMESTEPS = {"fashion_noise": NOISE_TIMESTEPS, "digits_noise": NOISE_TIMESTEPS, "mnist_noise": NOISE_TIMESTEPS}
 

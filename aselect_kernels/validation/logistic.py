@@ -75,6 +75,42 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).sum((-2, -1))
 
 
+def _two_loop(grad: torch.Tensor, gamma: torch.Tensor, s_hist: list[torch.Tensor], y_hist: list[torch.Tensor],
+              rho_hist: list[torch.Tensor]) -> torch.Tensor:
+    """The L-BFGS two-loop recursion: the direction ``-H grad`` of every cell, with ``H0 = gamma I``."""
+    q = -grad
+    alphas = []
+    for s, v, r in zip(reversed(s_hist), reversed(y_hist), reversed(rho_hist), strict=True):
+        a = r * _dot(s, q)
+        q = q - a[:, None, None] * v
+        alphas.append(a)
+    q = q * gamma[:, None, None]
+    for s, v, r, a in zip(s_hist, y_hist, rho_hist, reversed(alphas), strict=True):
+        beta = r * _dot(v, q)
+        q = q + (a - beta)[:, None, None] * s
+    return q
+
+
+def _backtrack(xa: torch.Tensor, onehot: torch.Tensor, l2: float, theta: torch.Tensor, loss: torch.Tensor,
+               direction: torch.Tensor, slope: torch.Tensor, step: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Armijo backtracking per cell from ``step``: halve until the decrease condition holds (at most
+    :data:`_MAX_HALVINGS` times); returns the new weights, loss, gradient and whether each cell's step held."""
+    new_theta = theta + step[:, None, None] * direction
+    new_loss, new_grad = _loss_grad(xa, new_theta, onehot, l2)
+    ok = new_loss <= loss + _C1 * step * slope
+    halvings = 0
+    while not bool(ok.all()) and halvings < _MAX_HALVINGS:
+        halvings += 1
+        pend = ~ok
+        step = torch.where(pend, step * 0.5, step)
+        cand = theta[pend] + step[pend][:, None, None] * direction[pend]
+        c_loss, c_grad = _loss_grad(xa[pend], cand, onehot, l2)
+        new_theta[pend], new_loss[pend], new_grad[pend] = cand, c_loss, c_grad
+        ok[pend] = c_loss <= loss[pend] + _C1 * step[pend] * slope[pend]
+    return new_theta, new_loss, new_grad, ok
+
+
 def lbfgs_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float, max_iter: int,
                    history_size: int = 20, tolerance_grad: float = 1e-9, tolerance_change: float = 1e-12
                    ) -> BatchedFit:
@@ -116,18 +152,7 @@ def lbfgs_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float
             y_hist = [v[keep] for v in y_hist]
             rho_hist = [r[keep] for r in rho_hist]
         it += 1
-        # Two-loop recursion: direction = -H grad, with H0 = gamma I.
-        q = -grad
-        alphas = []
-        for s, v, r in zip(reversed(s_hist), reversed(y_hist), reversed(rho_hist), strict=True):
-            a = r * _dot(s, q)
-            q = q - a[:, None, None] * v
-            alphas.append(a)
-        q = q * gamma[:, None, None]
-        for s, v, r, a in zip(s_hist, y_hist, rho_hist, reversed(alphas), strict=True):
-            beta = r * _dot(v, q)
-            q = q + (a - beta)[:, None, None] * s
-        direction = q
+        direction = _two_loop(grad, gamma, s_hist, y_hist, rho_hist)
         slope = _dot(grad, direction)
         bad = slope >= 0  # not a descent direction (round-off): fall back to steepest descent
         if bool(bad.any()):
@@ -137,18 +162,7 @@ def lbfgs_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float
         step = torch.ones_like(loss)
         if not s_hist:
             step = torch.clamp(1.0 / grad.abs().sum((1, 2)), max=1.0)
-        new_theta = theta + step[:, None, None] * direction
-        new_loss, new_grad = _loss_grad(xa, new_theta, onehot, l2)
-        ok = new_loss <= loss + _C1 * step * slope
-        halvings = 0
-        while not bool(ok.all()) and halvings < _MAX_HALVINGS:
-            halvings += 1
-            pend = ~ok
-            step = torch.where(pend, step * 0.5, step)
-            cand = theta[pend] + step[pend][:, None, None] * direction[pend]
-            c_loss, c_grad = _loss_grad(xa[pend], cand, onehot, l2)
-            new_theta[pend], new_loss[pend], new_grad[pend] = cand, c_loss, c_grad
-            ok[pend] = c_loss <= loss[pend] + _C1 * step[pend] * slope[pend]
+        new_theta, new_loss, new_grad, ok = _backtrack(xa, onehot, l2, theta, loss, direction, slope, step)
         s = new_theta - theta
         v = new_grad - grad
         sy = _dot(s, v)

@@ -83,7 +83,7 @@ def probe_logits(cells: Sequence[Callable[[], tuple[torch.Tensor, torch.Tensor]]
 
     Each cell is a function returning its standardized float64 ``(train [N, D], test [M, D])`` features (widths
     ``widths``, ``n_rows = N + M``), called only when its fit is due, so memory holds one batch of cells.
-    ``batched`` fits cells together (:mod:`~aselect_kernels.batched_logistic`, batches bounded by
+    ``batched`` fits cells together (:mod:`~aselect_kernels.validation.logistic`, batches bounded by
     ``memory_budget`` bytes); otherwise one after another with
     :func:`fit_logistic`.  Both reach the same unique optimum per cell.
     """

@@ -16,6 +16,7 @@ from torch import nn
 
 from .. import distributed
 from ..conditioning import Conditioning
+from ..constants import DEFAULT_TEST_FRACTION, VALIDATION_TIMESTEPS
 from ..forward import model_device_dtype
 from ..images import to_model_range
 from ..noise import Noiser, parse_timesteps
@@ -25,10 +26,10 @@ from ..scorers import Moments, Scorer
 from ..select import noiser_for, select_timestep
 from ..taps import resolve_taps
 from .compare import compare, tap_sets
-from .datasets import DEFAULT_TIMESTEPS, VALIDATION_TIMESTEPS, load_dataset
+from .datasets import DEFAULT_TIMESTEPS, load_dataset
 from .grids import ProbeGrid, dense_probe_grid, probe_grid
 from .probe import dense_target
-from .splits import DEFAULT_TEST_FRACTION, Split, prepare_splits
+from .splits import Split, prepare_splits
 
 #: Candidate label-free criteria tried beside the registered scorers: the frequency ratios over the 2-D patch
 #: grid (a second statistics pass with ``hfr_dims=2``) and the effective rank (unfused: an SVD per sample).

@@ -8,10 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..constants import DEFAULT_TEST_FRACTION
 from ..forward import model_device_dtype
-
-#: Share of each class held out for testing when no separate test set is given.
-DEFAULT_TEST_FRACTION = 0.2
 
 
 def stratified_split(labels: torch.Tensor, test_fraction: float = DEFAULT_TEST_FRACTION, seed: int = 0

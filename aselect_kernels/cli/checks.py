@@ -1,0 +1,119 @@
+"""Checks the commands run before any heavy work, and the facts about this process they need."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+#: Widest line the command prints.
+WIDTH = 120
+
+
+class CliError(Exception):
+    """A user error reported as one line."""
+
+
+def _writable(folder: Path) -> bool:
+    """Whether a file can be created in ``folder`` (tried, then removed: permission bits do not bind root)."""
+    try:
+        fd, name = tempfile.mkstemp(dir=folder, prefix=".aselect-write-check-")
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(name)
+    return True
+
+
+def check_out(value: str, files: Sequence[str] = (), flag: str = "--out") -> Path:
+    """The output folder ``value``, checked before the work: not a file, not under a file, writable, and none of
+    the ``files`` to be written in it is a folder.  Nothing is created yet."""
+    out = Path(value).expanduser()
+    if not value.strip():
+        raise CliError(f"{flag} is empty: give a folder")
+    if out.exists() and not out.is_dir():
+        raise CliError(f"{flag} {value} is an existing file, not a folder")
+    parent = out
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise CliError(f"{flag} {value} lies under {parent}, which is a file")
+    if not _writable(parent):
+        raise CliError(f"{flag} {value}: cannot write in {parent}")
+    for name in files:
+        if (out / name).is_dir():
+            raise CliError(f"{flag} {value}: {out / name} is a folder, so it cannot be written")
+    return out
+
+
+def resolve_device(name: str) -> Any:
+    import torch
+
+    from .. import distributed
+
+    if distributed.active() and name in ("auto", "cuda"):  # under torchrun: this rank's device
+        return distributed.local_device()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise CliError(f"unknown --device {name!r} (use auto, cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CliError(f"device {name!r} requested but CUDA is not available")
+    if dev.type not in ("cpu", "cuda"):
+        raise CliError(f"--device {name!r} is not supported (use auto, cpu, cuda or cuda:N)")
+    return dev
+
+
+def model_dtype(name: str) -> Any:
+    import torch
+
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+
+
+def check_timesteps(timesteps: str, noise: str = "ddpm") -> list[int]:
+    from ..noise import Noiser, parse_timesteps
+
+    return Noiser(noise).check(parse_timesteps(timesteps))
+
+
+def check_selection_args(args: argparse.Namespace) -> None:
+    """What the selection arguments say on their own: timesteps for the noise family, the frequency settings."""
+    from ..reference import StatsConfig
+
+    check_timesteps(args.timesteps, args.noise)
+    StatsConfig(cutoff=args.cutoff, hfr_dims=args.hfr_dims)
+
+
+def check_labels(model: Any, labels: Any) -> None:
+    """``--use-labels``: the model takes class labels, and every label is one of its classes."""
+    import inspect
+
+    from ..forward import null_class
+
+    params = inspect.signature(model.forward).parameters
+    if "class_labels" not in params and "y" not in params:
+        raise CliError(f"--use-labels given but {type(model).__name__} takes no class labels")
+    n = null_class(model)
+    lo, hi = int(labels.min()), int(labels.max())
+    if n is not None and (lo < 0 or hi >= n):
+        raise CliError(f"--use-labels: labels must be class ids in [0, {n - 1}] (the model has {n} classes), "
+                       f"found [{lo}, {hi}]")
+
+
+def under_launcher() -> bool:
+    """Whether this process is one rank of a ``torchrun`` launch (its environment names a world)."""
+    return "WORLD_SIZE" in os.environ and "RANK" in os.environ
+
+
+def is_main() -> bool:
+    """Whether this process prints and writes: always, except on ranks other than 0 of a process group."""
+    if not under_launcher():
+        return True
+    from .. import distributed
+
+    return distributed.is_main()
