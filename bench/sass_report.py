@@ -326,8 +326,9 @@ def triton_case(name: str, n: int, length: int, channels: int, dtype: torch.dtyp
 
     lr = loop_report(fn, "triton", trips)
     elem = x.element_size()
-    # iterations of the steady-state loop per sample: token tiles x channel blocks (tiled), or channel blocks
-    iters = num_cb * tiles_l if not one_tile else num_cb
+    # iterations of the steady-state loop per sample: token tiles x channel blocks (tiled), or channel blocks.
+    # The loop walks the full token tiles only; a ragged last tile runs after it, once per item ("around").
+    iters = num_cb * (length // tile.block_l) if not one_tile else num_cb
     elems_per_iter = length * channels / iters
     tile_bytes = min(tile.block_l, length) * tile.block_c * elem
     items_per_sample = groups

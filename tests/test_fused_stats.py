@@ -85,6 +85,36 @@ def test_one_tile_groups_and_basis_blocks(dtype: torch.dtype) -> None:
         assert torch.equal(out, fused_stats(x, config, tile=tile, hoist_basis=False))
 
 
+# (block_l, block_c, one tile, EVEN_L, EVEN_C) at L = 96, C = 80: every pairing of the mask-free and masked paths.
+_EVEN_CASES = [
+    (32, 16, False, True, True),  # token tiles, all full: no mask anywhere
+    (64, 16, False, False, True),  # one full tile, then a ragged last tile of 32 tokens
+    (32, 32, False, True, False),  # full token tiles, a ragged last channel block (80 = 2 x 32 + 16)
+    (64, 32, False, False, False),  # both ragged
+    (128, 16, True, False, True),  # one tile longer than L
+]
+
+
+@pytest.mark.parametrize(("block_l", "block_c", "one_tile", "even_l", "even_c"), _EVEN_CASES,
+                         ids=[f"{c[0]}x{c[1]}" for c in _EVEN_CASES])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_full_and_ragged_tiles(block_l: int, block_c: int, one_tile: bool, even_l: bool, even_c: bool,
+                               dtype: torch.dtype) -> None:
+    """Full tiles are read and reduced without masks (``EVEN_L`` / ``EVEN_C``), ragged ones on the masked path:
+    each pairing against the fp64 reference, for one sample and for a non-contiguous view of two, where the
+    mask-free tiles must still skip nothing and read nothing outside ``X``.  A large mean makes a padded channel
+    or token that leaked into a moment or a row's softmax visible."""
+    config = StatsConfig(cutoff=0.4)
+    tile = fused.Tiling(block_l=block_l, block_c=block_c, block_k=16, group_c=2)
+    plan = fused.launch_plan(randn((1, 96, 80), dtype, seed=1), config, tile=tile)
+    assert (plan.meta["ONE_TILE"], plan.meta["EVEN_L"], plan.meta["EVEN_C"]) == (one_tile, even_l, even_c)
+    x1 = randn((1, 96, 80), dtype, seed=block_l + block_c, offset=20.0)
+    view = randn((2, 80, 200), dtype, seed=block_l * block_c, offset=-20.0)[:, :, 7:103].transpose(1, 2)
+    for x in (x1, view):
+        out = fused_stats(x, config, tile=tile, num_programs=2)
+        assert_stats_close(out, ref64(x, config), x, tolerance(dtype, 96, 80))
+
+
 @pytest.mark.parametrize("channels", [1, 17])
 def test_few_channels(channels: int) -> None:
     """C below one block (padded channels must not leak); C = 1 has zero entropy."""

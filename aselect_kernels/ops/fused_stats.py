@@ -196,7 +196,7 @@ def launch_plan(
         ONE_TILE=one_tile, HAS_LOW=k_low > 0, SPLIT_BASIS=split_dtype is not None, UPCAST_DOT=not on_gpu,
         FP32_DOT=fp32_dot, NUM_STAGES=tile.num_stages, HOIST_BASIS=tile.hoist_basis,
         MERGE_IN_KERNEL=tile.merge_in_kernel, MERGE_BLOCK_L=merge_block_l, WRITE_MEANS=with_means,
-        WIDE_INDEX=wide_index(x, tile),
+        WIDE_INDEX=wide_index(x, tile), EVEN_L=length % tile.block_l == 0, EVEN_C=channels % tile.block_c == 0,
     )
     if on_gpu:
         meta["num_warps"] = tile.num_warps

@@ -14,6 +14,11 @@ element offsets past 2^31.  Sample, channel-block and token-tile starts are ther
 inside one tile are 32-bit (cheaper) unless a tile itself spans 2^31 elements (``WIDE_INDEX``, decided by the
 launcher from the strides).
 
+*Full and ragged tiles.*  A tile that lies inside ``X`` needs no mask: the launcher passes ``EVEN_L`` (``BLOCK_L``
+divides ``L``) and ``EVEN_C`` (``BLOCK_C`` divides ``C``), and full tiles are then loaded, reduced and stored
+without a single ``tl.where`` (each one costs a select per element).  With a ragged token axis the loop walks the
+full tiles mask-free and a last, masked tile takes the remainder; a ragged channel axis keeps the channel mask.
+
 **Step 1 - moments with a shift**, per channel, ``k_c = x[n, 0, c]``::
 
     a_c = sum_l (x_lc - k_c)     b_c = sum_l (x_lc - k_c)^2     mu_c = k_c + a_c / L     M2_c = b_c - a_c^2 / L
@@ -62,12 +67,14 @@ from .stats_merge import merge_lse, merge_sample
 
 
 @triton.jit
-def _load_tile(x_block, l0, offs_l0, offs_cb, c_ok, L, stride_xl, stride_xc, WIDE_INDEX: tl.constexpr):
-    """Tile ``[BLOCK_L, BLOCK_C]`` of one sample starting at token ``l0`` (zeros outside), with its masks.
+def _load_tile(x_block, l0, offs_l0, offs_cb, c_ok, L, stride_xl, stride_xc, WIDE_INDEX: tl.constexpr,
+               MASKED: tl.constexpr):
+    """Tile ``[BLOCK_L, BLOCK_C]`` of one sample starting at token ``l0``, with its masks.
 
     ``x_block`` points at token 0 of the channel block; ``offs_cb`` are the channels relative to the block.  The
     tile's start is a 64-bit pointer; offsets inside the tile are 32-bit unless the launcher found that a tile can
-    span 2^31 elements (``WIDE_INDEX``)."""
+    span 2^31 elements (``WIDE_INDEX``).  A ``MASKED`` tile reads zeros outside ``X``; a full tile (every token
+    and channel inside ``X``) is read without a mask, and its masks are all true."""
     offs_l = l0 + offs_l0
     l_ok = offs_l < L
     mask = l_ok[:, None] & c_ok[None, :]
@@ -76,23 +83,45 @@ def _load_tile(x_block, l0, offs_l0, offs_cb, c_ok, L, stride_xl, stride_xc, WID
         rel = offs_l0.to(tl.int64)[:, None] * stride_xl + offs_cb.to(tl.int64)[None, :] * stride_xc
     else:
         rel = offs_l0[:, None] * stride_xl + offs_cb[None, :] * stride_xc
-    xt = tl.load(x_tile + rel, mask=mask, other=0.0)
+    if MASKED:
+        xt = tl.load(x_tile + rel, mask=mask, other=0.0)
+    else:
+        xt = tl.load(x_tile + rel)
     return xt, offs_l, l_ok, mask
 
 
 @triton.jit
-def _load_basis(basis_ptr, rows, offs_l, l_ok, stride_b):
-    """Basis rows ``rows`` over the tokens ``offs_l`` (zeros on padded tokens); rows are ``stride_b`` apart."""
-    return tl.load(basis_ptr + rows[:, None] * stride_b + offs_l[None, :], mask=l_ok[None, :], other=0.0)
+def _load_basis(basis_ptr, rows, offs_l, l_ok, stride_b, MASKED: tl.constexpr):
+    """Basis rows ``rows`` over the tokens ``offs_l`` (zeros on padded tokens); rows are ``stride_b`` apart.  An
+    unmasked read needs every token inside the basis rows (padded to a multiple of 16 tokens)."""
+    if MASKED:
+        return tl.load(basis_ptr + rows[:, None] * stride_b + offs_l[None, :], mask=l_ok[None, :], other=0.0)
+    return tl.load(basis_ptr + rows[:, None] * stride_b + offs_l[None, :])
 
 
 @triton.jit
-def _row_state(xf, mask, l_ok):
-    """Log-sum-exp state ``(m, s, t)`` of each token row over the tile's channels (padded rows: ``(0, 0, 0)``)."""
-    m = tl.where(l_ok, tl.max(tl.where(mask, xf, float("-inf")), axis=1), 0.0)
-    z = tl.where(mask, xf - m[:, None], 0.0)
-    e = tl.where(mask, tl.exp(z), 0.0)
+def _row_state(xf, mask, l_ok, MASKED: tl.constexpr):
+    """Log-sum-exp state ``(m, s, t)`` of each token row over the tile's channels (padded rows: ``(0, 0, 0)``).
+    A full tile needs no mask: each element costs its subtraction, its exponential and its two sums."""
+    if MASKED:
+        m = tl.where(l_ok, tl.max(tl.where(mask, xf, float("-inf")), axis=1), 0.0)
+        z = tl.where(mask, xf - m[:, None], 0.0)
+        e = tl.where(mask, tl.exp(z), 0.0)
+    else:
+        m = tl.max(xf, axis=1)
+        z = xf - m[:, None]
+        e = tl.exp(z)
     return m, tl.sum(e, axis=1), tl.sum(e * z, axis=1)
+
+
+@triton.jit
+def _moments(xf, shift, mask, MASKED: tl.constexpr):
+    """The tile's shifted operand ``d = x - k`` (zero outside ``X``) and its column sums of ``d`` and ``d^2``."""
+    if MASKED:
+        d = tl.where(mask, xf - shift[None, :], 0.0)
+    else:
+        d = xf - shift[None, :]
+    return d, tl.sum(d, axis=0), tl.sum(d * d, axis=0)
 
 
 @triton.jit
@@ -121,15 +150,50 @@ def _low_energy(proj, rowsum_ptr, rows, centre):
 
 
 @triton.jit
+def _token_tile(
+    x_block, l0, offs_l0, offs_cb, offs_k, c_ok, shift, a, b, proj, ent_item, basis_hi_ptr, basis_lo_ptr,
+    L, stride_xl, stride_xc, stride_b, HAS_LOW: tl.constexpr, SPLIT_BASIS: tl.constexpr, UPCAST_DOT: tl.constexpr,
+    FP32_DOT: tl.constexpr, WIDE_INDEX: tl.constexpr, MASKED: tl.constexpr,
+):
+    """One token tile of a long token axis: the moments ``a, b`` and the projection ``proj`` grow by the tile,
+    and the tile's row states are written (``MASKED``: the tile reaches past ``X``)."""
+    xt, offs_l, l_ok, mask = _load_tile(x_block, l0, offs_l0, offs_cb, c_ok, L, stride_xl, stride_xc, WIDE_INDEX,
+                                        MASKED)
+    xf = xt.to(tl.float32)
+    d, da, db = _moments(xf, shift, mask, MASKED)
+    a += da
+    b += db
+    tm, ts, tt = _row_state(xf, mask, l_ok, MASKED)
+    if MASKED:
+        tl.store(ent_item + offs_l, tm, mask=l_ok)
+        tl.store(ent_item + L + offs_l, ts, mask=l_ok)
+        tl.store(ent_item + 2 * L + offs_l, tt, mask=l_ok)
+    else:
+        tl.store(ent_item + offs_l, tm)
+        tl.store(ent_item + L + offs_l, ts)
+        tl.store(ent_item + 2 * L + offs_l, tt)
+    if HAS_LOW:
+        b_hi = _load_basis(basis_hi_ptr, offs_k, offs_l, l_ok, stride_b, MASKED)
+        b_lo = b_hi
+        if SPLIT_BASIS:
+            b_lo = _load_basis(basis_lo_ptr, offs_k, offs_l, l_ok, stride_b, MASKED)
+        proj = _project(proj, b_hi, b_lo, xt, d, SPLIT_BASIS, UPCAST_DOT, FP32_DOT)
+    return a, b, proj
+
+
+@triton.jit
 def _channel_block(
     x_base, cb, b_hi0, b_lo0, basis_hi_ptr, basis_lo_ptr, rowsum_ptr, ent_item, means_base,
     L, C, NUM_KB, stride_xl, stride_xc, stride_b,
     BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, ONE_TILE: tl.constexpr,
     HAS_LOW: tl.constexpr, SPLIT_BASIS: tl.constexpr, UPCAST_DOT: tl.constexpr, FP32_DOT: tl.constexpr,
     NUM_STAGES: tl.constexpr, HOIST_BASIS: tl.constexpr, WRITE_MEANS: tl.constexpr, WIDE_INDEX: tl.constexpr,
+    EVEN_L: tl.constexpr, EVEN_C: tl.constexpr,
 ):
     """Steps 1-3 for channel block ``cb`` of one sample: its 4 partial sums and (``ONE_TILE``) its row states;
-    with ``WRITE_MEANS`` its channel means go to ``means_base`` (the sample's row of the means buffer)."""
+    with ``WRITE_MEANS`` its channel means go to ``means_base`` (the sample's row of the means buffer).
+    ``EVEN_L`` / ``EVEN_C``: ``BLOCK_L`` divides ``L`` / ``BLOCK_C`` divides ``C``, so full tiles take the
+    mask-free path."""
     offs_cb = tl.arange(0, BLOCK_C)
     offs_c = cb * BLOCK_C + offs_cb
     c_ok = offs_c < C
@@ -137,48 +201,48 @@ def _channel_block(
     offs_k = tl.arange(0, BLOCK_K)
     x_block = x_base + tl.cast(cb * BLOCK_C, tl.int64) * stride_xc  # 64-bit: token 0 of the channel block
     if WIDE_INDEX:
-        shift = tl.load(x_block + offs_cb.to(tl.int64) * stride_xc, mask=c_ok, other=0.0).to(tl.float32)
+        shift_ptrs = x_block + offs_cb.to(tl.int64) * stride_xc
     else:
-        shift = tl.load(x_block + offs_cb * stride_xc, mask=c_ok, other=0.0).to(tl.float32)
+        shift_ptrs = x_block + offs_cb * stride_xc
+    if EVEN_C:
+        shift = tl.load(shift_ptrs).to(tl.float32)
+    else:
+        shift = tl.load(shift_ptrs, mask=c_ok, other=0.0).to(tl.float32)
     proj = tl.zeros([BLOCK_K, BLOCK_C], tl.float32)
     if ONE_TILE:
         # Every token in one tile: the moments, the row states and the first projection come from registers.
-        xt, offs_l, l_ok, mask = _load_tile(x_block, 0, offs_l0, offs_cb, c_ok, L, stride_xl, stride_xc, WIDE_INDEX)
+        MASKED: tl.constexpr = not (EVEN_L and EVEN_C)
+        xt, offs_l, l_ok, mask = _load_tile(x_block, 0, offs_l0, offs_cb, c_ok, L, stride_xl, stride_xc, WIDE_INDEX,
+                                            MASKED)
         xf = xt.to(tl.float32)
-        d = tl.where(mask, xf - shift[None, :], 0.0)
-        a = tl.sum(d, axis=0)
-        b = tl.sum(d * d, axis=0)
-        m, s, t = _row_state(xf, mask, l_ok)
+        d, a, b = _moments(xf, shift, mask, MASKED)
+        m, s, t = _row_state(xf, mask, l_ok, MASKED)
         if HAS_LOW:
             if HOIST_BASIS:
                 proj = _project(proj, b_hi0, b_lo0, xt, d, SPLIT_BASIS, UPCAST_DOT, FP32_DOT)
             else:
-                b_hi = _load_basis(basis_hi_ptr, offs_k, offs_l, l_ok, stride_b)
+                b_hi = _load_basis(basis_hi_ptr, offs_k, offs_l, l_ok, stride_b, True)
                 b_lo = b_hi
                 if SPLIT_BASIS:
-                    b_lo = _load_basis(basis_lo_ptr, offs_k, offs_l, l_ok, stride_b)
+                    b_lo = _load_basis(basis_lo_ptr, offs_k, offs_l, l_ok, stride_b, True)
                 proj = _project(proj, b_hi, b_lo, xt, d, SPLIT_BASIS, UPCAST_DOT, FP32_DOT)
     else:
         # Token tiles, software-pipelined; each tile writes its rows' states (a group is one channel block here).
+        # The full tiles come first and carry no token mask; a ragged last tile takes the masked path.
         a = tl.zeros([BLOCK_C], tl.float32)
         b = tl.zeros([BLOCK_C], tl.float32)
-        for l0 in tl.range(0, L, BLOCK_L, num_stages=NUM_STAGES):
-            xt, offs_l, l_ok, mask = _load_tile(x_block, l0, offs_l0, offs_cb, c_ok, L, stride_xl, stride_xc,
-                                                             WIDE_INDEX)
-            xf = xt.to(tl.float32)
-            d = tl.where(mask, xf - shift[None, :], 0.0)
-            a += tl.sum(d, axis=0)
-            b += tl.sum(d * d, axis=0)
-            tm, ts, tt = _row_state(xf, mask, l_ok)
-            tl.store(ent_item + offs_l, tm, mask=l_ok)
-            tl.store(ent_item + L + offs_l, ts, mask=l_ok)
-            tl.store(ent_item + 2 * L + offs_l, tt, mask=l_ok)
-            if HAS_LOW:
-                b_hi = _load_basis(basis_hi_ptr, offs_k, offs_l, l_ok, stride_b)
-                b_lo = b_hi
-                if SPLIT_BASIS:
-                    b_lo = _load_basis(basis_lo_ptr, offs_k, offs_l, l_ok, stride_b)
-                proj = _project(proj, b_hi, b_lo, xt, d, SPLIT_BASIS, UPCAST_DOT, FP32_DOT)
+        if EVEN_L:
+            l_full = L
+        else:
+            l_full = L - L % BLOCK_L
+        for l0 in tl.range(0, l_full, BLOCK_L, num_stages=NUM_STAGES):
+            a, b, proj = _token_tile(x_block, l0, offs_l0, offs_cb, offs_k, c_ok, shift, a, b, proj, ent_item,
+                                     basis_hi_ptr, basis_lo_ptr, L, stride_xl, stride_xc, stride_b, HAS_LOW,
+                                     SPLIT_BASIS, UPCAST_DOT, FP32_DOT, WIDE_INDEX, not EVEN_C)
+        if not EVEN_L:
+            a, b, proj = _token_tile(x_block, l_full, offs_l0, offs_cb, offs_k, c_ok, shift, a, b, proj, ent_item,
+                                     basis_hi_ptr, basis_lo_ptr, L, stride_xl, stride_xc, stride_b, HAS_LOW,
+                                     SPLIT_BASIS, UPCAST_DOT, FP32_DOT, WIDE_INDEX, True)
         m = tl.zeros([BLOCK_L], tl.float32)  # unused: the states are already written
         s = m
         t = m
@@ -200,20 +264,20 @@ def _channel_block(
             rows = kb * BLOCK_K + offs_k
             proj = tl.zeros([BLOCK_K, BLOCK_C], tl.float32)
             if ONE_TILE:  # the tile is still in registers
-                b_hi = _load_basis(basis_hi_ptr, rows, offs_l, l_ok, stride_b)
+                b_hi = _load_basis(basis_hi_ptr, rows, offs_l, l_ok, stride_b, True)
                 b_lo = b_hi
                 if SPLIT_BASIS:
-                    b_lo = _load_basis(basis_lo_ptr, rows, offs_l, l_ok, stride_b)
+                    b_lo = _load_basis(basis_lo_ptr, rows, offs_l, l_ok, stride_b, True)
                 proj = _project(proj, b_hi, b_lo, xt, d, SPLIT_BASIS, UPCAST_DOT, FP32_DOT)
             else:  # re-read the item's tiles
                 for l0 in range(0, L, BLOCK_L):
                     xt, offs_l, l_ok, mask = _load_tile(x_block, l0, offs_l0, offs_cb, c_ok, L, stride_xl,
-                                                        stride_xc, WIDE_INDEX)
+                                                        stride_xc, WIDE_INDEX, True)
                     d = tl.where(mask, xt.to(tl.float32) - shift[None, :], 0.0)
-                    b_hi = _load_basis(basis_hi_ptr, rows, offs_l, l_ok, stride_b)
+                    b_hi = _load_basis(basis_hi_ptr, rows, offs_l, l_ok, stride_b, True)
                     b_lo = b_hi
                     if SPLIT_BASIS:
-                        b_lo = _load_basis(basis_lo_ptr, rows, offs_l, l_ok, stride_b)
+                        b_lo = _load_basis(basis_lo_ptr, rows, offs_l, l_ok, stride_b, True)
                     proj = _project(proj, b_hi, b_lo, xt, d, SPLIT_BASIS, UPCAST_DOT, FP32_DOT)
             e_low += tl.sum(_low_energy(proj, rowsum_ptr, rows, centre), axis=0)
 
@@ -232,6 +296,7 @@ def fused_sample_stats_kernel(
     ONE_TILE: tl.constexpr, HAS_LOW: tl.constexpr, SPLIT_BASIS: tl.constexpr, UPCAST_DOT: tl.constexpr,
     FP32_DOT: tl.constexpr, NUM_STAGES: tl.constexpr, HOIST_BASIS: tl.constexpr, MERGE_IN_KERNEL: tl.constexpr,
     MERGE_BLOCK_L: tl.constexpr, WRITE_MEANS: tl.constexpr, WIDE_INDEX: tl.constexpr,
+    EVEN_L: tl.constexpr, EVEN_C: tl.constexpr,
 ):
     """Persistent program: walks the work items ``(n, g)`` (module docstring, steps 0-4).  ``means_ptr`` is the
     fp32 ``[N, C]`` means buffer (unit channel stride, rows ``stride_mn`` apart), written only with
@@ -243,10 +308,10 @@ def fused_sample_stats_kernel(
     if ONE_TILE and HAS_LOW and HOIST_BASIS:
         # The first block of basis rows over every token: loaded once per program, kept on chip for all items.
         offs_k = tl.arange(0, BLOCK_K)
-        b_hi0 = _load_basis(basis_hi_ptr, offs_k, offs_l0, l_ok0, stride_b)
+        b_hi0 = _load_basis(basis_hi_ptr, offs_k, offs_l0, l_ok0, stride_b, True)
         b_lo0 = b_hi0
         if SPLIT_BASIS:
-            b_lo0 = _load_basis(basis_lo_ptr, offs_k, offs_l0, l_ok0, stride_b)
+            b_lo0 = _load_basis(basis_lo_ptr, offs_k, offs_l0, l_ok0, stride_b, True)
     else:
         b_hi0 = 0.0  # unused
         b_lo0 = 0.0
@@ -262,14 +327,15 @@ def fused_sample_stats_kernel(
         sum_x, sum_m2, sum_lmu2, e_low, m, s, t = _channel_block(
             x_base, cb0, b_hi0, b_lo0, basis_hi_ptr, basis_lo_ptr, rowsum_ptr, ent_item, means_base, L, C,
             NUM_KB, stride_xl, stride_xc, stride_b, BLOCK_L, BLOCK_C, BLOCK_K, ONE_TILE, HAS_LOW, SPLIT_BASIS,
-            UPCAST_DOT, FP32_DOT, NUM_STAGES, HOIST_BASIS, WRITE_MEANS, WIDE_INDEX)
+            UPCAST_DOT, FP32_DOT, NUM_STAGES, HOIST_BASIS, WRITE_MEANS, WIDE_INDEX, EVEN_L, EVEN_C)
         if ONE_TILE:
             # The group's further channel blocks, merged into the running sums and row states in order.
             for cb in tl.range(cb0 + 1, tl.minimum(cb0 + GROUP_C, NUM_CB), num_stages=NUM_STAGES):
                 px, pm2, plmu2, pe, m2, s2, t2 = _channel_block(
                     x_base, cb, b_hi0, b_lo0, basis_hi_ptr, basis_lo_ptr, rowsum_ptr, ent_item, means_base, L,
                     C, NUM_KB, stride_xl, stride_xc, stride_b, BLOCK_L, BLOCK_C, BLOCK_K, ONE_TILE, HAS_LOW,
-                    SPLIT_BASIS, UPCAST_DOT, FP32_DOT, NUM_STAGES, HOIST_BASIS, WRITE_MEANS, WIDE_INDEX)
+                    SPLIT_BASIS, UPCAST_DOT, FP32_DOT, NUM_STAGES, HOIST_BASIS, WRITE_MEANS, WIDE_INDEX, EVEN_L,
+                    EVEN_C)
                 sum_x += px
                 sum_m2 += pm2
                 sum_lmu2 += plmu2
