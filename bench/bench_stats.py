@@ -581,7 +581,8 @@ SECTIONS: dict[str, float] = {"analysis": 1, "ceilings": 8, "checks": 20, "kerne
                               "launch": 10, "forward_b8_56": 15, "forward_b128_140": 45}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line; ``--smoke`` selects the interpreter (before anything imports the kernel module)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU under TRITON_INTERPRET=1")
     parser.add_argument("--out", type=Path, default=None,
@@ -592,8 +593,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="skip a section when less than its expected time is left of this many seconds")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     args = parser.parse_args(argv)
-    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
-    unknown = sorted(set(sections) - set(SECTIONS))
+    args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = sorted(set(args.sections) - set(SECTIONS))
     if unknown:
         parser.error(f"unknown sections {unknown}: choose from {list(SECTIONS)}")
     if args.smoke:
@@ -601,78 +602,102 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(1)  # tiny shapes: one thread is fastest, above all on a busy machine
     elif not torch.cuda.is_available():
         parser.error("no CUDA device: run with --smoke for the CPU check")
-    import bench_forward
+    return args
 
-    device = torch.device("cpu") if args.smoke else torch.device("cuda", torch.cuda.current_device())
-    env = env_info(device, args.smoke)
-    slug = "smoke-cpu" if args.smoke else slugify(env["device"])
-    out_dir = args.out if args.out is not None else (None if args.smoke else REPO / "bench" / "results" / slug)
-    path = out_dir / f"{slug}.json" if out_dir is not None else None
-    backends = kernel_backends()
-    env["backends"] = backends
-    report: dict[str, Any] = {"env": env, "targets_spec": TARGETS, "errors": {}, "section_s": {}, "skipped": {}}
-    _set_recompile_limit(64)
-    cases = smoke_cases() if args.smoke else gpu_cases()
-    t_start = time.perf_counter()
 
-    def kernels() -> dict[str, Any]:
-        out: dict[str, Any] = {"backends": backends, "cases": []}
-        report["kernel"] = out
-        for c in cases:
+class Run:
+    """One benchmark run: its device, backends, cases, the report and where it is saved."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.device = torch.device("cpu") if args.smoke else torch.device("cuda", torch.cuda.current_device())
+        env = env_info(self.device, args.smoke)
+        slug = "smoke-cpu" if args.smoke else slugify(env["device"])
+        out_dir = args.out if args.out is not None else (None if args.smoke else REPO / "bench" / "results" / slug)
+        self.path = out_dir / f"{slug}.json" if out_dir is not None else None
+        self.backends = kernel_backends()
+        env["backends"] = self.backends
+        self.report: dict[str, Any] = {"env": env, "targets_spec": TARGETS, "errors": {}, "section_s": {},
+                                       "skipped": {}}
+        self.cases = smoke_cases() if args.smoke else gpu_cases()
+
+    def save(self) -> None:
+        self.report["targets"] = evaluate_targets(self.report)
+        save(self.report, self.path)
+
+    def kernels(self) -> dict[str, Any]:
+        """The ``kernel`` section: every case, saved after each."""
+        out: dict[str, Any] = {"backends": self.backends, "cases": []}
+        self.report["kernel"] = out
+        for c in self.cases:
             print(f"[bench]   {c.name}", flush=True)
             try:
-                r = bench_kernel_case(c, device, args.smoke, report.get("ceilings"), backends,
-                                      c.headline and not args.no_compile)
+                r = bench_kernel_case(c, self.device, self.args.smoke, self.report.get("ceilings"), self.backends,
+                                      c.headline and not self.args.no_compile)
             except Exception:
                 r = {**c.describe(), "error": traceback.format_exc()}
                 print(r["error"], file=sys.stderr, flush=True)
             out["cases"].append(r)
-            report["targets"] = evaluate_targets(report)
-            save(report, path)
-            if device.type == "cuda":
+            self.save()
+            if self.device.type == "cuda":
                 torch.cuda.empty_cache()
         return out
 
-    runners: dict[str, Callable[[], Any]] = {
-        "analysis": lambda: analysis(cases, report.get("ceilings")),
-        "ceilings": lambda: bench_ceilings(device, args.smoke),
-        "checks": lambda: bench_forward.run_checks(device, args.smoke, args.model, backends),
-        "kernel": kernels,
-        "launch": lambda: bench_launch(device, args.smoke, backends),
-    }
-    for key, (batch, preset) in bench_forward.FORWARD_CONFIGS.items():
-        runners[f"forward_{key}"] = (lambda b=batch, p=preset: bench_forward.bench_forward(
-            device, args.smoke, args.model, b, p, backends))
-    for name in sections:
-        left = None if args.budget_s is None else args.budget_s - (time.perf_counter() - t_start)
-        if left is not None and left < SECTIONS[name]:
-            report["skipped"][name] = f"{left:.0f} s left of the budget, {SECTIONS[name]:.0f} s expected"
-            print(f"[bench] {name} skipped: {report['skipped'][name]}", flush=True)
-            continue
-        t0 = time.perf_counter()
-        print(f"[bench] {name} ...", flush=True)
-        try:
-            report[name] = runners[name]()
-        except Exception:
-            report["errors"][name] = traceback.format_exc()
-            print(report["errors"][name], file=sys.stderr, flush=True)
-        report["section_s"][name] = time.perf_counter() - t0
-        if name == "ceilings" and "analysis" in report:  # the ridge points need the ceilings
-            report["analysis"] = analysis(cases, report["ceilings"])
-        report["targets"] = evaluate_targets(report)
-        save(report, path)
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    report["total_s"] = time.perf_counter() - t_start
-    report["targets"] = evaluate_targets(report)
-    report["schema_problems"] = validate_report(report)
-    save(report, path)
-    print_tables(report)
-    if path is not None:
-        print(f"[bench] wrote {path}")
-    failed = [k for k, c in report.get("checks", {}).items()
+    def runners(self) -> dict[str, Callable[[], Any]]:
+        """Section name -> the call that measures it."""
+        import bench_forward
+
+        args, device, backends = self.args, self.device, self.backends
+        runners: dict[str, Callable[[], Any]] = {
+            "analysis": lambda: analysis(self.cases, self.report.get("ceilings")),
+            "ceilings": lambda: bench_ceilings(device, args.smoke),
+            "checks": lambda: bench_forward.run_checks(device, args.smoke, args.model, backends),
+            "kernel": self.kernels,
+            "launch": lambda: bench_launch(device, args.smoke, backends),
+        }
+        for key, (batch, preset) in bench_forward.FORWARD_CONFIGS.items():
+            runners[f"forward_{key}"] = (lambda b=batch, p=preset: bench_forward.bench_forward(
+                device, args.smoke, args.model, b, p, backends))
+        return runners
+
+    def run_sections(self) -> None:
+        """Each section in order, skipped when the budget no longer fits it; the report saved after each."""
+        runners, t_start = self.runners(), time.perf_counter()
+        for name in self.args.sections:
+            left = None if self.args.budget_s is None else self.args.budget_s - (time.perf_counter() - t_start)
+            if left is not None and left < SECTIONS[name]:
+                self.report["skipped"][name] = f"{left:.0f} s left of the budget, {SECTIONS[name]:.0f} s expected"
+                print(f"[bench] {name} skipped: {self.report['skipped'][name]}", flush=True)
+                continue
+            t0 = time.perf_counter()
+            print(f"[bench] {name} ...", flush=True)
+            try:
+                self.report[name] = runners[name]()
+            except Exception:
+                self.report["errors"][name] = traceback.format_exc()
+                print(self.report["errors"][name], file=sys.stderr, flush=True)
+            self.report["section_s"][name] = time.perf_counter() - t0
+            if name == "ceilings" and "analysis" in self.report:  # the ridge points need the ceilings
+                self.report["analysis"] = analysis(self.cases, self.report["ceilings"])
+            self.save()
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+        self.report["total_s"] = time.perf_counter() - t_start
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    run = Run(args)
+    _set_recompile_limit(64)
+    run.run_sections()
+    run.report["schema_problems"] = validate_report(run.report)
+    run.save()
+    print_tables(run.report)
+    if run.path is not None:
+        print(f"[bench] wrote {run.path}")
+    failed = [k for k, c in run.report.get("checks", {}).items()
               if isinstance(c, dict) and c.get("status") in ("FAILED", "ERROR")]
-    return 1 if report["errors"] or report["schema_problems"] or failed else 0
+    return 1 if run.report["errors"] or run.report["schema_problems"] or failed else 0
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -48,7 +49,7 @@ def test_rehearsed_no_sync_and_graph_checks() -> None:
     out = bench_forward.run_checks(CPU, True, "plain", ["triton"])
     for name in ("no_host_sync", "graph_capture"):
         assert out[name]["status"] == bench_forward.REHEARSED, out[name]
-    assert out["graph_capture"]["triton"] == out["graph_capture"]["triton_overlap"] == "equal"
+    assert out["graph_capture"]["auto"] == out["graph_capture"]["auto_overlap"] == "equal"
     assert out["inplace_after_tap_detected"]["status"].startswith("skipped")
 
 
@@ -246,3 +247,22 @@ def test_mean_leak_case_passes_the_kernel() -> None:
         ref = gpu_checks.reference64(x, chk.config)
         res = gpu_checks.compare(fused_stats(x, chk.config), ref, x, gpu_checks.tolerance(dtype, 63, 48))
         assert res["passed"], res
+
+
+# ------------------------------------------------------------------------------------ the notebook's arithmetic
+
+_WORDS = {"one": 1, "two": 2, "three": 3, "four": 4}
+
+
+def test_notes_occupancy_claims_follow_from_the_register_file() -> None:
+    """Every "R registers per thread at W warps: P programs of W warps per SM" of bench/NOTES.md is what sm_90's
+    65,536-register file holds (registers allocated per warp in steps of 8 per thread)."""
+    text = " ".join((REPO / "bench" / "NOTES.md").read_text(encoding="utf-8").split())
+    claims = re.findall(r"(\d+) registers per thread at (\d+) warps: (\w+) programs? of \d+ warps per SM", text)
+    assert len(claims) >= 2
+    for regs, warps, programs in claims:
+        per_program = -(-int(regs) // 8) * 8 * 32 * int(warps)
+        assert _WORDS.get(programs.lower(), programs) == 65536 // per_program, (regs, warps, programs)
+    stale = re.findall(r"255 registers[^.]*?\bone program|\bone program of 4 warps per SM \(255"
+                       r"|one 4-warp program per SM", text, re.I)
+    assert not stale, stale
