@@ -1,6 +1,6 @@
 """The scored DiT forward on one card: its overhead per scoring variant, and its contract on CUDA.
 
-Used by ``bench_stats.py`` (sections ``forward_*`` and ``checks``).  A *variant* is one way to run the forward:
+Driven by ``bench_stats.py`` (sections ``forward_*`` and ``checks``).  A *variant* is one way to run the forward:
 
 * ``unscored``: no hooks;
 * ``eager_reference``: taps scored by the PyTorch reference (``backend="torch"``);
@@ -19,11 +19,11 @@ from __future__ import annotations
 import statistics
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import torch
-from bench_stats import DitBundle, build_dit, max_errors, nvtx_range, summary, sync, time_calls, worst_error
+from common import DitBundle, build_dit, max_errors, nvtx_range, summary, sync, time_calls, worst_error
 from torch import nn
 
 from aselect_kernels.taps import TapSet, TapSpec
@@ -38,7 +38,7 @@ _MODELS: dict[tuple, DitBundle] = {}
 
 
 def get_model(size: str, device: torch.device, dtype: torch.dtype, prefer: str) -> DitBundle:
-    """:func:`bench_stats.build_dit`, built once per process and argument set."""
+    """:func:`common.build_dit`, built once per process and argument set."""
     key = (size, str(device), dtype, prefer)
     if key not in _MODELS:
         _MODELS[key] = build_dit(size, device, dtype, prefer)
@@ -50,8 +50,19 @@ def stats_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k].nan_to_num(7.25), b[k].nan_to_num(7.25)) for k in a)
 
 
-def capture(fn: Callable[[], object], device: torch.device) -> torch.cuda.CUDAGraph:
-    """``fn`` captured in a CUDA graph, after two warm-up calls on a side stream (the usual recipe)."""
+def capture(fn: Callable[[], object], device: torch.device,
+            rearm: Callable[[], AbstractContextManager] | None = None) -> torch.cuda.CUDAGraph | RehearsedGraph:
+    """``fn`` captured in a CUDA graph, after two warm-up calls on a side stream (the usual recipe).
+
+    ``fn`` runs three times, so a scored ``fn`` sets its :class:`~aselect_kernels.taps.TapSet`'s ``rows`` itself:
+    each call is a new forward (a tap records one call per forward).  Off CUDA (the CPU rehearsal) the same three
+    calls run eagerly and a :class:`RehearsedGraph` stands in for the graph; ``rearm`` gives the context (the taps
+    hooked) its replays run in, as the captured kernels would.
+    """
+    if device.type != "cuda":
+        for _ in range(3):
+            fn()
+        return RehearsedGraph(fn, rearm)
     side = torch.cuda.Stream(device)
     side.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(side):
@@ -64,6 +75,17 @@ def capture(fn: Callable[[], object], device: torch.device) -> torch.cuda.CUDAGr
     return graph
 
 
+class RehearsedGraph:
+    """The CPU stand-in of a captured graph: :meth:`replay` calls the function again, inside ``rearm()``."""
+
+    def __init__(self, fn: Callable[[], object], rearm: Callable[[], AbstractContextManager] | None) -> None:
+        self.fn, self.rearm = fn, rearm or nullcontext
+
+    def replay(self) -> None:
+        with self.rearm():
+            self.fn()
+
+
 class Variant:
     """One way to run the forward: its taps (hooked only inside :meth:`active`), a call, and its statistics."""
 
@@ -74,10 +96,10 @@ class Variant:
         self.rows = torch.arange(batch, device=inputs[0].device)
         self.tapset = (TapSet(bundle.model, taps, batch, backend=backend, overlap=overlap) if self.scored
                        else None)
-        self._graph: torch.cuda.CUDAGraph | None = None
+        self._graph: torch.cuda.CUDAGraph | RehearsedGraph | None = None
         if graph:  # the graph keeps the kernels and the buffers: no hooks needed afterwards
             with self.active():
-                self._graph = capture(self._eager, inputs[0].device)
+                self._graph = capture(self._eager, inputs[0].device, self._hooked)
 
     @contextmanager
     def active(self) -> Iterator[None]:
@@ -85,11 +107,17 @@ class Variant:
         if self.tapset is None or self._graph is not None:
             yield
             return
-        with self.tapset:
-            self.tapset.rows = self.rows
+        with self._hooked():
+            yield
+
+    @contextmanager
+    def _hooked(self) -> Iterator[None]:
+        with self.tapset if self.tapset is not None else nullcontext():
             yield
 
     def _eager(self) -> None:
+        if self.tapset is not None:
+            self.tapset.rows = self.rows  # each call is a new forward
         with nvtx_range(f"aselect.variant.{self.name}", self.inputs[0].is_cuda):
             self.bundle(*self.inputs)
             if self.tapset is not None:
@@ -107,14 +135,14 @@ class Variant:
 
 def variant_specs(backends: Sequence[str], cuda: bool, smoke: bool) -> dict[str, dict[str, Any]]:
     """The variants to run: name -> Variant keyword arguments (and ``twin``, the variant it must equal)."""
-    default = "triton" if smoke else "auto"  # smoke: the kernel under the interpreter, not the CPU twin
+    default = "auto"  # the CPU rehearsal: the kernel's CPU twin (matmul_stats), fast; its control flow is the point
     specs: dict[str, dict[str, Any]] = {"unscored": {"backend": None},
                                         "eager_reference": {"backend": "torch"}}
     for b in backends:
         specs[f"fused_{b}"] = {"backend": b}
     for b in backends:
         specs[f"overlapped_{b}"] = {"backend": b, "overlap": True, "twin": f"fused_{b}"}
-    if cuda:
+    if cuda or smoke:  # the CPU rehearsal runs the captures' calls eagerly (:class:`RehearsedGraph`)
         specs["unscored_graph"] = {"backend": None, "graph": True}
         specs["fused_default"] = {"backend": default, "untimed": True}
         specs["fused_graph"] = {"backend": default, "graph": True, "twin": "fused_default"}
@@ -138,7 +166,8 @@ def bench_forward(device: torch.device, smoke: bool, prefer: str, batch: int, pr
         "params": sum(p.numel() for p in bundle.model.parameters()), "variants": {},
     }
     if not cuda:
-        res["graph_variants"] = "skipped: CUDA graphs need a GPU"
+        res["graph_variants"] = ("rehearsed: each capture's calls run eagerly (CUDA graphs need a GPU)" if smoke
+                                 else "skipped: CUDA graphs need a GPU")
     specs = variant_specs(backends, cuda, smoke)
     rounds = 1 if smoke else ROUNDS.get(batch, 7)
     variants: dict[str, Variant] = {}
@@ -216,7 +245,11 @@ class _InPlaceAfterTap(nn.Module):
 
 
 @contextmanager
-def _sync_debug(mode: str):
+def _sync_debug(mode: str, device: torch.device) -> Iterator[None]:
+    """``torch.cuda.set_sync_debug_mode(mode)`` inside the block on CUDA; nothing off CUDA (the CPU rehearsal)."""
+    if device.type != "cuda":
+        yield
+        return
     old = torch.cuda.get_sync_debug_mode()
     torch.cuda.set_sync_debug_mode(mode)
     try:
@@ -225,13 +258,24 @@ def _sync_debug(mode: str):
         torch.cuda.set_sync_debug_mode(old)
 
 
+def _is_sync_error(exc: RuntimeError) -> bool:
+    """Whether ``exc`` is the error of ``set_sync_debug_mode("error")`` (not, e.g., a tap's own error)."""
+    return "synchroniz" in str(exc).lower()
+
+
 def _status(ok: bool, **detail: Any) -> dict[str, Any]:
     return {"status": "PASSED" if ok else "FAILED", **detail}
 
 
+#: Status of a check that ran on the CPU up to its CUDA calls (sync debug mode and graph capture stood in for).
+REHEARSED = "REHEARSED (CPU: control flow only)"
+
+
 def run_checks(device: torch.device, smoke: bool, prefer: str, backends: Sequence[str]) -> dict[str, Any]:
     """The scored forward's contract, on a small DiT: overlap equals plain, no host sync, graph capture, and
-    an in-place change after a tap caught under overlap.  Off CUDA only the first runs (overlap is a no-op)."""
+    an in-place change after a tap caught under overlap.  Off CUDA, ``smoke`` rehearses the no-sync and graph
+    checks (same forwards and taps, no CUDA call: their status says so, or FAILED); the in-place check needs
+    CUDA (overlap is a no-op on the CPU)."""
     cuda = device.type == "cuda"
     dtype = torch.bfloat16 if cuda else torch.float32
     bundle = get_model("check" if cuda else "tiny", device, dtype, prefer)
@@ -255,17 +299,22 @@ def run_checks(device: torch.device, smoke: bool, prefer: str, backends: Sequenc
             out[name] = _status(stats_equal(scored(b, True), scored(b, False)))
         except Exception:
             out[name] = {"status": "ERROR", "error": traceback.format_exc()}
-    if not cuda:
-        for name in ("no_host_sync", "graph_capture", "inplace_after_tap_detected"):
-            out[name] = {"status": "skipped: needs CUDA"}
-        return out
-    for name, fn in (("no_host_sync", lambda: _check_no_sync(bundle, taps, x, t, y, chosen)),
-                     ("graph_capture", lambda: _check_graph(bundle, taps, x, t, y, chosen)),
-                     ("inplace_after_tap_detected", lambda: _check_inplace(device))):
+    checks: list[tuple[str, Callable[[], dict[str, Any]]]] = []
+    if cuda or smoke:  # the CPU rehearsal scores with "auto" (the CPU twin): its control flow is the point
+        rehearsed = chosen if cuda else ["auto"]
+        checks += [("no_host_sync", lambda: _check_no_sync(bundle, taps, x, t, y, rehearsed)),
+                   ("graph_capture", lambda: _check_graph(bundle, taps, x, t, y, rehearsed))]
+    if cuda:
+        checks.append(("inplace_after_tap_detected", lambda: _check_inplace(device)))
+    for name, fn in checks:
         try:
             out[name] = fn()
         except Exception:
             out[name] = {"status": "ERROR", "error": traceback.format_exc()}
+        if not cuda and out[name]["status"] == "PASSED":
+            out[name]["status"] = REHEARSED
+    for name in ("no_host_sync", "graph_capture", "inplace_after_tap_detected"):
+        out.setdefault(name, {"status": "skipped: needs CUDA"})
     return out
 
 
@@ -273,26 +322,33 @@ def _check_no_sync(bundle: DitBundle, taps: list[TapSpec], x: torch.Tensor, t: t
                    backends: Sequence[str]) -> dict[str, Any]:
     """One scored chunk per backend and overlap setting under ``set_sync_debug_mode("error")``."""
     detail: dict[str, Any] = {}
+    rows = torch.arange(x.shape[0], device=x.device)
     with torch.no_grad():
         try:
-            with _sync_debug("error"):
+            with _sync_debug("error", x.device):
                 bundle(x, t, y)
             detail["unscored"] = "no sync"
         except RuntimeError as exc:
+            if not _is_sync_error(exc):
+                raise
             return {"status": "INCONCLUSIVE: the model itself synchronises", "error": str(exc)[:300]}
         for b in backends:
             for overlap in (False, True):
+                key = f"{b}{'_overlap' if overlap else ''}"
                 with TapSet(bundle.model, taps, x.shape[0], backend=b, overlap=overlap) as ts:
-                    ts.rows = torch.arange(x.shape[0], device=x.device)
+                    ts.rows = rows
                     bundle(x, t, y)  # warm-up outside the check (kernel JIT may synchronise)
                     ts.join()
+                    ts.rows = rows  # the checked call is a new forward
                     try:
-                        with _sync_debug("error"):
+                        with _sync_debug("error", x.device):
                             bundle(x, t, y)
                             ts.join()
-                        detail[f"{b}{'_overlap' if overlap else ''}"] = "no sync"
+                        detail[key] = "no sync"
                     except RuntimeError as exc:
-                        detail[f"{b}{'_overlap' if overlap else ''}"] = f"SYNC: {str(exc)[:200]}"
+                        if not _is_sync_error(exc):
+                            raise
+                        detail[key] = f"SYNC: {str(exc)[:200]}"
     return _status(all(v == "no sync" for v in detail.values()), **detail)
 
 
@@ -302,24 +358,25 @@ def _check_graph(bundle: DitBundle, taps: list[TapSpec], x: torch.Tensor, t: tor
     eager on the same inputs."""
     detail: dict[str, Any] = {}
     x2 = torch.randn_like(x, dtype=torch.float32).to(x.dtype)
+    rows = torch.arange(x.shape[0], device=x.device)
     for b in backends:
         for overlap in (False, True):
             key = f"{b}{'_overlap' if overlap else ''}"
             with torch.no_grad():
                 with TapSet(bundle.model, taps, x.shape[0], backend=b) as ts:
-                    ts.rows = torch.arange(x.shape[0], device=x.device)
+                    ts.rows = rows
                     bundle(x2, t, y)
                     eager = ts.collect()
                 xs = x.clone()
                 ts = TapSet(bundle.model, taps, x.shape[0], backend=b, overlap=overlap)
+
+                def chunk(ts: TapSet = ts, xs: torch.Tensor = xs) -> None:
+                    ts.rows = rows  # each call (two warm-ups, the capture) is a new forward
+                    bundle(xs, t, y)
+                    ts.join()
+
                 with ts:
-                    ts.rows = torch.arange(x.shape[0], device=x.device)
-
-                    def chunk(ts: TapSet = ts, xs: torch.Tensor = xs) -> None:
-                        bundle(xs, t, y)
-                        ts.join()
-
-                    graph = capture(chunk, x.device)
+                    graph = capture(chunk, x.device, rearm=lambda ts=ts: ts)
                 xs.copy_(x2)
                 graph.replay()
                 detail[key] = "equal" if stats_equal(ts.collect(), eager) else "DIFFERENT"

@@ -29,14 +29,9 @@ each section so that a run cut short keeps what it measured; ``--budget-s`` skip
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import math
 import os
-import platform
-import re
 import statistics
-import subprocess
 import sys
 import time
 import traceback
@@ -49,15 +44,26 @@ from typing import Any
 import torch
 from torch import nn
 
-REPO = Path(__file__).resolve().parents[1]
-for _p in (REPO, Path(__file__).resolve().parent):  # run from a checkout without ``pip install``
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402  (puts the repository root on sys.path)
+    REPO,
+    adaptive_reps,
+    env_info,
+    graph_call_ms,
+    kernel_backends,
+    l2_bytes,
+    max_errors,
+    rotation_count,
+    slugify,
+    summary,
+    sync,
+    time_calls,
+)
 
 from aselect_kernels.embedded.model import EMBEDDED_CONFIG  # noqa: E402
 from aselect_kernels.frequency import band_counts  # noqa: E402
-from aselect_kernels.reference import STAT_NAMES, StatsConfig, reference_stats  # noqa: E402
-from aselect_kernels.taps import TapSpec, resolve_taps  # noqa: E402
+from aselect_kernels.reference import StatsConfig, reference_stats  # noqa: E402
+from aselect_kernels.taps import TapSpec  # noqa: E402
 
 #: Channels of the embedded model's taps (its hidden width) and of its MLP's hidden activations.
 EMB_C = EMBEDDED_CONFIG["num_attention_heads"] * EMBEDDED_CONFIG["attention_head_dim"]
@@ -78,136 +84,6 @@ TARGETS: dict[str, tuple[str, float, str, str]] = {
 }
 #: Cases of at least this many bytes must reach 60 % of the read ceiling.
 BIG_CASE_BYTES = 16 * 10**6
-
-#: Model sizes: DiT-XL/2 (256 px latents), a small one for the CUDA checks, and the 2-block model of ``--smoke``.
-DIT_SIZES: dict[str, dict[str, int]] = {
-    "xl": {"layers": 28, "heads": 16, "head_dim": 72, "in_channels": 4, "out_channels": 8, "sample_size": 32,
-           "patch": 2, "classes": 1000},
-    "check": {"layers": 2, "heads": 4, "head_dim": 32, "in_channels": 4, "out_channels": 8, "sample_size": 16,
-              "patch": 2, "classes": 10},
-    "tiny": {"layers": 2, "heads": 2, "head_dim": 8, "in_channels": 4, "out_channels": 8, "sample_size": 16,
-             "patch": 2, "classes": 10},
-}
-
-# ----------------------------------------------------------------------------------------------- environment
-
-
-def sync(device: torch.device) -> None:
-    """Wait for the device (no-op on the CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def nvtx_range(name: str, enabled: bool = True) -> contextlib.AbstractContextManager:
-    """An NVTX push/pop range on CUDA (``torch.cuda.nvtx``), a no-op elsewhere."""
-    if enabled and torch.cuda.is_available():
-        return torch.cuda.nvtx.range(name)
-    return contextlib.nullcontext()
-
-
-def slugify(text: str) -> str:
-    """``"NVIDIA H100 80GB HBM3"`` -> ``"nvidia-h100-80gb-hbm3"``."""
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "device"
-
-
-def l2_bytes(device: torch.device) -> int:
-    """L2 cache size of a CUDA device (64 MiB if unknown; 1 MiB on the CPU, where it only sizes the rotation)."""
-    if device.type != "cuda":
-        return 1 << 20
-    return int(getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0) or 64 << 20)
-
-
-def env_info(device: torch.device, smoke: bool) -> dict[str, Any]:
-    """Device, versions and settings of this run."""
-    info: dict[str, Any] = {
-        "smoke": smoke, "python": platform.python_version(), "torch": torch.__version__,
-        "cuda_runtime": torch.version.cuda, "device_type": device.type,
-        "triton_interpret": os.environ.get("TRITON_INTERPRET", "0") == "1",
-        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    try:
-        import triton
-
-        info["triton"] = triton.__version__
-    except ImportError:
-        info["triton"] = None
-    try:
-        import diffusers
-
-        info["diffusers"] = diffusers.__version__
-    except ImportError:
-        info["diffusers"] = None
-    if device.type == "cuda":
-        p = torch.cuda.get_device_properties(device)
-        info.update(device=p.name, capability=f"{p.major}.{p.minor}", sm_count=p.multi_processor_count,
-                    l2_bytes=l2_bytes(device), memory_bytes=p.total_memory)
-        with contextlib.suppress(Exception):
-            info["driver"] = subprocess.run(
-                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True,
-                text=True, timeout=20).stdout.strip()
-    else:
-        info["device"] = f"cpu ({platform.processor() or platform.machine()}, smoke)" if smoke else "cpu"
-    with contextlib.suppress(Exception):
-        info["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                                            timeout=10).stdout.strip() or None
-    return info
-
-
-# ---------------------------------------------------------------------------------------------------- timing
-
-
-def time_calls(fn: Callable[[int], object], n_inputs: int, device: torch.device, warmup: int, reps: int) -> list[float]:
-    """Milliseconds of each of ``reps`` calls ``fn(i % n_inputs)`` after ``warmup`` calls (CUDA events on a GPU).
-
-    The events bracket each Python call, so a call whose launch is slower than its kernels is timed as launched.
-    """
-    for i in range(warmup):
-        fn(i % n_inputs)
-    sync(device)
-    if device.type == "cuda":
-        ev = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
-        for i, (start, end) in enumerate(ev):
-            start.record()
-            fn((warmup + i) % n_inputs)
-            end.record()
-        torch.cuda.synchronize(device)
-        return [start.elapsed_time(end) for start, end in ev]
-    out = []
-    for i in range(reps):
-        t0 = time.perf_counter()
-        fn((warmup + i) % n_inputs)
-        out.append((time.perf_counter() - t0) * 1e3)
-    return out
-
-
-def graph_call_ms(fn: Callable[[int], object], n_inputs: int, device: torch.device, replays: int) -> float:
-    """Device milliseconds per call: ``fn(0) .. fn(n_inputs - 1)`` captured in one CUDA graph, median of replays."""
-    stream = torch.cuda.Stream(device)
-    stream.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(stream):
-        for i in range(min(n_inputs, 3)):
-            fn(i)
-    torch.cuda.current_stream(device).wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for i in range(n_inputs):
-            fn(i)
-    graph.replay()
-    times = time_calls(lambda _: graph.replay(), 1, device, warmup=1, reps=replays)
-    return statistics.median(times) / n_inputs
-
-
-def adaptive_reps(fn: Callable[[int], object], n_inputs: int, device: torch.device, budget_ms: float,
-                  lo: int, hi: int) -> int:
-    """Repetitions that fit ``budget_ms`` after one probe call (between ``lo`` and ``hi``)."""
-    probe = time_calls(fn, n_inputs, device, warmup=1, reps=1)[0]
-    return max(lo, min(hi, int(budget_ms / max(probe, 1e-3))))
-
-
-def summary(times: Sequence[float]) -> dict[str, float]:
-    """Median, min, max and count of a list of milliseconds."""
-    return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times), "n": len(times)}
-
 
 # -------------------------------------------------------------------------------------------------- ceilings
 
@@ -351,23 +227,6 @@ def smoke_cases() -> list[Case]:
     ]
 
 
-def kernel_backends() -> list[str]:
-    """The statistics backends to benchmark: ``triton`` and, when it can run here, ``cuda`` (the reason it cannot is
-    printed once)."""
-    from aselect_kernels import stats
-
-    backends = ["triton"]
-    if "cuda" in stats.BACKENDS:
-        from aselect_kernels.ops.cuda_stats import unavailable_reason
-
-        reason = unavailable_reason()
-        if reason is None:
-            backends.append("cuda")
-        else:
-            print(f"backend 'cuda' skipped: {reason}", file=sys.stderr, flush=True)
-    return backends
-
-
 def make_inputs(case: Case, device: torch.device, n_buffers: int, seed: int) -> list[torch.Tensor]:
     """``n_buffers`` distinct random inputs (a small per-sample mean, so hfr and hfr_centered differ)."""
     g = torch.Generator(device=device).manual_seed(seed)
@@ -378,29 +237,6 @@ def make_inputs(case: Case, device: torch.device, n_buffers: int, seed: int) -> 
         x += 0.25 * torch.randn((case.n, 1, 1), device=device, generator=g)
         out.append(x.to(case.dtype))
     return out
-
-
-def rotation_count(nbytes: int, device: torch.device, smoke: bool) -> int:
-    """Buffers to rotate among: together at least 3x the L2, at most 512 and 6 GiB."""
-    if smoke:
-        return 2
-    want = math.ceil(3 * l2_bytes(device) / nbytes)
-    return max(2, min(want, 512, (6 << 30) // nbytes))
-
-
-def max_errors(out: torch.Tensor, ref: torch.Tensor) -> dict[str, float | bool]:
-    """Per-statistic max |out - ref| / max(|ref|, 1) and whether the NaN patterns agree."""
-    out, ref = out.double().cpu(), ref.double().cpu()
-    nan_ok = bool(torch.equal(out.isnan(), ref.isnan()))
-    err = ((out - ref).abs() / ref.abs().clamp(min=1.0)).nan_to_num(0.0)
-    res: dict[str, float | bool] = {name: float(err[:, i].max()) for i, name in enumerate(STAT_NAMES)}
-    res["nan_pattern_equal"] = nan_ok
-    return res
-
-
-def worst_error(errors: dict[str, float | bool]) -> float:
-    """The largest per-statistic error of :func:`max_errors`."""
-    return max(float(v) for k, v in errors.items() if k != "nan_pattern_equal")
 
 
 def time_backend(fn: Callable[[int], torch.Tensor], case: Case, n_buf: int, device: torch.device, smoke: bool,
@@ -484,7 +320,7 @@ def bench_launch(device: torch.device, smoke: bool, backends: Sequence[str]) -> 
     """
     from aselect_kernels.ops.custom_op import config_to_args
     from aselect_kernels.stats import compute_stats
-    from aselect_kernels.taps import TapSet, TapSpec
+    from aselect_kernels.taps import TapSet
 
     shape, dtype = ((8, 64, 48), torch.float32) if smoke else ((8, 256, 1152), torch.bfloat16)
     x = torch.randn(shape, device=device, generator=torch.Generator(device=device).manual_seed(8)).to(dtype)
@@ -582,87 +418,6 @@ def compile_reference(case: Case, x: torch.Tensor) -> tuple[Callable[[torch.Tens
     sync(x.device)
     info.update(status="partial: non-FFT statistics compiled, hfr eager", compile_s=time.perf_counter() - t0)
     return partial, info
-
-
-
-# -------------------------------------------------------------------------------------------------- models
-
-
-def PlainDiT(layers: int, heads: int, head_dim: int, in_channels: int, out_channels: int,  # noqa: N802
-             sample_size: int, patch: int, classes: int) -> nn.Module:
-    """The facebookresearch-style DiT of ``python/plain_dit_example.py`` at these sizes (``forward(x, t, y)``,
-    taps ``blocks.i.attn`` / ``blocks.i.mlp``); it predicts ``in_channels`` (``out_channels`` is not used)."""
-    sys.path.insert(0, str(REPO / "python"))
-    from plain_dit_example import DiT
-
-    return DiT(size=sample_size, patch=patch, channels=in_channels, dim=heads * head_dim, depth=layers, heads=heads,
-               num_classes=classes)
-
-
-@dataclass
-class DitBundle:
-    """A DiT-sized model with its call, inputs and the 56 (or 2 x layers) attention/MLP tap specs."""
-
-    model: nn.Module
-    kind: str  # "diffusers DiTTransformer2DModel" or "plain DiT (bench_stats.PlainDiT)"
-    taps: list[TapSpec]
-    sizes: dict[str, int]
-
-    def inputs(self, batch: int, device: torch.device, dtype: torch.dtype, seed: int = 0
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Random latents, timesteps and class labels (never zeros)."""
-        g = torch.Generator(device=device).manual_seed(seed)
-        s = self.sizes
-        x = torch.randn(batch, s["in_channels"], s["sample_size"], s["sample_size"], device=device, generator=g)
-        t = torch.randint(0, 1000, (batch,), device=device, generator=g)
-        y = torch.randint(0, s["classes"], (batch,), device=device, generator=g)
-        return x.to(dtype), t, y
-
-    def taps_for(self, preset: str) -> list[TapSpec]:
-        """The tap specs of a preset of :mod:`aselect_kernels.taps` (``attn_mlp``: 2 per block, ``all``: 5)."""
-        return resolve_taps(self.model, preset)
-
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> object:
-        if self.kind.startswith("diffusers"):
-            return self.model(hidden_states=x, timestep=t, class_labels=y, return_dict=False)
-        return self.model(x, t, y)
-
-
-def diffusers_available() -> bool:
-    """Whether diffusers imports."""
-    try:
-        import diffusers  # noqa: F401
-    except Exception:
-        return False
-    return True
-
-
-def build_dit(size: str, device: torch.device, dtype: torch.dtype, prefer: str = "auto", seed: int = 0) -> DitBundle:
-    """DiT-XL/2 (``size="xl"``) or the smoke model (``"tiny"``), random weights, eval mode, on ``device``.
-
-    ``prefer`` is ``"auto"`` (diffusers when importable), ``"diffusers"`` or ``"plain"``.  Taps: the
-    ``attn_mlp`` preset (attention and MLP outputs of every block; :meth:`DitBundle.taps_for` gives others).
-    """
-    s = DIT_SIZES[size]
-    use_diffusers = prefer == "diffusers" or (prefer == "auto" and diffusers_available())
-    torch.manual_seed(seed)
-    with torch.device(device):
-        if use_diffusers:
-            from diffusers import DiTTransformer2DModel
-
-            model = DiTTransformer2DModel(
-                num_attention_heads=s["heads"], attention_head_dim=s["head_dim"], in_channels=s["in_channels"],
-                out_channels=s["out_channels"], num_layers=s["layers"], sample_size=s["sample_size"],
-                patch_size=s["patch"], num_embeds_ada_norm=s["classes"],
-            )
-            kind = "diffusers DiTTransformer2DModel"
-        else:
-            model = PlainDiT(s["layers"], s["heads"], s["head_dim"], s["in_channels"], s["out_channels"],
-                             s["sample_size"], s["patch"], s["classes"])
-            kind = "plain DiT (bench_stats.PlainDiT)"
-        taps = resolve_taps(model, "attn_mlp")
-    model = nn.Module.to(model, device=device, dtype=dtype).eval()  # (diffusers' .to() warns on any cast)
-    return DitBundle(model, kind, taps, s)
 
 
 
@@ -826,7 +581,8 @@ SECTIONS: dict[str, float] = {"analysis": 1, "ceilings": 8, "checks": 20, "kerne
                               "launch": 10, "forward_b8_56": 15, "forward_b128_140": 45}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line; ``--smoke`` selects the interpreter (before anything imports the kernel module)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU under TRITON_INTERPRET=1")
     parser.add_argument("--out", type=Path, default=None,
@@ -837,8 +593,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="skip a section when less than its expected time is left of this many seconds")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     args = parser.parse_args(argv)
-    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
-    unknown = sorted(set(sections) - set(SECTIONS))
+    args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = sorted(set(args.sections) - set(SECTIONS))
     if unknown:
         parser.error(f"unknown sections {unknown}: choose from {list(SECTIONS)}")
     if args.smoke:
@@ -846,78 +602,102 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(1)  # tiny shapes: one thread is fastest, above all on a busy machine
     elif not torch.cuda.is_available():
         parser.error("no CUDA device: run with --smoke for the CPU check")
-    import bench_forward
+    return args
 
-    device = torch.device("cpu") if args.smoke else torch.device("cuda", torch.cuda.current_device())
-    env = env_info(device, args.smoke)
-    slug = "smoke-cpu" if args.smoke else slugify(env["device"])
-    out_dir = args.out if args.out is not None else (None if args.smoke else REPO / "bench" / "results" / slug)
-    path = out_dir / f"{slug}.json" if out_dir is not None else None
-    backends = kernel_backends()
-    env["backends"] = backends
-    report: dict[str, Any] = {"env": env, "targets_spec": TARGETS, "errors": {}, "section_s": {}, "skipped": {}}
-    _set_recompile_limit(64)
-    cases = smoke_cases() if args.smoke else gpu_cases()
-    t_start = time.perf_counter()
 
-    def kernels() -> dict[str, Any]:
-        out: dict[str, Any] = {"backends": backends, "cases": []}
-        report["kernel"] = out
-        for c in cases:
+class Run:
+    """One benchmark run: its device, backends, cases, the report and where it is saved."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.device = torch.device("cpu") if args.smoke else torch.device("cuda", torch.cuda.current_device())
+        env = env_info(self.device, args.smoke)
+        slug = "smoke-cpu" if args.smoke else slugify(env["device"])
+        out_dir = args.out if args.out is not None else (None if args.smoke else REPO / "bench" / "results" / slug)
+        self.path = out_dir / f"{slug}.json" if out_dir is not None else None
+        self.backends = kernel_backends()
+        env["backends"] = self.backends
+        self.report: dict[str, Any] = {"env": env, "targets_spec": TARGETS, "errors": {}, "section_s": {},
+                                       "skipped": {}}
+        self.cases = smoke_cases() if args.smoke else gpu_cases()
+
+    def save(self) -> None:
+        self.report["targets"] = evaluate_targets(self.report)
+        save(self.report, self.path)
+
+    def kernels(self) -> dict[str, Any]:
+        """The ``kernel`` section: every case, saved after each."""
+        out: dict[str, Any] = {"backends": self.backends, "cases": []}
+        self.report["kernel"] = out
+        for c in self.cases:
             print(f"[bench]   {c.name}", flush=True)
             try:
-                r = bench_kernel_case(c, device, args.smoke, report.get("ceilings"), backends,
-                                      c.headline and not args.no_compile)
+                r = bench_kernel_case(c, self.device, self.args.smoke, self.report.get("ceilings"), self.backends,
+                                      c.headline and not self.args.no_compile)
             except Exception:
                 r = {**c.describe(), "error": traceback.format_exc()}
                 print(r["error"], file=sys.stderr, flush=True)
             out["cases"].append(r)
-            report["targets"] = evaluate_targets(report)
-            save(report, path)
-            if device.type == "cuda":
+            self.save()
+            if self.device.type == "cuda":
                 torch.cuda.empty_cache()
         return out
 
-    runners: dict[str, Callable[[], Any]] = {
-        "analysis": lambda: analysis(cases, report.get("ceilings")),
-        "ceilings": lambda: bench_ceilings(device, args.smoke),
-        "checks": lambda: bench_forward.run_checks(device, args.smoke, args.model, backends),
-        "kernel": kernels,
-        "launch": lambda: bench_launch(device, args.smoke, backends),
-    }
-    for key, (batch, preset) in bench_forward.FORWARD_CONFIGS.items():
-        runners[f"forward_{key}"] = (lambda b=batch, p=preset: bench_forward.bench_forward(
-            device, args.smoke, args.model, b, p, backends))
-    for name in sections:
-        left = None if args.budget_s is None else args.budget_s - (time.perf_counter() - t_start)
-        if left is not None and left < SECTIONS[name]:
-            report["skipped"][name] = f"{left:.0f} s left of the budget, {SECTIONS[name]:.0f} s expected"
-            print(f"[bench] {name} skipped: {report['skipped'][name]}", flush=True)
-            continue
-        t0 = time.perf_counter()
-        print(f"[bench] {name} ...", flush=True)
-        try:
-            report[name] = runners[name]()
-        except Exception:
-            report["errors"][name] = traceback.format_exc()
-            print(report["errors"][name], file=sys.stderr, flush=True)
-        report["section_s"][name] = time.perf_counter() - t0
-        if name == "ceilings" and "analysis" in report:  # the ridge points need the ceilings
-            report["analysis"] = analysis(cases, report["ceilings"])
-        report["targets"] = evaluate_targets(report)
-        save(report, path)
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    report["total_s"] = time.perf_counter() - t_start
-    report["targets"] = evaluate_targets(report)
-    report["schema_problems"] = validate_report(report)
-    save(report, path)
-    print_tables(report)
-    if path is not None:
-        print(f"[bench] wrote {path}")
-    failed = [k for k, c in report.get("checks", {}).items()
+    def runners(self) -> dict[str, Callable[[], Any]]:
+        """Section name -> the call that measures it."""
+        import bench_forward
+
+        args, device, backends = self.args, self.device, self.backends
+        runners: dict[str, Callable[[], Any]] = {
+            "analysis": lambda: analysis(self.cases, self.report.get("ceilings")),
+            "ceilings": lambda: bench_ceilings(device, args.smoke),
+            "checks": lambda: bench_forward.run_checks(device, args.smoke, args.model, backends),
+            "kernel": self.kernels,
+            "launch": lambda: bench_launch(device, args.smoke, backends),
+        }
+        for key, (batch, preset) in bench_forward.FORWARD_CONFIGS.items():
+            runners[f"forward_{key}"] = (lambda b=batch, p=preset: bench_forward.bench_forward(
+                device, args.smoke, args.model, b, p, backends))
+        return runners
+
+    def run_sections(self) -> None:
+        """Each section in order, skipped when the budget no longer fits it; the report saved after each."""
+        runners, t_start = self.runners(), time.perf_counter()
+        for name in self.args.sections:
+            left = None if self.args.budget_s is None else self.args.budget_s - (time.perf_counter() - t_start)
+            if left is not None and left < SECTIONS[name]:
+                self.report["skipped"][name] = f"{left:.0f} s left of the budget, {SECTIONS[name]:.0f} s expected"
+                print(f"[bench] {name} skipped: {self.report['skipped'][name]}", flush=True)
+                continue
+            t0 = time.perf_counter()
+            print(f"[bench] {name} ...", flush=True)
+            try:
+                self.report[name] = runners[name]()
+            except Exception:
+                self.report["errors"][name] = traceback.format_exc()
+                print(self.report["errors"][name], file=sys.stderr, flush=True)
+            self.report["section_s"][name] = time.perf_counter() - t0
+            if name == "ceilings" and "analysis" in self.report:  # the ridge points need the ceilings
+                self.report["analysis"] = analysis(self.cases, self.report["ceilings"])
+            self.save()
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+        self.report["total_s"] = time.perf_counter() - t_start
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    run = Run(args)
+    _set_recompile_limit(64)
+    run.run_sections()
+    run.report["schema_problems"] = validate_report(run.report)
+    run.save()
+    print_tables(run.report)
+    if run.path is not None:
+        print(f"[bench] wrote {run.path}")
+    failed = [k for k, c in run.report.get("checks", {}).items()
               if isinstance(c, dict) and c.get("status") in ("FAILED", "ERROR")]
-    return 1 if report["errors"] or report["schema_problems"] or failed else 0
+    return 1 if run.report["errors"] or run.report["schema_problems"] or failed else 0
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ for fp32 inputs ``tf32x3`` against ``ieee`` dots.  Every variant is first checke
 accumulation, so only the summation order differs), then timed with ``triton.testing.do_bench`` (median; it
 flushes the L2 before each call, and the input rotates among buffers that together exceed 3x the L2).  Variants
 run in order of interest until the time budget is spent; those left are listed as skipped.  Writes
-``DIR/block_sweep.json`` after each case.  It shares the L2 and rotation helpers of ``bench_stats.py``.
+``DIR/block_sweep.json`` after each case.  It shares the L2 and rotation helpers of ``common.py``.
 
 ``--smoke`` runs tiny cases on the CPU under ``TRITON_INTERPRET=1`` (no timing): it checks the plumbing.
 """
@@ -33,7 +33,7 @@ import triton.testing  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_stats import l2_bytes, rotation_count  # noqa: E402
+from common import l2_bytes, rotation_count  # noqa: E402
 from legacy_fused_stats import legacy_stats  # noqa: E402
 
 from aselect_kernels.ops import fused_stats as fused  # noqa: E402

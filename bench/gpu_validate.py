@@ -53,7 +53,7 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--dataset", default="fashion", choices=("fashion", "digits"))
@@ -71,83 +71,118 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         args.n_train, args.n_test, args.n_select, args.n_dense = 40, 30, 8, 6
         args.timesteps, args.taps, args.side_timesteps, args.single_cells = "0,500", "block_out:2", "0", 2
-    t_start = time.perf_counter()
-    device = torch.device(args.device)
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "gpu_validate.json"
-    res: dict = {"env": {"python": platform.python_version(), "torch": torch.__version__,
-                         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                         "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
-                         "tf32_cudnn": torch.backends.cudnn.allow_tf32},
-                 "config": {k: str(v) for k, v in vars(args).items()}, "steps": {}}
+    return args
 
-    def save() -> None:
-        res["elapsed_s"] = round(time.perf_counter() - t_start, 2)
-        path.write_text(json.dumps(res, indent=1))
 
-    model = load_embedded(device=device)
-    (utr, ytr), (ute, yte), k = load_dataset(args.dataset, args.n_train, args.n_test, 0)
-    xtr, xte = to_model_range(utr)[:, None].to(device), to_model_range(ute)[:, None].to(device)
-    res["config"]["n_test"] = len(yte)
-    selection = None
+class Validation:
+    """The run's model, data and JSON report (``DIR/gpu_validate.json``, rewritten by :meth:`save`)."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args, self.t_start = args, time.perf_counter()
+        self.device = device = torch.device(args.device)
+        args.out.mkdir(parents=True, exist_ok=True)
+        self.path = args.out / "gpu_validate.json"
+        self.res: dict = {"env": {"python": platform.python_version(), "torch": torch.__version__,
+                                  "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                                  "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+                                  "tf32_cudnn": torch.backends.cudnn.allow_tf32},
+                          "config": {k: str(v) for k, v in vars(args).items()}, "steps": {}}
+        self.model = load_embedded(device=device)
+        (self.utr, self.ytr), (self.ute, self.yte), self.k = load_dataset(args.dataset, args.n_train, args.n_test, 0)
+        self.xtr = to_model_range(self.utr)[:, None].to(device)
+        self.xte = to_model_range(self.ute)[:, None].to(device)
+        self.res["config"]["n_test"] = len(self.yte)
+
+    def save(self) -> None:
+        self.res["elapsed_s"] = round(time.perf_counter() - self.t_start, 2)
+        self.path.write_text(json.dumps(self.res, indent=1))
+
+    def step(self, name: str, entry: dict) -> None:
+        self.res["steps"][name] = entry
+        print(f"{name}: {entry}", flush=True)
+        self.save()
+
+
+def run_selection(v: Validation):
+    """Steps 1 and 2: the cold and the warm ``select_timestep`` call; returns the warm selection."""
+    args, selection = v.args, None
     for step in ("selection_cold", "selection_warm"):
         _sync()
         start = time.perf_counter()
-        selection = select_timestep(model, xtr[:args.n_select], args.timesteps, args.taps, progress=False)
+        selection = select_timestep(v.model, v.xtr[:args.n_select], args.timesteps, args.taps, progress=False)
         _sync()
-        res["steps"][step] = {"wall_s": round(time.perf_counter() - start, 4),
-                              "forward_s": round(selection.meta["forward_s"], 4),
-                              "samples": selection.meta["samples"], "chunk_size": selection.meta["chunk_size"],
-                              "backend": selection.meta["backend"]}
-        print(f"{step}: {res['steps'][step]}", flush=True)
-        save()
+        v.step(step, {"wall_s": round(time.perf_counter() - start, 4),
+                      "forward_s": round(selection.meta["forward_s"], 4), "samples": selection.meta["samples"],
+                      "chunk_size": selection.meta["chunk_size"], "backend": selection.meta["backend"]})
+    return selection
 
+
+def run_grid(v: Validation):
+    """Step 3: the probe grid, its progress saved as it goes."""
     grid_start = time.perf_counter()
-    res["steps"]["grid"] = {"done": 0, "total": None}
+    v.res["steps"]["grid"] = {"done": 0, "total": None}
 
     def on_fit(done: int, total: int) -> None:
-        res["steps"]["grid"].update(done=done, total=total, wall_s=round(time.perf_counter() - grid_start, 2))
+        v.res["steps"]["grid"].update(done=done, total=total, wall_s=round(time.perf_counter() - grid_start, 2))
         if done % 30 == 0 or done == total:
-            print(f"grid: {done}/{total} fits, {res['steps']['grid']['wall_s']} s", flush=True)
-            save()
+            print(f"grid: {done}/{total} fits, {v.res['steps']['grid']['wall_s']} s", flush=True)
+            v.save()
 
-    grid = probe_grid(model, (xtr, ytr), (xte, yte), args.timesteps, args.taps, k, progress=False, on_fit=on_fit)
-    res["steps"]["grid"].update(wall_s=round(grid.wall_s, 3), forward_samples=grid.forward_samples,
-                                best_metric=float(grid.metric.max()), raw_pixel_floor=grid.floor, fit="batched")
-    print(f"grid: {res['steps']['grid']}", flush=True)
-    save()
+    grid = probe_grid(v.model, (v.xtr, v.ytr), (v.xte, v.yte), v.args.timesteps, v.args.taps, v.k, progress=False,
+                      on_fit=on_fit)
+    v.step("grid", {**v.res["steps"]["grid"], "wall_s": round(grid.wall_s, 3),
+                    "forward_samples": grid.forward_samples, "best_metric": float(grid.metric.max()),
+                    "raw_pixel_floor": grid.floor, "fit": "batched"})
+    return grid
 
-    nd = args.n_dense
+
+def run_dense_grid(v: Validation, grid) -> None:
+    """Step 4: the dense grid on the block outputs."""
+    nd = v.args.n_dense
     dense_taps = tap_sets(grid.taps).get("block_out", grid.taps)
     _sync()
-    dgrid = dense_probe_grid(model, (xtr[:nd], dense_target(utr[:nd], ytr[:nd])),
-                             (xte[:nd], dense_target(ute[:nd], yte[:nd])), args.timesteps, dense_taps, k + 1,
-                             progress=False)
+    dgrid = dense_probe_grid(v.model, (v.xtr[:nd], dense_target(v.utr[:nd], v.ytr[:nd])),
+                             (v.xte[:nd], dense_target(v.ute[:nd], v.yte[:nd])), v.args.timesteps, dense_taps,
+                             v.k + 1, progress=False)
     _sync()
-    res["steps"]["dense_grid"] = {"wall_s": round(dgrid.wall_s, 3), "cells": dgrid.metric.size,
-                                  "forward_samples": dgrid.forward_samples, "best_metric": float(dgrid.metric.max()),
-                                  "fit": "batched"}
-    print(f"dense_grid: {res['steps']['dense_grid']}", flush=True)
-    save()
+    v.step("dense_grid", {"wall_s": round(dgrid.wall_s, 3), "cells": dgrid.metric.size,
+                          "forward_samples": dgrid.forward_samples, "best_metric": float(dgrid.metric.max()),
+                          "fit": "batched"})
 
-    feats, _ = capture_features(model, torch.cat([xtr, xte]), args.side_timesteps, args.taps, progress=False)
-    side = fit_both(feats, ytr, yte, k, device, args.single_cells)
-    res["steps"]["fits_side_by_side"] = {"wall_s": round(side["summary"]["batched_s"] + side["summary"]["single_s"],
-                                                          3), **side["summary"]}
-    res["fits_side_by_side_cells"] = side["per_cell"]
-    print(f"fits_side_by_side: {side['summary']}", flush=True)
-    save()
+
+def run_side_by_side(v: Validation) -> None:
+    """Step 5: batched and one-at-a-time fits on the same cells."""
+    feats, _ = capture_features(v.model, torch.cat([v.xtr, v.xte]), v.args.side_timesteps, v.args.taps,
+                                progress=False)
+    side = fit_both(feats, v.ytr, v.yte, v.k, v.device, v.args.single_cells)
+    v.res["fits_side_by_side_cells"] = side["per_cell"]
+    v.step("fits_side_by_side", {"wall_s": round(side["summary"]["batched_s"] + side["summary"]["single_s"], 3),
+                                 **side["summary"]})
+
+
+def record_picks(v: Validation, selection, grid) -> None:
+    """Step 6: the default scorer's picks against the grid, and the wall-time ratios."""
     cls = compare(selection, grid, tap_sets(selection.taps))
     picks = {}
     for set_name, block in cls["tap_sets"].items():
         picks[set_name] = {"best": block["best"], **{key.replace(":", "_"): block["scorers"][key]["joint"]
                                                      for key in ("sf:max", "token_var:max") if key in block["scorers"]}}
-    warm, cold = res["steps"]["selection_warm"]["wall_s"], res["steps"]["selection_cold"]["wall_s"]
-    res["ratios"] = {"wall_warm": grid.wall_s / warm, "wall_cold": grid.wall_s / cold,
-                     "forward": grid.forward_samples / res["steps"]["selection_warm"]["samples"]}
-    res["picks"] = picks
-    save()
-    print(json.dumps({"ratios": res["ratios"], "picks": picks}, indent=1))
+    steps = v.res["steps"]
+    warm, cold = steps["selection_warm"]["wall_s"], steps["selection_cold"]["wall_s"]
+    v.res["ratios"] = {"wall_warm": grid.wall_s / warm, "wall_cold": grid.wall_s / cold,
+                       "forward": grid.forward_samples / steps["selection_warm"]["samples"]}
+    v.res["picks"] = picks
+    v.save()
+    print(json.dumps({"ratios": v.res["ratios"], "picks": picks}, indent=1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    v = Validation(parse_args(argv))
+    selection = run_selection(v)
+    grid = run_grid(v)
+    run_dense_grid(v, grid)
+    run_side_by_side(v)
+    record_picks(v, selection, grid)
     return 0
 
 

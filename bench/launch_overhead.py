@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_stats import env_info, sync  # noqa: E402
+from common import env_info, sync  # noqa: E402
 
 from aselect_kernels.reference import StatsConfig  # noqa: E402
 

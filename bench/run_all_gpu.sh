@@ -2,7 +2,13 @@
 # Every GPU benchmark and check of aselect_kernels in ONE command, from the repository root:
 #
 #     bash bench/run_all_gpu.sh            # on a CUDA machine: under 9 minutes: RUN_ALL_BUDGET_S (505 s) + shutdown
-#     bash bench/run_all_gpu.sh --smoke    # the same scripts' CPU paths (TRITON_INTERPRET=1), a few minutes
+#     bash bench/run_all_gpu.sh --smoke    # the rehearsal, on the CPU (TRITON_INTERPRET=1), about a minute
+#     bash bench/run_all_gpu.sh --smoke --no-diffusers   # the rehearsal with diffusers hidden (bench/no_diffusers)
+#
+# The rehearsal runs every step's Python path that a CPU can run: the kernels' accuracy and determinism in the
+# interpreter, the compile check, the scored-forward checks (no host sync and graph capture up to their CUDA calls,
+# which stand-ins replace: see bench/bench_forward.py), the forward variants with their repeated forwards, the
+# summary and the targets block; it exits 1 when a step fails.
 #
 # Results go to $OUT when it is set (the output folder), else to bench/results/<device-slug>/ (smoke: a new
 # temporary folder).  At most 8 files land there, each written as its step goes:
@@ -30,21 +36,30 @@
 # cuda_build compiles (or loads) the package's CUDA C++ backend once, when the package has one, so that no
 # benchmark times a build.
 #
-# Diffusers: used when importable.  Wheels in .whl/ (gitignored) are installed first into a temporary folder,
-# e.g. prepared on a machine with network access:
-#     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-#         -d .whl diffusers==0.42.1 importlib_metadata==8.7.0
-# Its other requirements (filelock, huggingface-hub>=1.32,<3, numpy, regex, requests, safetensors>=0.8, Pillow)
-# must already be installed.  Without diffusers the forward benchmark uses the plain DiT-XL/2 of
-# bench/bench_stats.py and says so in its JSON.
+# Diffusers: used when importable.  The wheels travel in .whl/ at the repository root (gitignored), filled on a machine with network access by `python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl diffusers==0.42.1 importlib_metadata==8.7.0`
+# (set --python-version to the GPU machine's Python); they are installed first into a temporary folder.  Their
+# other requirements (filelock, huggingface-hub>=1.32,<3, numpy, regex, requests, safetensors>=0.8, Pillow) must
+# already be installed.  Without diffusers the script says so loudly: the forward benchmarks and checks use the
+# plain DiT-XL/2 of bench/common.py (PlainDiT, torch only; each JSON names the model it ran), and gpu_validate
+# (the embedded model is a diffusers model) is not run.
+#
+# ASELECT_RUN_ID names this run: a failed JIT build of the CUDA extension is not retried by its later steps
+# (aselect_kernels/ops/cuda_stats.py).
 set -uo pipefail
 
 cd "$(dirname "$0")/.." || exit 2
 SMOKE="${SMOKE:-0}"
-[[ "${1:-}" == "--smoke" ]] && SMOKE=1
+HIDE_DIFFUSERS=0
+for arg in "$@"; do
+    case "$arg" in
+        --smoke) SMOKE=1 ;;
+        --no-diffusers) HIDE_DIFFUSERS=1 ;;
+        *) echo "unknown argument $arg (use --smoke, --no-diffusers)" >&2; exit 2 ;;
+    esac
+done
 PY="${PYTHON:-python3}"
 export PYTHONUNBUFFERED=1
+export ASELECT_RUN_ID="${ASELECT_RUN_ID:-run-$(date -u +%Y%m%dT%H%M%SZ)-$$}"
 export TRITON_CACHE_DIR="${TRITON_CACHE_DIR:-/tmp/aselect-triton-cache}"
 export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-/tmp/aselect-torch-extensions}"
 if ((SMOKE)); then
@@ -122,7 +137,7 @@ print("cuda backend:", stats.compute_stats(x, backend="cuda").shape, f"ready in 
 '
 
 main() {
-    echo "=== run_all_gpu.sh: OUT=$OUT, budget ${BUDGET}s, smoke=$SMOKE, $(date -u +%FT%TZ)"
+    echo "=== run_all_gpu.sh: OUT=$OUT, budget ${BUDGET}s, smoke=$SMOKE, run $ASELECT_RUN_ID, $(date -u +%FT%TZ)"
     if compgen -G ".whl/*.whl" >/dev/null; then
         if "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
             --target "$SCRATCH/site" .whl/*.whl; then
@@ -133,6 +148,19 @@ main() {
         fi
     fi
     export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # aselect_kernels from this checkout, uninstalled
+    if ((HIDE_DIFFUSERS)); then
+        export PYTHONPATH="$PWD/bench/no_diffusers:$PYTHONPATH"
+        echo "=== --no-diffusers: diffusers hidden (bench/no_diffusers first on PYTHONPATH)"
+    fi
+    HAVE_DIFFUSERS=1
+    if ! "$PY" -c "import diffusers" >/dev/null 2>&1; then
+        HAVE_DIFFUSERS=0
+        echo "!!! ============================================================================================"
+        echo "!!! diffusers does NOT import: the DiT forward benchmarks and checks run on the plain DiT-XL/2 of"
+        echo "!!! bench/common.py (PlainDiT), not on diffusers' DiTTransformer2DModel; gpu_validate is not run."
+        echo "!!! To use diffusers, put its wheels in .whl/ (see the head of bench/run_all_gpu.sh)."
+        echo "!!! ============================================================================================"
+    fi
 
     if ((!SMOKE)); then
         nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem,temperature.gpu,power.draw \
@@ -194,8 +222,12 @@ PYEOF
         fi
         run_step pytest_bench 40 45 "$PY" -m pytest bench/test_bench_stats.py -q -p no:cacheprovider \
             --benchmark-json="$OUT/pytest_bench.json" --benchmark-columns=min,median,max,rounds
-        run_step gpu_validate 60 20 "$PY" bench/gpu_validate.py --out "$SCRATCH/validate"
-        copy_result "$SCRATCH/validate" gpu_validate.json
+        if ((HAVE_DIFFUSERS)); then
+            run_step gpu_validate 60 20 "$PY" bench/gpu_validate.py --out "$SCRATCH/validate"
+            copy_result "$SCRATCH/validate" gpu_validate.json
+        else
+            not_run gpu_validate "diffusers missing"
+        fi
         run_step block_sweep 40 0 "$PY" bench/block_sweep.py --budget-s 32 --out "$SCRATCH/sweep"
         copy_result "$SCRATCH/sweep" block_sweep.json
     fi
@@ -203,4 +235,12 @@ PYEOF
 }
 
 main 2>&1 | tee "$OUT/run_all.log"
+# the rehearsal fails when a step failed (a GPU run keeps exit status 0: its summary and JSON say what failed)
+STATUS=0
+FAILED_STEPS="$(awk -F'\t' '($2 ~ /^[0-9]+$/ && $2 != "0") || $2 == "skipped" {printf "%s(%s) ", $1, $2}' "$STEPS")"
+if ((SMOKE)) && [[ -n "$FAILED_STEPS" ]]; then
+    echo "=== rehearsal FAILED: $FAILED_STEPS" | tee -a "$OUT/run_all.log"
+    STATUS=1
+fi
 rm -rf "$STEPS" "$SCRATCH"
+exit "$STATUS"

@@ -29,7 +29,7 @@ kernels alone between the profiler start/stop calls of ``--kernel-only``::
 bytes, registers, spills, occupancy, stall reasons, load widths) and adds the SASS of the kernels.
 
 ``--smoke`` runs two tiny blocks (or a tiny kernel shape) on the CPU (``TRITON_INTERPRET=1``), no profiler.
-Diffusers' ``DiTTransformer2DModel`` is used when it imports, else the plain DiT of ``bench/bench_stats.py``.
+Diffusers' ``DiTTransformer2DModel`` is used when it imports, else the plain DiT of ``bench/common.py``.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from bench_stats import build_dit, kernel_backends, nvtx_range, sync  # noqa: E402
+from common import build_dit, kernel_backends, nvtx_range, sync  # noqa: E402
 
 from aselect_kernels.reference import StatsConfig  # noqa: E402
 from aselect_kernels.stats import compute_stats  # noqa: E402

@@ -4,18 +4,23 @@ The embedded model is a diffusers :class:`~diffusers.DiTTransformer2DModel` on 1
 patches (a 14 x 14 grid, 196 tokens) that predicts the DDPM noise epsilon.  It is conditioned on the 10
 Fashion-MNIST classes; diffusers' ``LabelEmbedding`` (built with ``class_dropout_prob=0.1 > 0``) appends one
 extra row to each class table, index ``num_embeds_ada_norm`` = :data:`NULL_CLASS`, the unconditional class.
+
+diffusers is imported only where a diffusers model is built or loaded, so the constants below (and every module
+that reads them) import without it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from diffusers import DiTTransformer2DModel
 
 from ..forward import INPUT_RANGE_ATTR
 from ..hub import pretrained_kwargs
+
+if TYPE_CHECKING:
+    from diffusers import DiTTransformer2DModel
 
 #: Value range of the embedded model's inputs (pixels scaled from [0, 255]).
 INPUT_RANGE = (-1.0, 1.0)
@@ -47,6 +52,8 @@ _WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model
 
 def build_model(config: dict[str, Any] | None = None) -> DiTTransformer2DModel:
     """Build a freshly initialised DiT from ``EMBEDDED_CONFIG`` updated with ``config``."""
+    from diffusers import DiTTransformer2DModel
+
     kwargs = dict(EMBEDDED_CONFIG)
     if config:
         kwargs.update(config)
@@ -82,6 +89,8 @@ def load_embedded(device: str | torch.device = "cpu", dtype: torch.dtype = torch
             f"{_WEIGHT_FILES[0]}); reinstall the package or retrain with "
             f"aselect_kernels.embedded.train.train('{EMBEDDED_DIR}')"
         )
+    from diffusers import DiTTransformer2DModel
+
     model = DiTTransformer2DModel.from_pretrained(str(EMBEDDED_DIR), torch_dtype=dtype, **pretrained_kwargs())
     setattr(model, INPUT_RANGE_ATTR, INPUT_RANGE)  # selection warns about inputs visibly outside it
     return model.to(device).eval()
