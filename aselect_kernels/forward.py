@@ -313,10 +313,7 @@ def run_multi_timestep(
         chunk_size = plan_chunk_size(len(rows), sample_bytes, device, memory_budget)
     chunk_size = 1 if chunk_size is None else chunk_size
     starts = range(rows.start, rows.stop, chunk_size)
-    plan = RunPlan(label, total, len(rows), chunk_size, len(starts), _world_size())
-    watchers = run_watchers()
-    for watcher in watchers:
-        watcher.planned(plan)
+    plan, watchers = _announce(RunPlan(label, total, len(rows), chunk_size, len(starts), _world_size()))
     bar = _ChunkProgress(model, len(rows), label) if progress else None
     nvtx = torch.cuda.nvtx.range if device.type == "cuda" else (lambda name: nullcontext())
     start = time.perf_counter()
@@ -342,6 +339,14 @@ def run_multi_timestep(
         if bar is not None:
             bar.close()
     return RunInfo(total, len(starts), chunk_size, time.perf_counter() - start)
+
+
+def _announce(plan: RunPlan) -> tuple[RunPlan, tuple]:
+    """Tell the watchers (:func:`~aselect_kernels.plan.watch_runs`) the run's plan; returns it and them."""
+    watchers = run_watchers()
+    for watcher in watchers:
+        watcher.planned(plan)
+    return plan, watchers
 
 
 def _world_size() -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -30,11 +32,12 @@ def test_the_word_follows_the_figures(ours, theirs):
         assert text == "the same wall time"
         return
     word = "less" if ours < theirs else "more"
-    assert word in text.split() and ("more" if word == "less" else "less") not in text.split()
+    words = re.findall(r"[a-z]+", text)
+    assert word in words and ("more" if word == "less" else "less") not in words
     if not text.startswith("about"):
         factor = float(text.split("x")[0])
         ratio = max(ours, theirs) / min(ours, theirs)
-        assert factor == pytest.approx(ratio, abs=0.05 if factor >= 1.1 else 0.005)
+        assert factor == pytest.approx(ratio, abs=0.0501 if factor >= 1.1 else 0.00501)  # half the last digit
         assert factor > 1.0
 
 

@@ -106,12 +106,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def _demo_defaults(args: argparse.Namespace) -> bool:
-    """Whether the demo ran with the selection arguments the README's example uses."""
-    from .parser import build_parser
-
-    defaults = build_parser().parse_args(["demo"])
-    keys = ("images", "timesteps", "taps", "scorer", "direction", "noise", "cutoff", "hfr_dims", "seed", "dtype")
-    return all(getattr(args, k) == getattr(defaults, k) for k in keys)
+    """Whether the demo ran with the selection arguments the README's example uses (the parser's defaults)."""
+    return all(getattr(args, k) == v for k, v in args.demo_defaults.items())
 
 
 def cmd_select(args: argparse.Namespace) -> None:

@@ -168,7 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = command("demo", "score the embedded DiT on shipped Fashion-MNIST images (offline)")
     _selection_args(demo, "aselect_demo")
     demo.add_argument("--images", type=_count, default=DEMO_IMAGES, help="number of test images")
-    demo.set_defaults(func=cmd_demo)
+    keys = ("images", "timesteps", "taps", "scorer", "direction", "noise", "cutoff", "hfr_dims", "seed", "dtype")
+    demo.set_defaults(func=cmd_demo, demo_defaults={k: demo.get_default(k) for k in keys})
 
     sel = command("select", "select (t, tap) for your model and images")
     sel.add_argument("--model", required=True, help="'embedded', a diffusers save_pretrained folder, or a hub id")
