@@ -21,6 +21,7 @@ from torch import nn
 
 from .conditioning import Conditioning, per_image
 from .noise import Noiser, sample_noise
+from .plan import RunPlan, run_watchers
 
 #: CPU default memory budget for one chunk's activations.
 CPU_BUDGET_BYTES = 2 << 30
@@ -260,6 +261,7 @@ def run_multi_timestep(
     progress: bool = True,
     on_chunk_end: Callable[[], object] | None = None,
     rows: range | None = None,
+    label: str = "scored forward",
 ) -> RunInfo:
     """Run every (image, timestep) pair through ``model`` in chunks.
 
@@ -274,6 +276,7 @@ def run_multi_timestep(
         on_chunk_end: called after each chunk's forward (overlapped taps join their side stream there:
             :meth:`~aselect_kernels.taps.TapSet.join`).
         rows: the contiguous range of samples to run (a rank's shard, :mod:`.distributed`); all when ``None``.
+        label: the run's name on its progress bar and in its plan (:func:`watch_runs`).
     """
     device, dtype = model_device_dtype(model)
     check_images(model, images, device)
@@ -310,7 +313,8 @@ def run_multi_timestep(
         chunk_size = plan_chunk_size(len(rows), sample_bytes, device, memory_budget)
     chunk_size = 1 if chunk_size is None else chunk_size
     starts = range(rows.start, rows.stop, chunk_size)
-    bar = _ChunkProgress(model, len(rows)) if progress else None
+    plan, watchers = _announce(RunPlan(label, total, len(rows), chunk_size, len(starts), _world_size()))
+    bar = _ChunkProgress(model, len(rows), label) if progress else None
     nvtx = torch.cuda.nvtx.range if device.type == "cuda" else (lambda name: nullcontext())
     start = time.perf_counter()
     try:
@@ -327,12 +331,28 @@ def run_multi_timestep(
                         on_chunk_end()
                 if bar is not None:
                     bar.end_chunk()
+                for watcher in watchers:
+                    watcher.chunk_done(plan, k + 1, time.perf_counter() - start)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
     finally:
         if bar is not None:
             bar.close()
     return RunInfo(total, len(starts), chunk_size, time.perf_counter() - start)
+
+
+def _announce(plan: RunPlan) -> tuple[RunPlan, tuple]:
+    """Tell the watchers (:func:`~aselect_kernels.plan.watch_runs`) the run's plan; returns it and them."""
+    watchers = run_watchers()
+    for watcher in watchers:
+        watcher.planned(plan)
+    return plan, watchers
+
+
+def _world_size() -> int:
+    from . import distributed
+
+    return distributed.world_size()
 
 
 class _ChunkProgress:
@@ -342,10 +362,10 @@ class _ChunkProgress:
     ``nn.ModuleList``) advances the bar by that block's share of the chunk.  The hooks are removed by :meth:`close`.
     """
 
-    def __init__(self, model: nn.Module, total: int) -> None:
+    def __init__(self, model: nn.Module, total: int, label: str = "scored forward") -> None:
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=total, unit="sample", desc="scored forward", leave=False)
+        self.bar = tqdm(total=total, unit="sample", desc=label, leave=False)
         blocks = max((m for m in model.modules() if isinstance(m, nn.ModuleList)), key=len, default=[])
         self.n_blocks = len(blocks)
         self.handles = [b.register_forward_hook(self._block_done) for b in blocks]

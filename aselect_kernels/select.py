@@ -106,7 +106,9 @@ def select_timestep(
                memory_budget=memory_budget, progress=progress, call=call)
     tapset = TapSet(model, specs, n_img * len(ts), feature_fns=feature_fns, config=config, backend=backend,
                     overlap=overlap, means=bool(pairs))
-    collected, info = _run_taps(model, images, ts, noiser, tapset, seed=seed, **run)
+    draws = ", draw 1 of 2" if pairs else ""
+    collected, info = _run_taps(model, images, ts, noiser, tapset, seed=seed, label=f"scored forward{draws}",
+                                **run)
     columns = tapset.columns
     # per-sample scores [B, T, P, S]: the only host transfer of the run (pair scorers: NaN, scored below)
     values = np.stack([
@@ -117,7 +119,8 @@ def select_timestep(
     moments = Moments.from_samples(values, axis=0)
     if pairs:  # the second noise draw of every image: its channel means only, no statistics
         second = TapSet(model, specs, n_img * len(ts), stat_fn=channel_means, overlap=overlap)
-        again, info2 = _run_taps(model, images, ts, noiser, second, seed=seed + 1, **run)
+        again, info2 = _run_taps(model, images, ts, noiser, second, seed=seed + 1,
+                                 label="scored forward, draw 2 of 2 (channel means)", **run)
         info = RunInfo(info.samples + info2.samples, info.chunks + info2.chunks, info.chunk_size,
                        info.wall_s + info2.wall_s)
         first = {spec.name: collected[spec.name][:, len(columns):] for spec in specs}  # the means, after the stats
@@ -156,14 +159,15 @@ def _with_pair_scores(moments: Moments, index: int, scorer: Scorer, specs: Seque
 
 
 def _run_taps(model: nn.Module, images: torch.Tensor, ts: list[int], noiser: Noiser, tapset: TapSet,
-              chunk_size: int | None, progress: bool, **run) -> tuple[dict[str, torch.Tensor], RunInfo]:
+              chunk_size: int | None, progress: bool, label: str = "scored forward", **run
+              ) -> tuple[dict[str, torch.Tensor], RunInfo]:
     """Run ``tapset`` over this process's shard of the samples (all of them without a process group) and
     return every sample's values, on every rank (:mod:`.distributed`)."""
     rows = distributed.shard(images.shape[0] * len(ts), chunk_size)
     with distributed.failing_together(), tapset:
         info = run_multi_timestep(model, images, ts, noiser, on_chunk=lambda r: setattr(tapset, "rows", r),
                                   chunk_size=chunk_size, progress=progress and distributed.is_main(), rows=rows,
-                                  on_chunk_end=tapset.join, **run)
+                                  on_chunk_end=tapset.join, label=label, **run)
     distributed.merge_tap_buffers(tapset, rows)
     return tapset.collect(), info
 
@@ -211,7 +215,8 @@ def capture_features(
     n, n_t = images.shape[0], len(ts)
     tapset = TapSet(model, specs, n * n_t, stat_fn=keep)
     flat, info = _run_taps(model, images, ts, noiser, tapset, conditioning=conditioning, seed=seed,
-                           chunk_size=chunk_size, memory_budget=memory_budget, progress=progress, call=call)
+                           chunk_size=chunk_size, memory_budget=memory_budget, progress=progress, call=call,
+                           label="feature forward")
     shapes = tapset.shapes
     out = {}
     for name, value in flat.items():

@@ -1,20 +1,29 @@
 """A bounded fuzz of the command line: seeded random argument lists, mixing valid and invalid flags and values.
 
 Each must end in exit 0, or in exit 2 with exactly one ``aselect: error:`` line that is not an internal error;
-never a traceback.  Most lists carry a bad value, so argument checks answer at once; the valid ones run for real on
-a tiny model and a few images (few timesteps, one or two taps), so the whole fuzz stays well under a minute.
+never a traceback.  A second, hypothesis-driven fuzz interrupts each draw at a random file-system step or model
+call: it must end in one of those or in ``aselect: interrupted``, with no half-written output folder.  Most lists
+carry a bad value, so argument checks answer at once; the valid ones run for real on a tiny model and a few images
+(few timesteps, one or two taps), so the whole fuzz stays well under a minute.
 """
 
 from __future__ import annotations
 
+import os
 import random
+import shutil
+import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from aselect_kernels.cli import main
 from aselect_kernels.constants import BACKENDS, SCORERS
 
+from interrupts import ctrl_c_at
 from tiny_models import tiny_dit
 
 CASES = 160
@@ -122,3 +131,56 @@ def test_cli_fuzz_ends_in_success_or_one_line(world, capsys, monkeypatch):
         elif argv[0] in ("select", "demo") and "-h" not in argv and "--help" not in argv:
             assert "chosen (t, tap)" in captured.out, (argv, captured.out)
     assert outcomes[0] >= 5 and outcomes[2] >= CASES // 2, outcomes  # both paths were exercised
+
+
+OUTPUTS = {"select": {"result.json", "scores.png"}, "demo": {"result.json", "scores.png"}}
+
+
+def _out_of(argv: list[str]) -> Path | None:
+    """The output folder the argument list names last (argparse keeps the last), if any."""
+    spots = [i for i, a in enumerate(argv[:-1]) if a == "--out"]
+    return Path(argv[spots[-1] + 1]) if spots and argv[spots[-1] + 1] else None
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**32 - 1), where=st.sampled_from(["none", "files", "forward"]),
+       k=st.integers(1, 12))
+def test_cli_fuzz_with_interrupts(world, capsys, monkeypatch, seed, where, k):
+    """Random argument lists, each interrupted (a real SIGINT) at the k-th file-system step under its --out or at
+    the k-th model call: success, one error line or ``aselect: interrupted``; never a traceback, and the output
+    folder either without new files or with all of them, never a staging folder."""
+    from aselect_kernels import forward
+
+    monkeypatch.delenv("ASELECT_DEBUG", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    rng = random.Random(seed)
+    argv = argv_for(rng, world, 10_000 + seed % 1000)
+    out = _out_of(argv)
+    if out is not None and out.is_relative_to(world) and out.name.startswith(("o", "t")):
+        shutil.rmtree(out, ignore_errors=True)
+    calls = [0]
+    real = forward.default_call
+
+    def call(*args):
+        calls[0] += 1
+        if where == "forward" and calls[0] == k:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*args)
+
+    monkeypatch.setattr(forward, "default_call", call)
+    with ctrl_c_at(out if out is not None else world / "none", k if where == "files" else None):
+        rc = main(argv)
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err, (argv, captured.err)
+    assert rc in (0, 2, 130), (argv, rc, captured.err)
+    lines = captured.err.strip().splitlines()
+    if rc == 2:
+        errors = [line for line in lines if line.startswith("aselect: error:")]
+        assert len(errors) == 1 and lines[-1] == errors[0] and "internal error" not in errors[0], (argv, lines)
+    if rc == 130:
+        assert lines[-1] == "aselect: interrupted", (argv, lines)
+    if out is not None and out.is_dir() and out.is_relative_to(world):
+        entries = {p.name for p in out.iterdir()}
+        assert not any(name.startswith(".aselect") for name in entries), (argv, entries)
+        wanted = OUTPUTS.get(argv[0], set())
+        assert not entries & wanted or wanted <= entries, (argv, entries)  # none of the files, or all

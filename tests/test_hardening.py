@@ -392,7 +392,8 @@ def test_t100_rule_says_which_t_it_took():
     t100 = rep["tap_sets"]["all"]["trivial"]["t100"]
     assert t100["t"] == 50 and t100["mean_gap"] == pytest.approx(0.0)
     report = {"dataset": "toy", "n_select": 1, "n_train": 1, "n_test": 1,
-              "cost": {"wall_ratio": 1.0, "forward_ratio": 1.0}, "classification": {"grid": grid.to_dict(), **rep}}
+              "cost": {"select_wall_s": 1.0, "grid_wall_s": 1.0, "select_forward_samples": 3, "grid_forward_samples": 3,
+                       "wall_ratio": 1.0, "forward_ratio": 1.0}, "classification": {"grid": grid.to_dict(), **rep}}
     assert any("t100 (t=50: nearest grid t)" in line for line in summary_lines(report))
 
 

@@ -58,3 +58,15 @@ def PlainDiT(mlp: str = "sequential") -> nn.Module:  # noqa: N802 - reads as the
     """The facebookresearch-style plain DiT of ``python/plain_dit_example.py``, tiny: 1 x 12 x 12 inputs; ``mlp``
     is ``"sequential"`` (Linear, GELU, Linear) or ``"timm"`` (timm's ``Mlp`` layout: fc1, act, fc2)."""
     return DiT(size=12, patch=2, channels=1, dim=24, depth=2, heads=2, num_classes=10, mlp=mlp)
+
+
+def select_folder(root: Path, **images: int) -> Path:
+    """``root`` with a tiny DiT saved in ``dit/`` and 3 random 12 x 12 uint8 images in ``images.npz``; each keyword
+    ``name=n`` adds ``name.npz`` with ``n`` images."""
+    import numpy as np
+
+    tiny_dit(sample=12).save_pretrained(root / "dit")
+    rng = np.random.default_rng(0)
+    for name, n in {"images": 3, **images}.items():
+        np.savez(root / f"{name}.npz", images=rng.integers(0, 256, (n, 12, 12), dtype=np.uint8))
+    return root

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..outputs import interrupts_held
+
 #: Widest line the command prints.
 WIDTH = 120
 
@@ -19,12 +21,13 @@ class CliError(Exception):
 
 def _writable(folder: Path) -> bool:
     """Whether a file can be created in ``folder`` (tried, then removed: permission bits do not bind root)."""
-    try:
-        fd, name = tempfile.mkstemp(dir=folder, prefix=".aselect-write-check-")
-    except OSError:
-        return False
-    os.close(fd)
-    os.unlink(name)
+    with interrupts_held():  # Ctrl-C here leaves no check file behind
+        try:
+            fd, name = tempfile.mkstemp(dir=folder, prefix=".aselect-write-check-")
+        except OSError:
+            return False
+        os.close(fd)
+        os.unlink(name)
     return True
 
 
@@ -78,7 +81,7 @@ def model_dtype(name: str) -> Any:
 def check_timesteps(timesteps: str, noise: str = "ddpm") -> list[int]:
     from ..noise import Noiser, parse_timesteps
 
-    return Noiser(noise).check(parse_timesteps(timesteps))
+    return Noiser("flow" if noise == "flux" else noise).check(parse_timesteps(timesteps))
 
 
 def check_selection_args(args: argparse.Namespace) -> None:
@@ -87,6 +90,17 @@ def check_selection_args(args: argparse.Namespace) -> None:
 
     check_timesteps(args.timesteps, args.noise)
     StatsConfig(cutoff=args.cutoff, hfr_dims=args.hfr_dims)
+
+
+def check_cost(args: argparse.Namespace, n_images: int) -> None:
+    """Refuse a costly selection before the model loads (``--yes`` runs it; ``--dry-run`` shows its plan)."""
+    from ..noise import parse_timesteps
+    from ..plan import check_cost as refuse_costly
+    from ..scorers import get_scorer
+
+    draws = 2 if get_scorer(args.scorer).pair_fn is not None else 1
+    if not args.dry_run:
+        refuse_costly(n_images * len(parse_timesteps(args.timesteps)), draws, args.yes)
 
 
 def check_labels(model: Any, labels: Any) -> None:

@@ -12,10 +12,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..constants import NOISE_TIMESTEPS, VALIDATION_TIMESTEPS
+from ..constants import DEFAULT_TAPS, NOISE_TIMESTEPS, VALIDATION_TIMESTEPS
+from ..outputs import staged_output
 from .checks import (
     WIDTH,
     CliError,
+    check_cost,
     check_labels,
     check_out,
     check_selection_args,
@@ -24,9 +26,13 @@ from .checks import (
     model_dtype,
     resolve_device,
 )
+from .vae import encode, vae_path
+
+#: The demo's pick with its default arguments, as the README states it (the demo says whether its run agrees).
+DEMO_PICK = (0, "transformer_blocks.0.ff.net.0")
 
 
-def _run_selection(args: argparse.Namespace, out: Path, model: Any, images: Any, labels: Any) -> None:
+def _run_selection(args: argparse.Namespace, out: Path, model: Any, images: Any, labels: Any) -> Any:
     from ..conditioning import Conditioning
     from ..reference import StatsConfig
     from ..result import plural, short_tap
@@ -48,18 +54,22 @@ def _run_selection(args: argparse.Namespace, out: Path, model: Any, images: Any,
     t, tap = result.best()
     meta = result.meta
     if not is_main():
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    result.to_json(out / "result.json")
-    result.plot(out / "scores.png")
+        return None
+    with staged_output(out) as stage:
+        result.to_json(stage / "result.json")
+        result.plot(stage / "scores.png")
     print(table)
     print(textwrap.fill(f"best t per tap: {per_tap}", WIDTH, subsequent_indent="  ", break_on_hyphens=False))
     print(f"chosen (t, tap) = ({t}, {tap}) by {result.primary} ({result.directions[result.primary]})")
     draws = " x 2 noise draws" if meta.get("pair_scorers") else ""
+    ranks = meta.get("world_size", 1)
+    chunks = (f"on {ranks} ranks, rank 0 in {plural(meta['chunks'], 'chunk')} of {meta['chunk_size']}" if ranks > 1
+              else f"in {plural(meta['chunks'], 'chunk')} of {meta['chunk_size']}")
     print(f"scored {plural(meta['samples'], 'sample')} ({plural(images.shape[0], 'image')} x "
-          f"{plural(len(result.timesteps), 'timestep')}{draws}) x {plural(len(result.taps), 'tap')} in "
-          f"{plural(meta['chunks'], 'chunk')} of {meta['chunk_size']}; wall time {wall:.1f} s on {meta['device']}")
+          f"{plural(len(result.timesteps), 'timestep')}{draws}) x {plural(len(result.taps), 'tap')} {chunks}; "
+          f"wall time {wall:.1f} s on {meta['device']}")
     print(f"wrote result.json and scores.png in {out}")
+    return result
 
 
 _SELECTION_FILES = ("result.json", "scores.png")
@@ -77,6 +87,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
         raise CliError(f"--images must be in [1, {len(images)}] (the shipped test images), got {args.images}")
     device = resolve_device(args.device)
     check_selection_args(args)
+    check_cost(args, args.images)
     from ..embedded.model import load_embedded
 
     model = load_embedded(device=device, dtype=model_dtype(args.dtype))
@@ -86,8 +97,17 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(f"embedded DiT ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters), "
           f"{plural(args.images, 'Fashion-MNIST test image')}, timesteps {args.timesteps}, taps {args.taps}, "
           "unconditional")
-    _run_selection(args, out, model, x, None)
+    result = _run_selection(args, out, model, x, None)
     print(f"demo wall time {time.perf_counter() - start:.1f} s")
+    if result is not None and _demo_defaults(args):
+        pick = tuple(result.best())
+        print("the README's example pick, as documented" if pick == DEMO_PICK else
+              f"note: the README documents the pick {DEMO_PICK}; this run chose {pick}")
+
+
+def _demo_defaults(args: argparse.Namespace) -> bool:
+    """Whether the demo ran with the selection arguments the README's example uses (the parser's defaults)."""
+    return all(getattr(args, k) == v for k, v in args.demo_defaults.items())
 
 
 def cmd_select(args: argparse.Namespace) -> None:
@@ -105,14 +125,19 @@ def cmd_select(args: argparse.Namespace) -> None:
         raise CliError(f"--use-labels given but {args.images} has no labels")
     device = resolve_device(args.device)
     check_selection_args(args)  # imports diffusers' schedulers: after the quick checks
+    check_cost(args, images.shape[0])
+    vae = vae_path(args)
     from ..models import load_model
 
     model = load_model(args.model, device=device, dtype=model_dtype(args.dtype))
     cfg = getattr(model, "config", None)
     want_c, want_s = getattr(cfg, "in_channels", None), getattr(cfg, "sample_size", None)
+    if vae is not None and (args.vae != "auto" or (want_c is not None and images.shape[1] != want_c)):
+        images = encode(vae, images, device, model_dtype(args.dtype))
     if want_c is not None and images.shape[1] != want_c:
         raise CliError(f"the model takes {want_c}-channel inputs but the images have {images.shape[1]} channels "
-                       "(latent models need latents: pass them as an .npy of shape [N, C, H, W])")
+                       "(a latent model needs latents: give --vae with its AutoencoderKL folder, or pass latents "
+                       "as an .npy of shape [N, C, H, W])")
     if isinstance(want_s, int) and tuple(images.shape[2:]) != (want_s, want_s):
         raise CliError(f"the model takes {want_s}x{want_s} inputs but the images are "
                        f"{images.shape[2]}x{images.shape[3]}")
@@ -124,17 +149,20 @@ def cmd_select(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    check_out(args.out)
+    out = check_out(args.out)
+    if args.init_from and out.resolve() == Path(args.init_from).expanduser().resolve():
+        raise CliError(f"--out and --init-from are both {args.init_from}: write the continued run to a new folder")
     from .. import distributed
     from ..embedded.train import train
 
     if distributed.active():
         raise CliError("aselect train runs in one process: launch it without torchrun")
 
-    summary = train(args.out, minutes=args.minutes or None, max_steps=args.max_steps, seed=args.seed,
-                    device=args.device, batch_size=args.batch_size, lr=args.lr, num_threads=args.num_threads,
-                    init_from=args.init_from, checkpoint_minutes=args.checkpoint_minutes,
-                    command="aselect " + " ".join(sys.argv[1:]))
+    with staged_output(out, keep_on_error=("checkpoint",)) as stage:
+        summary = train(stage, minutes=args.minutes or None, max_steps=args.max_steps, seed=args.seed,
+                        device=args.device, batch_size=args.batch_size, lr=args.lr, num_threads=args.num_threads,
+                        init_from=args.init_from, checkpoint_minutes=args.checkpoint_minutes,
+                        command="aselect " + " ".join(sys.argv[1:]))
     print(f"trained {summary['steps']} steps in {summary['train_wall_s']:.0f} s on {summary['hardware']}; "
           f"wrote {args.out} (model card: {Path(args.out) / 'MODEL_CARD.md'})")
 
@@ -233,10 +261,10 @@ def cmd_probe(args: argparse.Namespace) -> None:
         print(f"{tap:<40} best t {grid.timesteps[ti]:>4}  accuracy {100 * grid.metric[ti, p]:.2f}%")
     print(f"grid best: t={grid.timesteps[best[0]]}, {grid.taps[best[1]]}: {100 * grid.metric.max():.2f}% "
           f"({grid.forward_samples} forward samples, {grid.wall_s:.1f} s)")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "probe.json").write_text(json.dumps({"dataset": data["name"], "n_train": len(train.y),
-                                                "n_test": len(test.y), "classes": classes, **grid.to_dict(),
-                                                "world_size": distributed.world_size()}, indent=1))
+    with staged_output(out) as stage:
+        (stage / "probe.json").write_text(json.dumps({"dataset": data["name"], "n_train": len(train.y),
+                                                    "n_test": len(test.y), "classes": classes, **grid.to_dict(),
+                                                    "world_size": distributed.world_size()}, indent=1))
     print(f"wrote {out / 'probe.json'}")
 
 
@@ -274,16 +302,32 @@ def cmd_validate(args: argparse.Namespace) -> None:
     report["wall_s"] = round(time.perf_counter() - start, 1)
     if not is_main():
         return
-    out.mkdir(parents=True, exist_ok=True)
-    (out / names[0]).write_text(json.dumps(report, indent=1))
-    selection.to_json(out / names[1])
-    (out / names[2]).write_text(report_markdown(report) + "\n")
-    plot_validation(selection, grid, str(out / names[3]))
-    if dgrid is not None:
-        plot_validation(selection, dgrid, str(out / names[4]))
+    with staged_output(out) as stage:
+        (stage / names[0]).write_text(json.dumps(report, indent=1))
+        selection.to_json(stage / names[1])
+        (stage / names[2]).write_text(report_markdown(report) + "\n")
+        plot_validation(selection, grid, str(stage / names[3]))
+        if dgrid is not None:
+            plot_validation(selection, dgrid, str(stage / names[4]))
     print("\n".join(summary_lines(report)))
     if "dense_note" in report:
         print(report["dense_note"] + " (give integer pixel labels as 'masks' in an .npz)")
     extra = report["cost"]["candidates_wall_s"]
     note = f" ({extra:.1f} s of it the untimed candidate pass)" if args.candidates else ""
     print(f"validate wall time {report['wall_s']:.1f} s{note}; wrote {out}/validation_{name}.json, .md, .png")
+
+
+def cmd_taps(args: argparse.Namespace) -> None:
+    from ..models import load_model
+    from ..result import plural
+    from ..tapinfo import list_taps, taps_table
+    from ..taps import model_family, num_blocks
+
+    model = load_model(args.model, device=resolve_device(args.device))
+    rows, why = list_taps(model)
+    print(f"{args.model}: {type(model).__name__} ({model_family(model)} presets), {plural(num_blocks(model), 'block')}"
+          f", {plural(len(rows), 'tap')}; shapes from one forward of one sample")
+    print("\n".join(taps_table(rows)))
+    if why:
+        print(f"shapes unknown: {why}")
+    print(f"a preset takes ':i,j' to keep blocks i and j (e.g. {DEFAULT_TAPS}:0); the default is {DEFAULT_TAPS}")

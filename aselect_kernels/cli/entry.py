@@ -8,6 +8,7 @@ import io
 import os
 import sys
 
+from ..plan import CommandPlan, DryRunDone, watch_runs
 from .checks import CliError, under_launcher
 from .parser import DEBUG_ENV, build_parser
 
@@ -45,8 +46,12 @@ def main(argv: list[str] | None = None) -> int:
 
             joined = distributed.init_from_env()
         quiet = distributed is not None and not distributed.is_main()
-        with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
+        watcher = CommandPlan(getattr(args, "dry_run", False), getattr(args, "yes", False))
+        with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext(), watch_runs(watcher):
             args.func(args)
+    except DryRunDone:
+        print("dry run: stopped before the forward; nothing was written")
+        return 0
     except KeyboardInterrupt:
         print("aselect: interrupted", file=sys.stderr)
         return 130

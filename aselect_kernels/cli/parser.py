@@ -19,11 +19,13 @@ from ..constants import (
     SCORERS,
     VALIDATION_TIMESTEPS,
 )
-from .commands import cmd_demo, cmd_probe, cmd_select, cmd_train, cmd_validate
+from ..plan import SAMPLES_LIMIT
+from .commands import cmd_demo, cmd_probe, cmd_select, cmd_taps, cmd_train, cmd_validate
 
 DEMO_IMAGES = 64
 DEMO_TIMESTEPS = "0:1000:50"
 DTYPES = ("fp32", "fp16", "bf16")
+NOISES = ("ddpm", "flow", "flux")
 #: Set to 1 for full tracebacks (the same as ``--debug``).
 DEBUG_ENV = "ASELECT_DEBUG"
 
@@ -84,8 +86,8 @@ def _selection_args(p: argparse.ArgumentParser, default_out: str) -> None:
                    help="the scorer that selects (sf scores two noise draws of every image: twice the forward)")
     p.add_argument("--direction", choices=("max", "min"),
                    help="override the scorer's selection direction (default: the scorer's own)")
-    p.add_argument("--noise", default="ddpm", choices=("ddpm", "flow"),
-                   help="noise family: ddpm (DiT, PixArt) or flow (SD3, Flux)")
+    p.add_argument("--noise", default="ddpm", choices=NOISES,
+                   help="noise family: ddpm (DiT, PixArt), flow (SD3) or flux (flow with Flux's resolution shift)")
     p.add_argument("--cutoff", type=_finite, default=0.15, help="hfr cutoff, fraction of Nyquist")
     p.add_argument("--hfr-dims", type=int, default=1, choices=(1, 2), help="DFT along tokens (1) or the grid (2)")
     p.add_argument("--backend", default="auto", choices=BACKENDS,
@@ -99,6 +101,14 @@ def _selection_args(p: argparse.ArgumentParser, default_out: str) -> None:
     p.add_argument("--seed", type=int, default=0, help="noise seed")
     p.add_argument("--out", default=default_out, help="folder for result.json and scores.png")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _plan_args(p)
+
+
+def _plan_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan of the first forward (samples, draws, chunks) and stop before it runs")
+    p.add_argument("--yes", action="store_true",
+                   help=f"run a forward of more than {SAMPLES_LIMIT:,} samples per draw (refused without it)")
 
 
 def _validation_data_args(p: argparse.ArgumentParser) -> None:
@@ -125,7 +135,9 @@ def _validation_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timesteps", default=None,
                    help=f"comma list of ints and start:stop:step ranges (stop exclusive); default "
                         f"{VALIDATION_TIMESTEPS}, or {NOISE_TIMESTEPS} for the *_noise datasets")
-    p.add_argument("--taps", default="all", help="tap presets or module paths, as for select")
+    p.add_argument("--taps", default="all",
+                   help=f"tap presets or module paths, as for select (which takes {DEFAULT_TAPS} unless told); "
+                        "every tap kind here, since the probes measure which kind and t carry the labels")
     p.add_argument("--noise", default="ddpm", choices=("ddpm", "flow"), help="noise family, as for select")
     p.add_argument("--use-labels", action="store_true",
                    help="condition the model on each image's label (the probes then see it too; default: null)")
@@ -137,12 +149,13 @@ def _validation_data_args(p: argparse.ArgumentParser) -> None:
                    help="memory one batch of probe fits may use (default 1024 on the CPU, up to 8192 on a GPU)")
     p.add_argument("--seed", type=int, default=0, help="noise and data-split seed")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _plan_args(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="aselect", description="Automatic timestep selection for DiT features",
                      formatter_class=_Formatter)
-    parser.add_argument("--version", action="version", version=f"aselect {__version__}")
+    parser.add_argument("-V", "--version", action="version", version=f"aselect {__version__}")
     parser.add_argument("--debug", action="store_true", help=f"show tracebacks (or set {DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -155,13 +168,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo = command("demo", "score the embedded DiT on shipped Fashion-MNIST images (offline)")
     _selection_args(demo, "aselect_demo")
     demo.add_argument("--images", type=_count, default=DEMO_IMAGES, help="number of test images")
-    demo.set_defaults(func=cmd_demo)
+    keys = ("images", "timesteps", "taps", "scorer", "direction", "noise", "cutoff", "hfr_dims", "seed", "dtype")
+    demo.set_defaults(func=cmd_demo, demo_defaults={k: demo.get_default(k) for k in keys})
 
     sel = command("select", "select (t, tap) for your model and images")
     sel.add_argument("--model", required=True, help="'embedded', a diffusers save_pretrained folder, or a hub id")
     sel.add_argument("--images", required=True, help=".npz / .npy file or a folder of PNG/JPEG")
     sel.add_argument("--limit", type=_count, help="use only the first N images, N <= their number (default: all)")
     sel.add_argument("--use-labels", action="store_true", help="condition on the file's labels (default: null)")
+    sel.add_argument("--vae", default="auto",
+                     help="encode the images to latents with this AutoencoderKL folder (or a pipeline folder's vae/); "
+                          "auto: the vae/ of a pipeline folder given as --model, when the images do not already "
+                          "have the model's channels; none: never")
     _selection_args(sel, "aselect_out")
     sel.set_defaults(func=cmd_select)
 
@@ -194,4 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--init-from", default=None, help="continue training from this model folder (not --out)")
     tr.add_argument("--checkpoint-minutes", type=_positive, default=None, help="save weights to OUT/checkpoint")
     tr.set_defaults(func=cmd_train)
+
+    tp = command("taps", "list a model's taps: names, kinds, shapes and the presets that reach them")
+    tp.add_argument("--model", default="embedded", help="'embedded', a diffusers save_pretrained folder, or a hub id")
+    tp.add_argument("--device", default="cpu", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    tp.set_defaults(func=cmd_taps)
     return parser

@@ -424,9 +424,13 @@ def _resume(init_from: str | Path, out_dir: Path, cfg: dict[str, Any]) -> tuple[
 
 
 def _save_checkpoint(model: torch.nn.Module, folder: Path, step: int, wall_s: float) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(folder), safe_serialization=True)
-    (folder / "checkpoint.json").write_text(json.dumps({"step": step, "wall_s": round(wall_s, 1)}), encoding="utf-8")
+    """Save the weights to ``folder``, replacing the previous checkpoint only once the new one is complete."""
+    from ..outputs import staged_output
+
+    with staged_output(folder) as stage:
+        model.save_pretrained(str(stage), safe_serialization=True)
+        (stage / "checkpoint.json").write_text(json.dumps({"step": step, "wall_s": round(wall_s, 1)}),
+                                               encoding="utf-8")
     print(f"[train] checkpoint at step {step} -> {folder}", flush=True)
 
 

@@ -52,6 +52,12 @@ def paired_bootstrap_ci(reference: np.ndarray, others: np.ndarray, resamples: in
     return np.percentile(boot, [2.5, 97.5], axis=0).T
 
 
+def _mean_of_finite(values: Sequence[float]) -> float:
+    """The mean of the finite values; NaN when there are none (a rank correlation is NaN on a constant score)."""
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
 def compare(selection: SelectionResult, grid: ProbeGrid, tap_sets: dict[str, list[str]] | None = None) -> dict:
     """Score the selection against the grid: for each scorer x direction x tap set, the Spearman rho between score
     and probe metric across t (mean over taps), the per-tap gap (best metric - metric at the selected t, in
@@ -88,7 +94,7 @@ def compare(selection: SelectionResult, grid: ProbeGrid, tap_sets: dict[str, lis
                 ti, pj = divmod(flat, len(idx))
                 rows[f"{scorer}:{direction}"] = {
                     "scorer": scorer, "direction": direction, "default_direction": selection.directions[scorer],
-                    "mean_rho": float(np.nanmean(rhos)), "mean_gap": float(gaps.mean()),
+                    "mean_rho": _mean_of_finite(rhos), "mean_gap": float(gaps.mean()),
                     "selected_t_per_tap": {members[j]: grid.timesteps[int(t_sel[j])] for j in range(len(idx))},
                     "joint": {"t": grid.timesteps[ti], "tap": members[pj], "metric": float(sub[ti, pj]),
                               "gap": best_joint - float(sub[ti, pj])},

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..result import SelectionResult
+from ..wording import compared
 from .grids import ProbeGrid
 from .rules import rule_label
 
@@ -50,8 +51,7 @@ def plot_validation(selection: SelectionResult, grid: ProbeGrid, path: str, scor
 def summary_lines(report: dict) -> list[str]:
     """A readable summary: per task and tap set, each scorer's rho / gaps beside the trivial rules."""
     lines = [f"dataset {report['dataset']}: selection on {report['n_select']} images vs probes on "
-             f"{report['n_train']}/{report['n_test']}; compute ratio {report['cost']['wall_ratio']:.1f}x wall, "
-             f"{report['cost']['forward_ratio']:.1f}x forward samples"]
+             f"{report['n_train']}/{report['n_test']}; selection vs the grid: {_cost_words(report['cost'])}"]
     for task in ("classification", "dense"):
         if task not in report:
             continue
@@ -86,6 +86,14 @@ def _gap(joint: dict) -> str:
     return f"{joint['gap']:.2f} [{lo:.2f}, {hi:.2f}]"
 
 
+def _cost_words(cost: dict, bold: bool = False) -> str:
+    """Selection's wall time and forward samples against the grid's, in words computed from the figures."""
+    mark = "**" if bold else ""
+    time = compared(cost["select_wall_s"], cost["grid_wall_s"], "wall time")
+    samples = compared(cost["select_forward_samples"], cost["grid_forward_samples"], "forward samples", "fewer")
+    return f"{mark}{time}{mark} and {mark}{samples}{mark}"
+
+
 def report_markdown(report: dict) -> str:
     """Markdown tables of a validation report (the measured figures of docs/VALIDATION.md)."""
     c = report["cost"]
@@ -95,8 +103,7 @@ def report_markdown(report: dict) -> str:
            f"Compute: selection {c['select_wall_s']:.1f} s for {c['select_forward_samples']} forward samples; "
            f"exhaustive grid {c['grid_wall_s']:.1f} s for {c['grid_forward_samples']} forward samples plus "
            f"{len(report['classification']['grid']['taps']) * len(report['classification']['grid']['timesteps'])}"
-           f" probe fits: **{c['wall_ratio']:.1f}x** less wall time, **{c['forward_ratio']:.1f}x** fewer forward "
-           f"samples.", "",
+           f" probe fits: selection took {_cost_words(c, bold=True)}.", "",
            "Classification gaps carry a 95% paired bootstrap interval over the test images, in brackets.", ""]
     for task in ("classification", "dense"):
         if task not in report:

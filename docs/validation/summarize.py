@@ -12,6 +12,9 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))  # the repository root: the package's wording of comparisons
+from aselect_kernels.wording import compared  # noqa: E402
+
 DEFAULT = "sf:max"
 DEFAULT_LABEL = "`sf` (max)"
 #: The default tap preset of selection; its pick is read against the best cell of the whole grid (tap set "all").
@@ -71,9 +74,10 @@ def targets(fashion: dict) -> list[str]:
          f"{prule} ({_short(ptriv['tap'])}) {pgap:.2f}", sel["gap"] <= min(triv["gap"], pgap) + 1e-9),
         ("joint gap < the random rule's", f"{sel['gap']:.2f} vs {rnd:.2f}", sel["gap"] < rnd),
         ("selection ≥ 20× less compute than the grid",
-         f"**{c['forward_ratio']:.1f}×** fewer forward samples ({c['select_forward_samples']} vs "
-         f"{c['grid_forward_samples']}); **{c['wall_ratio']:.1f}×** less CPU wall time ({c['select_wall_s']:.1f} s vs "
-         f"{c['grid_wall_s']:.1f} s)", c["forward_ratio"] >= 20 and c["wall_ratio"] >= 20),
+         f"**{compared(c['select_forward_samples'], c['grid_forward_samples'], 'forward samples', 'fewer', mark='×')}"
+         f"** ({c['select_forward_samples']} vs {c['grid_forward_samples']}); "
+         f"**{compared(c['select_wall_s'], c['grid_wall_s'], 'CPU wall time', mark='×')}** ({c['select_wall_s']:.1f} s"
+         f" vs {c['grid_wall_s']:.1f} s)", c["forward_ratio"] >= 20 and c["wall_ratio"] >= 20),
         ("`aselect validate` on CPU at the default size < 20 min",
          f"{default_s:.0f} s without the opt-in candidate pass ({fashion['wall_s']:.0f} s with it, of which "
          f"{c.get('candidates_wall_s', 0):.0f} s)", default_s < 1200),
