@@ -88,15 +88,16 @@ def check_image_size(model: nn.Module, images: torch.Tensor, name: str = "images
         return
     h, w = int(images.shape[2]), int(images.shape[3])
     geo = model_geometry(model)
-    given = f"{h}x{w} images"
+    given = f"{h}x{w}"
     if geo.size is not None and (h, w) != geo.size:
         raise ValueError(f"{name} are {h}x{w}, but {geo.source} takes {geo.size[0]}x{geo.size[1]} inputs: resize "
                          "them (a model runs at the size it was trained at)")
     if geo.patch is not None:
         p = geo.patch
         if h % p or w % p:
+            even = " (even)" if p == 2 else ""
             raise ValueError(f"{name} are {given}, but {geo.source} cuts them into {p}x{p} patches: height and "
-                             f"width must be multiples of {p} (the rest would be dropped), e.g. "
+                             f"width must be multiples of {p}{even} (the rest would be dropped), e.g. "
                              f"{max(p, h - h % p)}x{max(p, w - w % p)}")
         if (h // p) * (w // p) < MIN_TOKENS:
             raise ValueError(f"{name} are {given}: {geo.source} needs at least {MIN_TOKENS} patches of {p}x{p}")
