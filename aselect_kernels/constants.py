@@ -24,3 +24,5 @@ NOISE_TIMESTEPS = "0,25,50,100,150,200,300,500,900"
 DATASETS = ("fashion", "digits", "mnist", "fashion_noise", "digits_noise", "mnist_noise")
 #: Share of each class held out for testing when no separate test set is given.
 DEFAULT_TEST_FRACTION = 0.2
+#: Array layouts the image loaders take (``"auto"`` decides only where the shape leaves no doubt).
+LAYOUTS = ("auto", "NCHW", "NHWC", "NHW")

@@ -186,7 +186,7 @@ INPUT_RANGE_ATTR = "aselect_input_range"
 INPUT_RANGE_SLACK = 0.1
 
 
-def _expected_channels(model: nn.Module) -> int | None:
+def expected_channels(model: nn.Module) -> int | None:
     """Input channels of an image model: ``config.in_channels`` of a diffusers model with a ``sample_size``, or the
     patch embedding convolution of a plain DiT (``x_embedder`` or ``x_embedder.proj``)."""
     cfg = getattr(model, "config", None)
@@ -219,7 +219,7 @@ def check_images(model: nn.Module, images: object, device: torch.device, warn_ra
                          "images")
     if images.device != device:
         raise ValueError(f"images are on {images.device} but the model is on {device}: move one of them")
-    channels = _expected_channels(model)
+    channels = expected_channels(model)
     if channels is not None and (images.dim() != 4 or images.shape[1] != channels):
         hint = " (add the channel axis: images[:, None])" if images.dim() == 3 and channels == 1 else ""
         raise ValueError(f"{type(model).__name__} takes images [B, {channels}, H, W], got shape "

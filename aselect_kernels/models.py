@@ -22,6 +22,21 @@ def model_class(name: str) -> type:
     return cls
 
 
+def _read_config(cfg_path: Path, folder: Path) -> dict:
+    """A model folder's ``config.json`` as a dict; a broken one raises ``ValueError`` naming the file and folder."""
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{cfg_path}: broken config.json of the model folder {folder} (not valid JSON: {exc.msg} "
+                         f"at line {exc.lineno}, column {exc.colno})") from None
+    except (UnicodeDecodeError, OSError) as exc:
+        raise ValueError(f"{cfg_path}: unreadable config.json of the model folder {folder} ({exc})") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{cfg_path}: the config.json of the model folder {folder} holds a JSON "
+                         f"{type(cfg).__name__}, not an object of settings")
+    return cfg
+
+
 def load_model(
     path_or_id: str,
     device: str | torch.device = "cpu",
@@ -47,7 +62,7 @@ def load_model(
         cfg_path = root / "config.json"
         if not cfg_path.is_file():
             raise FileNotFoundError(f"no config.json in {root}: not a diffusers model folder")
-        name = json.loads(cfg_path.read_text(encoding="utf-8")).get("_class_name")
+        name = _read_config(cfg_path, root).get("_class_name")
         if not name:
             raise ValueError(f"{cfg_path} has no _class_name; cannot tell which diffusers model class to use")
         model = model_class(name).from_pretrained(str(root), torch_dtype=dtype, **pretrained_kwargs())

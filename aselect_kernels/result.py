@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .noise import as_timestep
 from .scorers import Moments, pick
 
 
@@ -31,6 +31,10 @@ class SelectionResult:
     moments: Moments
     primary: str
     meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(set(self.timesteps)) != len(self.timesteps):
+            raise ValueError(f"a result's timesteps must be unique, got {self.timesteps}")
 
     @property
     def mean(self) -> np.ndarray:
@@ -175,57 +179,62 @@ class SelectionResult:
         return text
 
     @classmethod
-    def from_json(cls, source: str | Path) -> SelectionResult:
-        """Read a result from a JSON string or a file path; a malformed result raises ``ValueError`` naming the
-        file and the problem."""
-        text = str(source)
-        where = "result JSON text"
-        if not text.lstrip().startswith("{"):
-            if not text.strip():
-                raise ValueError("from_json needs a file path or JSON text, got an empty string")
-            path = Path(source)
-            if not path.is_file():
-                raise FileNotFoundError(f"no result file {str(path)!r}" + (" (a folder)" if path.is_dir() else ""))
-            where = f"result file {str(path)!r}"
-            text = path.read_text(encoding="utf-8")
+    def from_json(cls, source: str | os.PathLike) -> SelectionResult:
+        """Read a result from JSON text or a file.
+
+        The rule: an ``os.PathLike`` (``pathlib.Path``) is always a file; a ``str`` is JSON text when its first
+        non-blank character is ``{``, else a file path (:meth:`load` reads a path whatever its name, e.g.
+        ``{run}.json``); a parsed ``dict`` goes to :meth:`from_dict`.  Anything else is a ``TypeError``.  A
+        malformed result raises ``ValueError`` naming the file and the problem (:meth:`from_dict`)."""
+        if isinstance(source, os.PathLike):
+            return cls.load(source)
+        if not isinstance(source, str):
+            hint = " (a parsed dict: SelectionResult.from_dict)" if isinstance(source, dict) else ""
+            raise TypeError(f"source must be JSON text (a str starting with '{{') or a file path (str or "
+                            f"pathlib.Path), got {type(source).__name__}{hint}")
+        if not source.strip():
+            raise ValueError("source must be a file path or JSON text, got an empty string")
+        if not source.lstrip().startswith("{"):
+            return cls.load(source)
+        try:
+            return cls._parse(source, "result JSON text")
+        except ValueError as exc:
+            if _is_file(source):
+                raise ValueError(f"{exc} (the string starts with '{{', so it was read as JSON text; to read the file "
+                                 "of that name use SelectionResult.load(path) or pass a pathlib.Path)") from None
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> SelectionResult:
+        """Read a result file (a path, never JSON text)."""
+        if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
+            raise TypeError(f"path must be a file path (str or pathlib.Path), got {type(path).__name__} {path!r}")
+        path = Path(path)
+        if not _is_file(path):
+            folder = " (a folder)" if _is_file(path, folder=True) else ""
+            raise FileNotFoundError(f"no result file {str(path)[:200]!r}{folder}")
+        return cls._parse(path.read_text(encoding="utf-8"), f"result file {str(path)!r}")
+
+    @classmethod
+    def _parse(cls, text: str, where: str) -> SelectionResult:
         try:
             d = json.loads(text)
         except json.JSONDecodeError as exc:
             state = "empty" if not text.strip() else f"not valid JSON ({exc.msg} at line {exc.lineno})"
             raise ValueError(f"{where} is {state}: is it truncated, or not a result?") from None
-        return cls._from_dict(d, where)
+        return cls.from_dict(d, where)
 
     @classmethod
-    def _from_dict(cls, d: object, where: str) -> SelectionResult:
-        """A result from the parsed JSON of :meth:`to_dict`, every field checked against the table's axes."""
-        keys = ("timesteps", "taps", "scorers", "directions", "primary", "count", "total", "total_sq", "flagged")
-        if not isinstance(d, dict) or any(k not in d for k in keys):
-            missing = [k for k in keys if k not in d] if isinstance(d, dict) else keys
-            raise ValueError(f"{where} is not a selection result: missing {', '.join(missing)}")
-        try:
-            timesteps = [as_timestep(t) for t in d["timesteps"]]
-            taps, scorers = [str(t) for t in d["taps"]], [str(x) for x in d["scorers"]]
-            shape = (len(timesteps), len(taps), len(scorers))
-            arrays = {k: np.asarray(d[k], dtype=np.float64) for k in ("count", "total", "total_sq", "flagged")}
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"{where}: malformed field ({exc})") from None
-        for k, a in arrays.items():
-            if a.shape != shape:
-                raise ValueError(f"{where}: {k} has shape {list(a.shape)}, but {len(timesteps)} timesteps x "
-                                 f"{len(taps)} taps x {len(scorers)} scorers need {list(shape)}")
-        directions = d["directions"]
-        if not isinstance(directions, dict) or sorted(directions) != sorted(scorers) or any(
-                v not in ("max", "min") for v in directions.values()):
-            raise ValueError(f"{where}: directions must map each scorer {scorers} to 'max' or 'min'")
-        if d["primary"] not in scorers:
-            raise ValueError(f"{where}: primary scorer {d['primary']!r} is not among the scorers {scorers}")
-        for k in ("count", "flagged"):
-            a = arrays[k]
-            if not (np.isfinite(a).all() and (a >= 0).all() and (a == np.round(a)).all()):
-                raise ValueError(f"{where}: {k} must hold non-negative integers")
-        moments = Moments(arrays["count"].astype(np.int64), arrays["total"], arrays["total_sq"],
-                          arrays["flagged"].astype(np.int64))
-        return cls(timesteps, taps, scorers, dict(directions), moments, d["primary"], d.get("meta", {}))
+    def from_dict(cls, d: object, where: str = "result") -> SelectionResult:
+        """A result from the parsed JSON of :meth:`to_dict`, its content checked (:mod:`.result_checks`): axes of
+        unique names and timesteps, arrays of the table's shape, finite totals in every live cell, the same number
+        of samples in every cell, and the stored choices equal to those the table gives."""
+        from .result_checks import check_result_dict, check_stored_choices
+
+        fields = check_result_dict(d, where)
+        result = cls(**fields)
+        check_stored_choices(result, d, where)  # type: ignore[arg-type]
+        return result
 
     def plot(self, path: str | Path, scorer: str | None = None) -> Path:
         """A PNG of score against t, one labelled line per tap (std band over images); the chosen (t, tap) is
@@ -289,6 +298,14 @@ _MAX_LABEL = 28
 _MAX_PANELS = 6
 _ABBREVIATION = {"transformer_blocks": "tb", "blocks": "b"}
 _BLOCK_INDEX = re.compile(r"(?<![A-Za-z0-9_])(transformer_blocks|blocks)\.(\d+)(?=$|[.@\[])")
+
+
+def _is_file(path: str | os.PathLike, folder: bool = False) -> bool:
+    """Whether ``path`` names a file (a folder when ``folder``); a name too long or malformed names none."""
+    try:
+        return Path(path).is_dir() if folder else Path(path).is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def plural(n: int, noun: str) -> str:

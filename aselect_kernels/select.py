@@ -15,14 +15,31 @@ import torch
 from torch import nn
 
 from . import distributed
+from .arguments import (
+    check_backend,
+    check_backend_device,
+    check_bool,
+    check_conditioning,
+    check_config,
+    check_direction,
+    check_grid,
+    check_noise,
+    check_run_options,
+    check_scorer,
+    check_scorers,
+    check_tap,
+    check_taps,
+    wrong_type,
+)
 from .conditioning import Conditioning
 from .constants import DEFAULT_SCORER, DEFAULT_TAPS
-from .forward import RunInfo, check_images, model_device_dtype, run_multi_timestep
+from .forward import RunInfo, check_class_labels, check_images, model_device_dtype, run_multi_timestep
+from .geometry import check_grid_tokens, check_image_count, check_image_size, warn_if_no_signal
 from .noise import Noiser, as_timestep, parse_timesteps
 from .reference import STAT_NAMES, StatsConfig, channel_means
 from .result import SelectionResult
-from .scorers import Moments, Scorer, get_scorer, list_scorers
-from .taps import TapSet, resolve_taps
+from .scorers import Moments, Scorer, list_scorers
+from .taps import KINDS, TapSet, TapSpec, resolve_taps
 
 
 def noiser_for(noise: str | Noiser, images: torch.Tensor | None = None) -> Noiser:
@@ -40,6 +57,28 @@ def _text_tokens(conditioning: Conditioning | None) -> int | None:
     """Text tokens ahead of the image tokens in Flux's single-stream blocks (see :mod:`.taps`)."""
     ehs = conditioning.encoder_hidden_states if conditioning is not None else None
     return int(ehs.shape[1]) if ehs is not None and ehs.dim() == 3 else None
+
+
+def _door(model: nn.Module, images: torch.Tensor, timesteps: object, taps: object, noise: object,
+          conditioning: object, run: dict) -> tuple[Noiser, list[int], list[TapSpec]]:
+    """Every argument a forward takes, checked before it (:mod:`.arguments`, :mod:`.geometry`): returns the noiser,
+    the timesteps and the taps.  ``run`` holds ``seed``, ``chunk_size``, ``memory_budget``, ``progress`` and
+    ``call``, replaced by their checked values."""
+    if not isinstance(model, nn.Module):
+        raise wrong_type("model", "a torch.nn.Module", model)
+    run["seed"], run["chunk_size"], run["memory_budget"], run["progress"] = check_run_options(
+        run["seed"], run["chunk_size"], run["memory_budget"], run["progress"], run["call"])
+    conditioning = check_conditioning(conditioning)
+    taps = check_taps(taps, model)
+    noise = check_noise(noise)
+    check_images(model, images, model_device_dtype(model)[0], warn_range=False)
+    check_image_size(model, images)
+    if conditioning is not None:
+        check_class_labels(model, conditioning.class_labels, images.shape[0])
+    warn_if_no_signal(images)
+    noiser = noiser_for(noise, images)
+    ts = noiser.check(parse_timesteps(timesteps))
+    return noiser, ts, resolve_taps(model, taps, text_tokens=_text_tokens(conditioning))
 
 
 def select_timestep(
@@ -88,22 +127,26 @@ def select_timestep(
     Timesteps are sorted ascending (see :func:`~aselect_kernels.noise.parse_timesteps`); every argument is checked
     before the first forward.
     """
-    primary = get_scorer(scorer)
+    primary = check_scorer(scorer)
+    direction = check_direction(direction)
     if direction is not None:
         primary = Scorer(primary.name, direction, primary.stat, primary.feature_fn, primary.doc, primary.pair_fn)
-    others = [get_scorer(s) for s in extra_scorers] if extra_scorers is not None else [
+    extra = check_scorers(extra_scorers)
+    others = extra if extra is not None else [
         s for s in list_scorers() if s.stat is not None or (s.pair_fn is not None and primary.pair_fn is not None)]
     scorers = [primary] + [s for s in others if s.name != primary.name]
-    noiser = noiser_for(noise, images)
-    ts = noiser.check(parse_timesteps(timesteps))
-    specs = resolve_taps(model, taps, text_tokens=_text_tokens(conditioning))
-    check_images(model, images, model_device_dtype(model)[0], warn_range=False)
+    config, backend = check_config(config), check_backend(backend)
+    shared_noise, overlap = check_bool("shared_noise", shared_noise), check_bool("overlap", overlap)
+    run = dict(seed=seed, chunk_size=chunk_size, memory_budget=memory_budget, progress=progress, call=call)
+    noiser, ts, specs = _door(model, images, timesteps, taps, noise, conditioning, run)
+    check_image_count(images.shape[0], scorers)
+    check_backend_device(backend, model_device_dtype(model)[0])
+    seed = run.pop("seed")
+    run.update(conditioning=conditioning, shared_noise=shared_noise)
     n_img = images.shape[0]
     feature_fns = {s.name: s.feature_fn for s in scorers if s.feature_fn is not None}
     pairs = [s for s in scorers if s.pair_fn is not None]
     start = time.perf_counter()
-    run = dict(conditioning=conditioning, shared_noise=shared_noise, chunk_size=chunk_size,
-               memory_budget=memory_budget, progress=progress, call=call)
     tapset = TapSet(model, specs, n_img * len(ts), feature_fns=feature_fns, config=config, backend=backend,
                     overlap=overlap, means=bool(pairs))
     draws = ", draw 1 of 2" if pairs else ""
@@ -204,19 +247,17 @@ def capture_features(
 
     Returns ``{tap: [B, T, C]}`` (mean over tokens) when ``pool``, else ``{tap: [B, T, L, C]}``, and the run info.
     """
-    noiser = noiser_for(noise, images)
-    ts = noiser.check(parse_timesteps(timesteps))
-    specs = resolve_taps(model, taps, text_tokens=_text_tokens(conditioning))
-    check_images(model, images, model_device_dtype(model)[0], warn_range=False)
+    pool = check_bool("pool", pool)
+    run = dict(seed=seed, chunk_size=chunk_size, memory_budget=memory_budget, progress=progress, call=call)
+    noiser, ts, specs = _door(model, images, timesteps, taps, noise, conditioning, run)
 
     def keep(x: torch.Tensor) -> torch.Tensor:
         return x.float().mean(1) if pool else x.reshape(x.shape[0], -1)
 
     n, n_t = images.shape[0], len(ts)
     tapset = TapSet(model, specs, n * n_t, stat_fn=keep)
-    flat, info = _run_taps(model, images, ts, noiser, tapset, conditioning=conditioning, seed=seed,
-                           chunk_size=chunk_size, memory_budget=memory_budget, progress=progress, call=call,
-                           label="feature forward")
+    flat, info = _run_taps(model, images, ts, noiser, tapset, conditioning=conditioning, label="feature forward",
+                           **run)
     shapes = tapset.shapes
     out = {}
     for name, value in flat.items():
@@ -245,13 +286,17 @@ def extract_features(
     the grid is the tokens in row-major order, ``grid`` inferred as square when ``None``.
     """
     t = as_timestep(t)
-    if not isinstance(tap, str):
-        raise TypeError(f"extract_features takes one tap name (a string), got {type(tap).__name__} {tap!r}")
+    tap = check_tap(tap, model)
+    grid = check_grid(grid)
+    if not isinstance(model, nn.Module):
+        raise wrong_type("model", "a torch.nn.Module", model)
     specs = resolve_taps(model, tap)
     if len(specs) != 1:
         shown = ", ".join(s.name for s in specs[:3]) + (", ..." if len(specs) > 3 else "")
         raise ValueError(f"extract_features takes one tap, but {tap!r} expands to {len(specs)} taps ({shown}): name "
                          f"one, e.g. {specs[0].name!r}" + (f" or '{tap.split(':')[0]}:0'" if ":" not in tap else ""))
+    if grid is not None and tap.partition(":")[0] in KINDS and isinstance(images, torch.Tensor):
+        check_grid_tokens(model, images, grid)
     feats, _ = capture_features(model, images, [t], [tap], pool=False, noise=noise, conditioning=conditioning,
                                 seed=seed, chunk_size=chunk_size, memory_budget=memory_budget, progress=progress,
                                 call=call)

@@ -170,10 +170,10 @@ def test_use_labels_checked_before_the_forward(model_dir, inputs, tmp_path, caps
 def test_missing_model_and_wrong_image_size(model_dir, inputs, tmp_path, capsys):
     assert main(select_args(tmp_path / "nope", inputs / "images.npz", tmp_path / "o")) == 2
     assert "model folder not found" in one_line_error(capsys)
-    big = tmp_path / "big.npy"
-    np.save(big, np.zeros((2, 16, 16), dtype=np.uint8))
-    assert main(select_args(model_dir, big, tmp_path / "o")) == 2
-    assert "12x12" in one_line_error(capsys)
+    odd = tmp_path / "odd.npy"
+    np.save(odd, np.random.default_rng(0).integers(0, 256, (2, 13, 13), dtype=np.uint8))
+    assert main(select_args(model_dir, odd, tmp_path / "o")) == 2
+    assert "13x13" in (line := one_line_error(capsys)) and "multiples of 2" in line
 
 
 def _closed_port() -> int:

@@ -170,7 +170,8 @@ def test_flux_conditioning_passes_per_image(flux, latents):
     gen = torch.Generator().manual_seed(8)
     ehs, pooled = torch.randn(2, S, 12, generator=gen), torch.randn(2, 10, generator=gen)
     guidance = torch.tensor([2.0, 6.0])
-    kw = dict(taps="block_out:0,3", noise="flux", backend="torch", progress=False)
+    # a per-image scorer: one image runs alone (sf, the default, compares two images at least)
+    kw = dict(taps="block_out:0,3", noise="flux", backend="torch", progress=False, scorer="hfr")
 
     def run(x, e, p, g):
         cond = Conditioning(encoder_hidden_states=e, pooled_projections=p, model_kwargs={"guidance": g})

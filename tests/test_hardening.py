@@ -402,12 +402,12 @@ def test_t100_rule_says_which_t_it_took():
 def test_loaders_are_exported_and_out_of_range_inputs_warn():
     model = aselect_kernels.load_embedded()
     images, _ = aselect_kernels.load_embedded_images("test")
-    x = aselect_kernels.to_model_range(images[:1])[:, None]
-    assert x.shape == (1, 1, 28, 28) and x.min() >= -1 and x.max() <= 1
+    x = aselect_kernels.to_model_range(images[:2])[:, None]  # sf, the default scorer, compares 2 images at least
+    assert x.shape == (2, 1, 28, 28) and x.min() >= -1 and x.max() <= 1
     kwargs = {"timesteps": [100], "taps": "block_out:0", "backend": "matmul", "progress": False}
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         warnings.simplefilter("ignore", CutoffWarning)
         select_timestep(model, x, **kwargs)
     with pytest.warns(UserWarning, match=r"images span \[0, 255\] but DiTTransformer2DModel takes inputs in \[-1, 1\]"):
-        select_timestep(model, torch.from_numpy(images[:1]).float()[:, None], **kwargs)
+        select_timestep(model, torch.from_numpy(images[:2]).float()[:, None], **kwargs)

@@ -266,10 +266,10 @@ def test_extract_features_matches_manual_capture(dit, images):
     ({"timesteps": "a:b"}, "cannot parse"),
     ({"taps": ["transformer_blocks.7.attn1"]}, "unknown tap path"),
     ({"taps": "query:x"}, "bad block list"),
-    ({"scorer": "nope"}, "unknown scorer"),
+    ({"scorer": "nope"}, "scorer must be a registered scorer name .* got str .nope."),
     ({"direction": "up"}, "direction"),
     ({"config": StatsConfig(hfr_dims=2, grid=(4, 8))}, "h\\*w must equal"),
-    ({"noise": "vp"}, "noise family"),
+    ({"noise": "vp"}, "noise must be one of .ddpm., .flow., .flux. or a Noiser, got str .vp."),
 ])
 def test_bad_selection_arguments(dit, images, kwargs, err):
     args = {"timesteps": TS, "taps": "query", "backend": "torch", "progress": False, **kwargs}

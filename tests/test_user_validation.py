@@ -152,7 +152,7 @@ def test_cli_validate_and_probe_image_folder(npz, image_folder, tmp_path, capsys
     (["--dataset", "digits"], "either --dataset or --images"),
     (["--test-fraction", "1.5"], "--test-fraction must lie in (0, 1)"),
     (["--n-select", "0"], "--n-select: must be >= 1"),
-    (["--n-select", "99"], "n_select must be in [1,"),
+    (["--n-select", "99"], "n_select must be in [2,"),
     (["--n-train", "30"], "n_train must be in [1,"),
     (["--timesteps", "0,abc"], "abc"),
     (["--taps", "no.such.module"], "no.such.module"),
@@ -176,10 +176,11 @@ def test_cli_argument_errors_come_before_any_computation(npz, tmp_path, capsys, 
 
 
 def test_cli_rejects_images_that_do_not_fit_the_model(npz, tmp_path, capsys):
-    u8, labels, _ = _data(9, 3, size=12)
+    u8, labels, _ = _data(9, 3, size=9)
     np.savez(tmp_path / "big.npz", images=u8, labels=labels)
     rc = main(["probe", "--model", str(npz / "dit8"), "--images", str(tmp_path / "big.npz"), *CLI_TINY])
-    assert rc == 2 and "the model takes 8x8 inputs" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert rc == 2 and "are 9x9, but DiTTransformer2DModel (patch 2) cuts them into 2x2 patches" in err
     rc = main(["validate", "--model", str(npz / "dit8"), "--test-images", str(tmp_path / "big.npz"), *CLI_TINY])
     assert rc == 2 and "--test-images needs --images" in capsys.readouterr().err
 

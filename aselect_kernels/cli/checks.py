@@ -85,11 +85,22 @@ def check_timesteps(timesteps: str, noise: str = "ddpm") -> list[int]:
 
 
 def check_selection_args(args: argparse.Namespace) -> None:
-    """What the selection arguments say on their own: timesteps for the noise family, the frequency settings."""
+    """What the selection arguments say on their own (the library's checks, :mod:`..arguments`): timesteps for the
+    noise family, the frequency settings, the seed."""
+    from ..arguments import check_seed
     from ..reference import StatsConfig
 
     check_timesteps(args.timesteps, args.noise)
     StatsConfig(cutoff=args.cutoff, hfr_dims=args.hfr_dims)
+    check_seed(args.seed, "--seed")
+
+
+def check_image_count(args: argparse.Namespace, n_images: int) -> None:
+    """Enough images for the scorer, before the model loads (the library's rule, :mod:`..geometry`)."""
+    from ..geometry import check_image_count as check
+    from ..scorers import get_scorer
+
+    check(n_images, [get_scorer(args.scorer)], "--limit" if getattr(args, "limit", None) else "--images")
 
 
 def check_cost(args: argparse.Namespace, n_images: int) -> None:
@@ -104,19 +115,11 @@ def check_cost(args: argparse.Namespace, n_images: int) -> None:
 
 
 def check_labels(model: Any, labels: Any) -> None:
-    """``--use-labels``: the model takes class labels, and every label is one of its classes."""
-    import inspect
+    """``--use-labels``: the library's one rule (:func:`~aselect_kernels.geometry.check_use_labels`): the model
+    takes class labels, and every label is one of its real classes (not the null class)."""
+    from ..geometry import check_use_labels
 
-    from ..forward import null_class
-
-    params = inspect.signature(model.forward).parameters
-    if "class_labels" not in params and "y" not in params:
-        raise CliError(f"--use-labels given but {type(model).__name__} takes no class labels")
-    n = null_class(model)
-    lo, hi = int(labels.min()), int(labels.max())
-    if n is not None and (lo < 0 or hi >= n):
-        raise CliError(f"--use-labels: labels must be class ids in [0, {n - 1}] (the model has {n} classes), "
-                       f"found [{lo}, {hi}]")
+    check_use_labels(model, labels, "--use-labels")
 
 
 def under_launcher() -> bool:

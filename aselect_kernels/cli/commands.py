@@ -18,6 +18,7 @@ from .checks import (
     WIDTH,
     CliError,
     check_cost,
+    check_image_count,
     check_labels,
     check_out,
     check_selection_args,
@@ -87,6 +88,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
         raise CliError(f"--images must be in [1, {len(images)}] (the shipped test images), got {args.images}")
     device = resolve_device(args.device)
     check_selection_args(args)
+    check_image_count(args, args.images)
     check_cost(args, args.images)
     from ..embedded.model import load_embedded
 
@@ -115,7 +117,7 @@ def cmd_select(args: argparse.Namespace) -> None:
     from ..images import load_images
     from ..result import plural
 
-    images, labels = load_images(args.images)
+    images, labels = load_images(args.images, layout=args.layout)
     if args.limit is not None:
         if args.limit > images.shape[0]:
             raise CliError(f"--limit {args.limit} exceeds the {plural(images.shape[0], 'image')} in {args.images}")
@@ -125,22 +127,22 @@ def cmd_select(args: argparse.Namespace) -> None:
         raise CliError(f"--use-labels given but {args.images} has no labels")
     device = resolve_device(args.device)
     check_selection_args(args)  # imports diffusers' schedulers: after the quick checks
+    check_image_count(args, images.shape[0])
     check_cost(args, images.shape[0])
     vae = vae_path(args)
+    from ..geometry import check_model_inputs
     from ..models import load_model
 
     model = load_model(args.model, device=device, dtype=model_dtype(args.dtype))
     cfg = getattr(model, "config", None)
-    want_c, want_s = getattr(cfg, "in_channels", None), getattr(cfg, "sample_size", None)
+    want_c = getattr(cfg, "in_channels", None)
     if vae is not None and (args.vae != "auto" or (want_c is not None and images.shape[1] != want_c)):
         images = encode(vae, images, device, model_dtype(args.dtype))
     if want_c is not None and images.shape[1] != want_c:
         raise CliError(f"the model takes {want_c}-channel inputs but the images have {images.shape[1]} channels "
                        "(a latent model needs latents: give --vae with its AutoencoderKL folder, or pass latents "
                        "as an .npy of shape [N, C, H, W])")
-    if isinstance(want_s, int) and tuple(images.shape[2:]) != (want_s, want_s):
-        raise CliError(f"the model takes {want_s}x{want_s} inputs but the images are "
-                       f"{images.shape[2]}x{images.shape[3]}")
+    check_model_inputs(model, images)
     use_labels = None
     if args.use_labels:
         check_labels(model, labels)
@@ -203,8 +205,8 @@ def _labelled_data(args: argparse.Namespace, device: Any) -> dict:
     if args.images:
         from ..images import load_labelled
 
-        train = load_labelled(args.images)
-        test = load_labelled(args.test_images) if args.test_images else None
+        train = load_labelled(args.images, layout=args.layout)
+        test = load_labelled(args.test_images, layout=args.layout) if args.test_images else None
         return {"images": train.images, "labels": train.labels, "masks": train.masks,
                 "test_images": test.images if test else None, "test_labels": test.labels if test else None,
                 "test_masks": test.masks if test else None, "n_train": args.n_train, "n_test": args.n_test,
@@ -244,7 +246,11 @@ def cmd_probe(args: argparse.Namespace) -> None:
     train, test, classes, _ = prepare_splits(
         model, data["images"], data["labels"], data["test_images"], data["test_labels"],
         test_fraction=args.test_fraction, seed=args.seed, n_train=data.get("n_train"), n_test=data.get("n_test"))
-    cond = Conditioning(class_labels=torch.cat([train.given, test.given]).to(device)) if args.use_labels else None
+    cond = None
+    if args.use_labels:
+        given = torch.cat([train.given, test.given])
+        check_labels(model, given)
+        cond = Conditioning(class_labels=given.to(device))
     grid = probe_grid(model, (train.x, train.y), (test.x, test.y), args.timesteps, _taps(args.taps), len(classes),
                       noise=args.noise, conditioning=cond, seed=args.seed, progress=not args.no_progress,
                       **_fit_options(args))

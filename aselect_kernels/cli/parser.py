@@ -15,6 +15,7 @@ from ..constants import (
     DEFAULT_SCORER,
     DEFAULT_TAPS,
     DEFAULT_TEST_FRACTION,
+    LAYOUTS,
     NOISE_TIMESTEPS,
     SCORERS,
     VALIDATION_TIMESTEPS,
@@ -22,6 +23,8 @@ from ..constants import (
 from ..plan import SAMPLES_LIMIT
 from .commands import cmd_demo, cmd_probe, cmd_select, cmd_taps, cmd_train, cmd_validate
 
+LAYOUT_HELP = ("axis order of an .npy/.npz image array: auto reads channels-last only where the shape is "
+               "unambiguous, else asks for NCHW or NHWC; NHW is a batch of grey images")
 DEMO_IMAGES = 64
 DEMO_TIMESTEPS = "0:1000:50"
 DTYPES = ("fp32", "fp16", "bf16")
@@ -122,6 +125,7 @@ def _validation_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", help="your labelled images: an .npz with 'images' and 'labels' (optional 'masks', "
                                     "integer pixel labels for the dense probe), or a folder of one subfolder per "
                                     "class")
+    p.add_argument("--layout", default="auto", choices=LAYOUTS, help=LAYOUT_HELP)
     p.add_argument("--test-images", help="a separate labelled test set in the same forms (default: a seeded "
                                          "stratified split of --images)")
     p.add_argument("--test-fraction", type=_finite, default=DEFAULT_TEST_FRACTION,
@@ -174,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     sel = command("select", "select (t, tap) for your model and images")
     sel.add_argument("--model", required=True, help="'embedded', a diffusers save_pretrained folder, or a hub id")
     sel.add_argument("--images", required=True, help=".npz / .npy file or a folder of PNG/JPEG")
+    sel.add_argument("--layout", default="auto", choices=LAYOUTS, help=LAYOUT_HELP)
     sel.add_argument("--limit", type=_count, help="use only the first N images, N <= their number (default: all)")
     sel.add_argument("--use-labels", action="store_true", help="condition on the file's labels (default: null)")
     sel.add_argument("--vae", default="auto",

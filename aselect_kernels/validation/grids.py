@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .. import distributed
+from ..arguments import check_bool, check_callable, check_count, wrong_type
 from ..conditioning import Conditioning
 from ..noise import Noiser, parse_timesteps
 from ..select import capture_features, tokens_to_grid
@@ -82,6 +83,25 @@ class GridRun:
         """Per-cell values ``[cells, ...]`` (tap-major) as ``[T, P, ...]``."""
         per_tap = values.reshape(len(self.feats), len(self.timesteps), *values.shape[1:])
         return np.ascontiguousarray(np.swapaxes(per_tap, 0, 1))
+
+
+def check_grid_args(train: object, test: object, num_classes: object, batched: object, memory_budget: object,
+                    on_fit: object = None) -> tuple[tuple, tuple]:
+    """The probe grids' own arguments (the forward's are checked by :func:`capture_features`): ``train`` and
+    ``test`` pairs of tensors ``(images, labels or targets)`` of one length each."""
+    from ..forward import check_memory_budget
+
+    for what, pair in (("train", train), ("test", test)):
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(t, torch.Tensor) for t in pair)):
+            raise wrong_type(what, "a pair (images, labels) of tensors", pair)
+        if pair[0].dim() < 1 or pair[1].dim() < 1 or pair[0].shape[0] != pair[1].shape[0]:
+            raise ValueError(f"{what} must pair N images with N labels, got shapes {tuple(pair[0].shape)} and "
+                             f"{tuple(pair[1].shape)}")
+    check_count("num_classes", num_classes, 2)
+    check_bool("batched", batched)
+    check_memory_budget(memory_budget)
+    check_callable("on_fit", on_fit)
+    return tuple(train), tuple(test)  # type: ignore[return-value]
 
 
 def capture_grid(model: nn.Module, train_x: torch.Tensor, test_x: torch.Tensor, timesteps: str | Sequence[int],
@@ -149,7 +169,7 @@ def probe_grid(
     called after each probe fit (the raw-pixel floor is the last); without it, ``progress`` shows a bar.  With several
     processes (:mod:`.distributed`), each fits the cells it owns and the results are summed across ranks.
     """
-    (xtr, ytr), (xte, yte) = train, test
+    (xtr, ytr), (xte, yte) = check_grid_args(train, test, num_classes, batched, memory_budget, on_fit)
     run = capture_grid(model, xtr, xte, timesteps, taps, True, noise=noise, conditioning=conditioning, seed=seed,
                        chunk_size=chunk_size, progress=progress)
     n, m, dev = xtr.shape[0], xte.shape[0], xtr.device
@@ -197,7 +217,7 @@ def dense_probe_grid(
     ``train``/``test`` are ``(images in the model's range, pixel targets [N, H, W])`` with labels in
     ``[0, num_classes)`` (for shipped datasets :func:`~.probe.dense_target`, background first).
     """
-    (xtr, ttr), (xte, tte) = train, test
+    (xtr, ttr), (xte, tte) = check_grid_args(train, test, num_classes, batched, memory_budget)
     run = capture_grid(model, xtr, xte, timesteps, taps, False, noise=noise, conditioning=conditioning, seed=seed,
                        chunk_size=chunk_size, progress=progress)
     n, dev = xtr.shape[0], xtr.device

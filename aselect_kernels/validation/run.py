@@ -15,6 +15,17 @@ import torch
 from torch import nn
 
 from .. import distributed
+from ..arguments import (
+    check_bool,
+    check_choice,
+    check_count,
+    check_fraction,
+    check_noise,
+    check_optional_int,
+    check_seed,
+    check_taps,
+    check_text,
+)
 from ..conditioning import Conditioning
 from ..constants import DEFAULT_TEST_FRACTION, VALIDATION_TIMESTEPS
 from ..forward import model_device_dtype
@@ -104,13 +115,30 @@ def validation_parts(
     together (``memory_budget`` bytes a batch), else one after another.  All arguments are checked before any
     computation.
     """
+    check_text("name", name)
+    for flag, value in (("use_labels", use_labels), ("dense", dense), ("candidates", candidates),
+                        ("batched", batched), ("progress", progress)):
+        check_bool(flag, value)
+    test_fraction, seed = check_fraction("test_fraction", test_fraction), check_seed(seed)
+    n_train, n_test = check_optional_int("n_train", n_train), check_optional_int("n_test", n_test)
+    n_dense_train, n_dense_test = check_count("n_dense_train", n_dense_train), check_count("n_dense_test", n_dense_test)
+    n_select = check_optional_int("n_select", n_select, 2)
+    noise = check_noise(noise, ("ddpm", "flow"))
+    taps = check_taps(taps, model)
+    if dense_taps is not None:
+        check_taps(dense_taps, model, "dense_taps")
+    from ..forward import check_memory_budget
+
+    check_memory_budget(memory_budget)
     train, test, classes, dense_classes = prepare_splits(model, images, labels, test_images, test_labels, masks,
                                                          test_masks, test_fraction, seed, n_train, n_test)
     n_select = min(64, len(train.y)) if n_select is None else n_select
-    if not 1 <= n_select <= len(train.y):
-        raise ValueError(f"n_select must be in [1, {len(train.y)}] (the training images), got {n_select}")
-    if noise not in ("ddpm", "flow"):
-        raise ValueError(f"noise must be 'ddpm' or 'flow', got {noise!r}")
+    if not 2 <= n_select <= len(train.y):  # selection's default scorer (sf) compares images: 2 at least
+        raise ValueError(f"n_select must be in [2, {len(train.y)}] (the training images), got {n_select}")
+    if use_labels:
+        from ..geometry import check_use_labels
+
+        check_use_labels(model, torch.cat([train.given, test.given]))
     _noiser_check(noise, timesteps)
     tap_names = [spec.name for spec in resolve_taps(model, taps)]
     run_dense = dense and train.target is not None
@@ -211,6 +239,11 @@ def run_validation(
     ``None`` takes the block outputs among ``taps``, or all of ``taps`` when there are none.  Every argument is
     checked before the first forward.
     """
+    from .datasets import DATASETS
+
+    dataset, seed = check_choice("dataset", dataset, DATASETS), check_seed(seed)
+    n_train, n_test = check_optional_int("n_train", n_train), check_optional_int("n_test", n_test)
+    n_select = check_count("n_select", n_select, 2)
     device, _ = model_device_dtype(model)
     (utr, ytr), (ute, yte), _ = load_dataset(dataset, n_train, n_test, seed)
     n_train, n_test = len(ytr), len(yte)

@@ -33,19 +33,16 @@ def stratified_split(labels: torch.Tensor, test_fraction: float = DEFAULT_TEST_F
 
 
 def check_images_fit_model(model: nn.Module, images: torch.Tensor, what: str = "images") -> None:
-    """Raise if ``images [N, C, H, W]`` do not match the model's ``in_channels``/``sample_size`` (when it has a
-    diffusers config)."""
+    """Raise if ``images [N, C, H, W]`` are not inputs ``model`` takes (:func:`~aselect_kernels.geometry.
+    check_model_inputs`: channels, patch and sample size)."""
+    from ..arguments import wrong_type
+    from ..geometry import check_model_inputs
+
+    if not isinstance(images, torch.Tensor):
+        raise wrong_type(what, "a torch.Tensor [N, C, H, W]", images)
     if images.dim() != 4:
         raise ValueError(f"{what} must be [N, C, H, W], got shape {tuple(images.shape)}")
-    cfg = getattr(model, "config", None)
-    want_c, want_s = getattr(cfg, "in_channels", None), getattr(cfg, "sample_size", None)
-    if want_c is not None and images.shape[1] != want_c:
-        raise ValueError(f"the model takes {want_c}-channel inputs but the {what} have {images.shape[1]} channels")
-    if want_s is not None:
-        size = tuple(want_s) if isinstance(want_s, (list, tuple)) else (want_s, want_s)
-        if tuple(images.shape[2:]) != size:
-            raise ValueError(f"the model takes {size[0]}x{size[1]} inputs but the {what} are "
-                             f"{images.shape[2]}x{images.shape[3]}")
+    check_model_inputs(model, images, what)
 
 
 @dataclass
