@@ -36,9 +36,10 @@ from .constants import DEFAULT_SCORER, DEFAULT_TAPS
 from .forward import RunInfo, check_class_labels, check_images, model_device_dtype, run_multi_timestep
 from .geometry import check_grid_tokens, check_image_count, check_image_size, warn_if_no_signal
 from .noise import Noiser, as_timestep, parse_timesteps
-from .reference import STAT_NAMES, StatsConfig, channel_means
+from .reference import STAT_NAMES, StatsConfig
 from .result import SelectionResult
 from .scorers import Moments, Scorer, list_scorers
+from .stats import compute_means
 from .taps import KINDS, TapSet, TapSpec, resolve_taps
 
 
@@ -161,7 +162,7 @@ def select_timestep(
     ], axis=1).reshape(n_img, len(ts), len(specs), len(scorers))
     moments = Moments.from_samples(values, axis=0)
     if pairs:  # the second noise draw of every image: its channel means only, no statistics
-        second = TapSet(model, specs, n_img * len(ts), stat_fn=channel_means, overlap=overlap)
+        second = TapSet(model, specs, n_img * len(ts), stat_fn=lambda x: compute_means(x, backend), overlap=overlap)
         again, info2 = _run_taps(model, images, ts, noiser, second, seed=seed + 1,
                                  label="scored forward, draw 2 of 2 (channel means)", **run)
         info = RunInfo(info.samples + info2.samples, info.chunks + info2.chunks, info.chunk_size,

@@ -20,7 +20,7 @@ import torch
 
 from .constants import BACKENDS
 from .ops import custom_op
-from .ops.matmul_stats import matmul_stats
+from .ops.matmul_stats import matmul_means, matmul_stats
 from .reference import StatsConfig, channel_means, check_features, reference_stats
 
 _DEFAULT_CONFIG = StatsConfig()
@@ -146,3 +146,15 @@ def _stats_and_means(x: torch.Tensor, config: StatsConfig, backend: str) -> tupl
         if fused:
             return fused_module.fused_stats(x, config, with_means=True)
     return compute_stats(x, config, backend), channel_means(x)
+
+
+def compute_means(x: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+    """The per-channel token means ``[N, C]`` float32 of ``x`` ``[N, L, C]`` alone
+    (:func:`~aselect_kernels.reference.channel_means`), for a pass that needs no statistics (``sf``'s second
+    draw): the PyTorch twin's blocks (:func:`~aselect_kernels.ops.matmul_stats.matmul_means`) on a CPU tensor with
+    ``"auto"`` or ``"matmul"``, the reference's few ops everywhere else."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "matmul" or (backend == "auto" and not _on_gpu(x) and not torch.compiler.is_compiling()):
+        return matmul_means(x)
+    return channel_means(x)

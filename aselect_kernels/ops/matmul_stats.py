@@ -14,10 +14,22 @@ The definition of record is :func:`aselect_kernels.reference.reference_stats`, w
 
 Samples go in blocks of about :data:`BLOCK_BYTES` of float32 so the intermediates stay in cache.  Every
 sample's result depends only on that sample (no cross-sample reduction), so chunking never changes it.
+
+**Threads on a CPU.**  A block is about thirty small ops; run with torch's intra-op threads, each op is one OpenMP
+parallel region that every thread must reach, thousands of them per tapped tensor.  On cores that other processes
+share, a thread that is not scheduled holds all the others at each region's barrier, and the statistics took
+several times the forward they sit in (bench/NOTES.md, *The CPU path*).  So CPU tensors are scored one block per
+task: each block runs single-threaded, start to end, on one of :func:`torch.get_num_threads` workers that take the
+next block as they finish; the caller waits once per tensor.  A block's arithmetic does not depend on which worker
+runs it, nor on how many there are, so the result is bitwise the same for any thread count.
 """
 
 from __future__ import annotations
 
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
 import torch
@@ -27,6 +39,9 @@ from ..reference import StatsConfig, check_features
 
 #: float32 bytes of input per block of samples (keeps a block's temporaries in the last-level cache).
 BLOCK_BYTES = 4 << 20
+#: Score CPU tensors one single-threaded block per task (``False``: every op on torch's intra-op threads, the
+#: earlier path, kept for ``bench/cpu_overhead.py``'s side-by-side comparison).
+BLOCK_TASKS = True
 
 _DEFAULT_CONFIG = StatsConfig()
 
@@ -78,6 +93,58 @@ def _block_stats(x: torch.Tensor, basis: torch.Tensor,
     return torch.stack([mean, mean_sq, token_var, chan_entropy, hfr, hfr_centered], dim=1), mu
 
 
+def _block_means(x: torch.Tensor) -> torch.Tensor:
+    """Channel means ``[n, C]`` of one block ``x [n, L, C]`` (float32), shifted by the first token as
+    :func:`_block_stats` takes them."""
+    shift = x[:, 0, :]
+    return shift + (x - shift[:, None, :]).sum(dim=1) / x.shape[1]
+
+
+_pools: dict[tuple[int, int], ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """A pool of ``workers`` threads, made once per process (a forked child makes its own)."""
+    key = (os.getpid(), workers)
+    with _pools_lock:
+        pool = _pools.get(key)
+        if pool is None:
+            pool = _pools[key] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="aselect-stats")
+    return pool
+
+
+def _single_threaded(fn: Callable[[], object], inference: bool) -> object:
+    """``fn()`` with one intra-op thread in this thread, without autograd (grad and inference modes are per thread:
+    a worker takes the caller's)."""
+    torch.set_num_threads(1)
+    with torch.inference_mode() if inference else torch.no_grad():
+        return fn()
+
+
+def _map_blocks(fn: Callable[[torch.Tensor], object], x: torch.Tensor, block: int) -> list:
+    """``fn`` of every block of ``block`` samples of ``x``, in order.  CPU tensors: one single-threaded task per
+    block on the worker pool (module docstring); other devices, or ``BLOCK_TASKS = False``: in this thread."""
+    starts = range(0, x.shape[0], block)
+
+    def one(s: int) -> object:
+        return fn(x[s:s + block].to(torch.float32))
+
+    if x.device.type != "cpu" or not BLOCK_TASKS:
+        with torch.no_grad():
+            return [one(s) for s in starts]
+    threads = torch.get_num_threads()
+    inference = torch.is_inference_mode_enabled()
+    workers = min(threads, len(starts))
+    try:
+        if workers == 1 or threading.current_thread().name.startswith("aselect-stats"):  # no nested pool
+            return _single_threaded(lambda: [one(s) for s in starts], inference)
+        pool = _pool(workers)
+        return list(pool.map(lambda s: _single_threaded(lambda: one(s), inference), starts))
+    finally:
+        torch.set_num_threads(threads)  # torch's thread count is process-wide: the caller's, back
+
+
 def matmul_stats(
     x: torch.Tensor, config: StatsConfig = _DEFAULT_CONFIG, with_means: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -92,11 +159,16 @@ def matmul_stats(
     warn_if_degenerate(length, grid, config.cutoff)
     basis, rowsum = _basis(length, grid, float(config.cutoff), x.device)
     block = max(1, BLOCK_BYTES // (4 * length * channels))
-    out = torch.empty(n, 6, dtype=torch.float32, device=x.device)
-    means = torch.empty(n, channels, dtype=torch.float32, device=x.device) if with_means else None
-    with torch.no_grad():
-        for s in range(0, n, block):
-            out[s:s + block], mu = _block_stats(x[s:s + block].to(torch.float32), basis, rowsum)
-            if means is not None:
-                means[s:s + block] = mu
-    return (out, means) if with_means else out
+    parts = _map_blocks(lambda xb: _block_stats(xb, basis, rowsum), x, block)
+    out = torch.cat([p[0] for p in parts])
+    return (out, torch.cat([p[1] for p in parts])) if with_means else out
+
+
+def matmul_means(x: torch.Tensor) -> torch.Tensor:
+    """The token mean of every channel of each sample of ``x`` ``[N, L, C]`` -> ``[N, C]`` float32, as
+    :func:`~aselect_kernels.reference.channel_means` defines it and as ``matmul_stats(..., with_means=True)``
+    returns it (the same formula, block by block): the second noise draw of ``sf`` takes only these."""
+    check_features(x)
+    n, length, channels = x.shape
+    block = max(1, BLOCK_BYTES // (4 * length * channels))
+    return torch.cat(_map_blocks(_block_means, x, block))
