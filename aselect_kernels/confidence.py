@@ -56,12 +56,12 @@ def signal_fraction_weighted(a: torch.Tensor, b: torch.Tensor, weights: np.ndarr
     a64, b64 = a64 - a64.mean(0), b64 - b64.mean(0)  # moments are shift-invariant: centre once for accuracy
     w = weights.astype(np.float64)
     total = w.sum(1, keepdims=True)
-    ma, mb = (w @ a64) / total, (w @ b64) / total
-    n1 = total - 1
-    cov = (w @ (a64 * b64) - total * ma * mb) / n1
-    var = (w @ (a64 * a64) - total * ma * ma + w @ (b64 * b64) - total * mb * mb) / n1
-    live = var > 0
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore"):  # fewer than 2 drawn images: NaN below
+        ma, mb = (w @ a64) / total, (w @ b64) / total
+        n1 = total - 1
+        cov = (w @ (a64 * b64) - total * ma * mb) / n1
+        var = (w @ (a64 * a64) - total * ma * ma + w @ (b64 * b64) - total * mb * mb) / n1
+        live = var > 0
         out = np.where(live, 2 * cov / np.where(live, var, 1.0), 0.0).sum(1) / live.sum(1)
     return np.where(total[:, 0] >= 2, out, np.nan)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -153,7 +154,8 @@ class SelectionResult:
         if paper and best:
             lines.append(f"paper t = {self.meta['recipe']['paper_timestep']}: the chosen t is paper t = "
                          f"{paper[self.timesteps.index(best[0])]}")
-        lines += [f"NOTE: {line}" for line in confidence.edge_lines(self, name) + confidence.tie_lines(self, name)]
+        for note in confidence.edge_lines(self, name) + confidence.tie_lines(self, name):
+            lines += textwrap.wrap(f"NOTE: {note}", line_width, subsequent_indent="  ", break_on_hyphens=False)
         if self.n_flagged:
             lines.append(f"WARNING: {plural(self.n_flagged, 'non-finite sample score')} flagged and excluded")
         dead = self.dead_cells(name)
