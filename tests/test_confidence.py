@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from aselect_kernels import confidence
-from aselect_kernels.data import load_embedded_images, to_model_range
-from aselect_kernels.model import build_model, load_embedded
+from aselect_kernels.embedded.data import load_embedded_images
+from aselect_kernels.embedded.model import build_model, load_embedded
+from aselect_kernels.images import to_model_range
 from aselect_kernels.result import SelectionResult
 from aselect_kernels.scorers import Moments
 from aselect_kernels.select import select_timestep

@@ -12,7 +12,7 @@ import torch
 from aselect_kernels.cli import main
 from aselect_kernels.constants import RECIPE_NAMES
 from aselect_kernels.forward import Conditioning
-from aselect_kernels.model import load_model
+from aselect_kernels.models import load_model
 from aselect_kernels.noise import Noiser
 from aselect_kernels.recipes import RECIPES, RecipeWarning
 from aselect_kernels.reference import StatsConfig
