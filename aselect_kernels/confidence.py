@@ -5,7 +5,8 @@ and recomputes each cell's score from the resample: the mean of the per-image sc
 the scorer's ``pair_fn`` on the resampled images' channel means of both draws for an across-image one (``sf``).
 A cell is **tied** with the best when its mean score lies inside the best cell's own :data:`LEVEL` bootstrap
 interval (the score's sampling error), or when the paired bootstrap of its distance to the best does not exclude 0
-(the best beats it in fewer than 97.5 % of the resamples).  The best itself is always listed.  The pick among
+(the best beats it in fewer than 97.5 % of the resamples), or when the two means agree within :data:`RESOLUTION`
+(the table's printed resolution).  The best itself is always listed.  The pick among
 tied cells is the highest mean score (the lowest for a ``min`` scorer), the first in grid order (smallest t, then
 tap order) on an exact tie; the selection calls itself **confident** only when no other cell is tied with it.
 
@@ -28,6 +29,9 @@ from .scorers import pick
 RESAMPLES = 200
 #: Two-sided level whose lower bound decides a tie.
 LEVEL = 0.95
+#: Cells whose means agree within this are tied whatever the bootstrap says: the table prints four decimals, and
+#: cells that print the same are never separated.
+RESOLUTION = 1e-4
 _BLOCK = re.compile(r"(?<![A-Za-z0-9_])(single_transformer_blocks|transformer_blocks|blocks)\.(\d+)(?=$|[.@\[])")
 
 
@@ -87,10 +91,11 @@ def ties(boot: np.ndarray, mean: np.ndarray, direction: str, level: float = LEVE
                                                                                              np.ndarray]:
     """The best cell (flat index of ``mean``), the tied mask and each cell's share of resamples it wins.
 
-    ``boot`` is ``[R, *mean.shape]``.  A live cell is tied with the best when either
+    ``boot`` is ``[R, *mean.shape]``.  A live cell is tied with the best when
     * its mean lies inside the best cell's own ``level`` bootstrap interval (the score's sampling error), or
     * the paired bootstrap of ``best - cell`` (signed so that positive favours the best) does not exclude 0: its
-      ``(1 - level) / 2`` quantile is <= 0.
+      ``(1 - level) / 2`` quantile is <= 0, or
+    * its mean is within :data:`RESOLUTION` of the best's.
     """
     best = pick(mean, direction)
     sign = 1.0 if direction == "max" else -1.0
@@ -103,7 +108,8 @@ def ties(boot: np.ndarray, mean: np.ndarray, direction: str, level: float = LEVE
     gap = sign * (flat[:, [best]] - flat)
     gap = np.where(np.isfinite(gap), gap, 0.0)  # a resample where a cell is dead says nothing against a tie
     paired = np.quantile(gap, tail, axis=0) <= 0
-    tied = live & (within | paired)
+    close = np.abs(m - m[best]) < RESOLUTION
+    tied = live & (within | paired | close)
     tied[best] = True
     signed = np.where(np.isfinite(flat), sign * flat, -np.inf)
     wins = np.bincount(signed.argmax(1), minlength=flat.shape[1]) / flat.shape[0]

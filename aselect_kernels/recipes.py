@@ -157,12 +157,12 @@ def resolve(name: str, given: dict) -> tuple[dict, dict]:
     """The arguments a recipe sets, checked against those ``given`` explicitly (see the module docstring), and the
     record of how they were set (``meta["recipe"]``)."""
     from .scorers import get_scorer
-    from .select import _text_tokens
 
     recipe = get_recipe(name)
     model, images = given["model"], given["images"]
     if "taps" in given:
-        _check_taps(model, recipe, given["taps"], _text_tokens(given.get("conditioning")))
+        text = getattr(given.get("conditioning"), "encoder_hidden_states", None)  # Flux: text tokens come first
+        _check_taps(model, recipe, given["taps"], int(text.shape[1]) if text is not None and text.dim() == 3 else None)
     if "scorer" in given:
         scorer = get_scorer(given["scorer"]) if not isinstance(given["scorer"], Scorer) else given["scorer"]
         if (scorer.name, scorer.stat, scorer.direction) != (recipe.scorer, recipe.scorer, recipe.direction):

@@ -93,6 +93,19 @@ def test_ties_separate_a_clear_winner_from_cells_inside_the_noise():
     assert verdict["confident"] and verdict["chosen"] == {"t": 0, "tap": "a"}
 
 
+def test_cells_that_print_the_same_are_tied_however_sure_the_bootstrap():
+    rng = np.random.default_rng()
+    n = 64
+    values = 0.99990 + 1e-7 * rng.standard_normal((n, 1, 3))  # almost no spread: the bootstrap separates anything
+    values[:, 0, 1] += 5e-5  # best, but within the table's four decimals of tap 0
+    values[:, 0, 2] -= 3e-4  # apart by more than the resolution and by the bootstrap
+    counts = confidence.resample_counts(n, seed=int(rng.integers(100)))
+    verdict = confidence.assess(confidence.sample_bootstrap(values, counts), values.mean(0), "max", [0],
+                                ["a", "b", "c"], n)
+    assert verdict["chosen"]["tap"] == "b" and verdict["chosen_share"] == 1.0
+    assert {c["tap"] for c in verdict["tied"]} == {"a", "b"} and not verdict["confident"]
+
+
 def test_edges_name_the_grid_end_and_the_block():
     rng = np.random.default_rng(5)
     taps = ["transformer_blocks.0.ff", "transformer_blocks.1.ff", "transformer_blocks.2.ff"]
