@@ -16,6 +16,10 @@ BACKENDS = ("auto", "triton", "cuda", "matmul", "torch")
 #: The tap preset used when none is named: on the embedded model the MLP's hidden activations held the best cell of
 #: the whole grid on every validation dataset, clean, noisy and held out (docs/VALIDATION.md).
 DEFAULT_TAPS = "mlp_hidden"
+#: Named recipes of :mod:`.recipes`: a published method's settings in one word.
+RECIPE_NAMES = ("aselect", "aselect-nyquist")
+#: The selection options a recipe sets, with the defaults they take without one.
+RECIPE_OPTIONS = {"taps": DEFAULT_TAPS, "scorer": DEFAULT_SCORER, "noise": "ddpm", "cutoff": 0.15, "hfr_dims": 1}
 #: Default validation grid: every 50 steps, plus t = 10 and 25, where a well-trained DiT's probe accuracy can peak.
 VALIDATION_TIMESTEPS = "0,10,25,50:1000:50"
 #: Grid of the noisy benchmarks: finer around t = 100, coarser above 300 (9 timesteps, for run time).

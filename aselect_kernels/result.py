@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from . import confidence
 from .scorers import Moments, pick
 
 
@@ -117,11 +119,17 @@ class SelectionResult:
         across = name in self.meta.get("pair_scorers", ())
         what = "one value per cell, across images and two noise draws" if across else "mean +- std over images"
         lines = [f"scorer {name} (direction {direction}), {what}"]
+        paper = self.meta.get("paper_timesteps")
+        paper_head = f"{'paper t':>7} " if paper else ""
+
+        def paper_cell(ti: int) -> str:
+            return f"{paper[ti]:>7} " if paper else ""
+
         for lo in range(0, len(shown), per_block):
             cols = range(lo, min(lo + per_block, len(shown)))
             if lo:
                 lines.append("")
-            lines.append(f"{'t':>6} " + " ".join(f"{labels[c]:>{width}}" for c in cols))
+            lines.append(f"{'t':>6} {paper_head}" + " ".join(f"{labels[c]:>{width}}" for c in cols))
             for ti, t in enumerate(self.timesteps):
                 cells = []
                 for c in cols:
@@ -130,7 +138,7 @@ class SelectionResult:
                     text = ("dead" if self.count[ti, p, s] == 0 else f"{self.mean[ti, p, s]:.4f}" if across
                             else f"{self.mean[ti, p, s]:.4f}+-{self.std[ti, p, s]:.3f}")
                     cells.append(f"{text}{mark}".rjust(width))
-                lines.append(f"{t:>6} " + " ".join(cells))
+                lines.append(f"{t:>6} {paper_cell(ti)}" + " ".join(cells))
         lines.append(f"* marks each tap's best t ({direction} {name})")
         if len(shown) < len(self.taps):
             best_word = "highest" if direction == "max" else "lowest"
@@ -143,6 +151,11 @@ class SelectionResult:
             lines.append("; ".join(abbreviations))
         best = self._best_or_none(name)
         lines.append(f"best (t, tap): ({best[0]}, {best[1]})" if best else "best (t, tap): none, every cell is dead")
+        if paper and best:
+            lines.append(f"paper t = {self.meta['recipe']['paper_timestep']}: the chosen t is paper t = "
+                         f"{paper[self.timesteps.index(best[0])]}")
+        for note in confidence.edge_lines(self, name) + confidence.tie_lines(self, name):
+            lines += textwrap.wrap(f"NOTE: {note}", line_width, subsequent_indent="  ", break_on_hyphens=False)
         if self.n_flagged:
             lines.append(f"WARNING: {plural(self.n_flagged, 'non-finite sample score')} flagged and excluded")
         dead = self.dead_cells(name)
@@ -164,6 +177,7 @@ class SelectionResult:
             "timesteps": self.timesteps, "taps": self.taps, "scorers": self.scorers,
             "directions": self.directions, "primary": self.primary,
             "best": _cell_dict(self._best_or_none()), "best_t_per_tap": self.best_t_per_tap(),
+            "edges": confidence.edges(self),
             "dead_cells": {name: [list(c) for c in self.dead_cells(name)] for name in self.scorers
                            if self.dead_cells(name)},
             "count": m.count.tolist(), "total": m.total.tolist(), "total_sq": m.total_sq.tolist(),

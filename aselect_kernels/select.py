@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import distributed
+from . import confidence, distributed
 from .arguments import (
     check_backend,
     check_backend_device,
@@ -36,6 +36,7 @@ from .constants import DEFAULT_SCORER, DEFAULT_TAPS
 from .forward import RunInfo, check_class_labels, check_images, model_device_dtype, run_multi_timestep
 from .geometry import check_grid_tokens, check_image_count, check_image_size, warn_if_no_signal
 from .noise import Noiser, as_timestep, parse_timesteps
+from .recipes import accepts_recipe
 from .reference import STAT_NAMES, StatsConfig
 from .result import SelectionResult
 from .scorers import Moments, Scorer, list_scorers
@@ -82,6 +83,7 @@ def _door(model: nn.Module, images: torch.Tensor, timesteps: object, taps: objec
     return noiser, ts, resolve_taps(model, taps, text_tokens=_text_tokens(conditioning))
 
 
+@accepts_recipe
 def select_timestep(
     model: nn.Module,
     images: torch.Tensor,
@@ -101,6 +103,7 @@ def select_timestep(
     progress: bool = True,
     call=None,
     overlap: bool = False,
+    recipe: str | None = None,
 ) -> SelectionResult:
     """Score (timestep x tap) with label-free statistics and select the best.
 
@@ -124,6 +127,8 @@ def select_timestep(
         overlap: on CUDA, compute the statistics on a side stream beside the forward, joined after each chunk
             (same results; see :class:`~aselect_kernels.taps.TapSet`); ignored on the CPU.
         backend also takes ``"cuda"`` (the CUDA C++ kernel of ``csrc/``).
+        recipe: a published method's settings (:mod:`.recipes`): ``"aselect"`` sets taps, scorer, direction,
+            config and noise (the model's own scheduler); an explicit argument that contradicts it is an error.
 
     Timesteps are sorted ascending (see :func:`~aselect_kernels.noise.parse_timesteps`); every argument is checked
     before the first forward.
@@ -177,6 +182,7 @@ def select_timestep(
               "overlap": overlap, "pair_scorers": [s.name for s in pairs], "pair_seed": seed + 1 if pairs else None},
     )
     result.per_sample = values  # [B, T, P, S], not serialized
+    confidence.annotate(result, model, (first, again) if pairs else None, {s.name: s.pair_fn for s in pairs}, seed)
     return result
 
 

@@ -299,9 +299,15 @@ def test_parser_offers_what_the_library_takes():
     choices = tuple(options["select"]["scorer"].choices)
     assert choices == tuple(s.name for s in list_scorers()[: len(choices)])
     library = inspect.signature(select_timestep).parameters
+    from aselect_kernels.constants import RECIPE_OPTIONS
+
     for name in ("demo", "select"):
-        assert options[name]["scorer"].default == library["scorer"].default
-        assert options[name]["taps"].default == library["taps"].default
+        # the options a --recipe may set are unset in the parser and take RECIPE_OPTIONS without one
+        for option in ("scorer", "taps", "noise"):
+            assert options[name][option].default is None
+            assert RECIPE_OPTIONS[option] == library[option].default
+        assert (RECIPE_OPTIONS["cutoff"], RECIPE_OPTIONS["hfr_dims"]) == (library["config"].default.cutoff,
+                                                                           library["config"].default.hfr_dims)
         assert options[name]["backend"].default == library["backend"].default
     parts = inspect.signature(validation_parts).parameters
     assert options["validate"]["test_fraction"].default == parts["test_fraction"].default

@@ -85,14 +85,30 @@ def check_timesteps(timesteps: str, noise: str = "ddpm") -> list[int]:
 
 
 def check_selection_args(args: argparse.Namespace) -> None:
-    """What the selection arguments say on their own (the library's checks, :mod:`..arguments`): timesteps for the
-    noise family, the frequency settings, the seed."""
+    """What the selection arguments say on their own: timesteps for the noise family, the frequency settings, and
+    under ``--recipe`` the options that contradict it.  Without a recipe the unset options take their defaults."""
     from ..arguments import check_seed
+    from ..constants import RECIPE_OPTIONS
     from ..reference import StatsConfig
 
+    check_seed(args.seed, "--seed")
+    if args.recipe:
+        _check_recipe_args(args)
+        check_timesteps(args.timesteps, "flow")  # the widest range; the model's own family is known after loading
+        return
+    for name, default in RECIPE_OPTIONS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
     check_timesteps(args.timesteps, args.noise)
     StatsConfig(cutoff=args.cutoff, hfr_dims=args.hfr_dims)
-    check_seed(args.seed, "--seed")
+
+
+def _scorer_name(args: argparse.Namespace) -> str:
+    """The scorer the selection will use: the one given, the recipe's, or the default."""
+    from ..constants import DEFAULT_SCORER
+    from ..recipes import get_recipe
+
+    return args.scorer or (get_recipe(args.recipe).scorer if getattr(args, "recipe", None) else DEFAULT_SCORER)
 
 
 def check_image_count(args: argparse.Namespace, n_images: int) -> None:
@@ -100,7 +116,7 @@ def check_image_count(args: argparse.Namespace, n_images: int) -> None:
     from ..geometry import check_image_count as check
     from ..scorers import get_scorer
 
-    check(n_images, [get_scorer(args.scorer)], "--limit" if getattr(args, "limit", None) else "--images")
+    check(n_images, [get_scorer(_scorer_name(args))], "--limit" if getattr(args, "limit", None) else "--images")
 
 
 def check_cost(args: argparse.Namespace, n_images: int) -> None:
@@ -109,9 +125,26 @@ def check_cost(args: argparse.Namespace, n_images: int) -> None:
     from ..plan import check_cost as refuse_costly
     from ..scorers import get_scorer
 
-    draws = 2 if get_scorer(args.scorer).pair_fn is not None else 1
+    draws = 2 if get_scorer(_scorer_name(args)).pair_fn is not None else 1
     if not args.dry_run:
         refuse_costly(n_images * len(parse_timesteps(args.timesteps)), draws, args.yes)
+
+
+def _check_recipe_args(args: argparse.Namespace) -> None:
+    """``--recipe`` with options it sets: the same rule as the library's, found before the model loads."""
+    from ..recipes import get_recipe
+
+    recipe = get_recipe(args.recipe)
+    clash = [f"--{flag.replace('_', '-')} {given}" for flag, given, wanted in (
+        ("scorer", args.scorer, recipe.scorer), ("direction", args.direction, recipe.direction),
+        ("cutoff", args.cutoff, recipe.cutoff), ("hfr_dims", args.hfr_dims, recipe.hfr_dims))
+        if given is not None and given != wanted]
+    if args.noise is not None:
+        clash.append(f"--noise {args.noise} (the recipe takes the model's own scheduler)")
+    if clash:
+        raise CliError(f"--recipe {recipe.name} sets scorer {recipe.scorer} ({recipe.direction}), cutoff "
+                       f"{recipe.cutoff:g} of Nyquist ({recipe.paper_cutoff} in {recipe.cutoff_units} units), 1-D "
+                       f"frequencies and the model's own noise, but {', '.join(clash)} was given: drop it")
 
 
 def check_labels(model: Any, labels: Any) -> None:

@@ -39,14 +39,17 @@ def _run_selection(args: argparse.Namespace, out: Path, model: Any, images: Any,
     from ..result import plural, short_tap
     from ..select import select_timestep
 
-    taps = _taps(args.taps)
     budget = int(args.memory_budget_mb * 2**20) if args.memory_budget_mb is not None else None
+    if args.recipe:  # only what was given: the recipe sets the rest
+        chosen = {"recipe": args.recipe, **({"taps": _taps(args.taps)} if args.taps is not None else {})}
+    else:
+        chosen = {"taps": _taps(args.taps), "scorer": args.scorer, "direction": args.direction, "noise": args.noise,
+                  "config": StatsConfig(cutoff=args.cutoff, hfr_dims=args.hfr_dims)}
     start = time.perf_counter()
     result = select_timestep(
-        model, images, timesteps=args.timesteps, taps=taps, scorer=args.scorer, direction=args.direction,
-        noise=args.noise, conditioning=Conditioning(class_labels=labels),
-        config=StatsConfig(cutoff=args.cutoff, hfr_dims=args.hfr_dims), backend=args.backend, seed=args.seed,
-        chunk_size=args.chunk_size, memory_budget=budget, progress=not args.no_progress,
+        model, images, timesteps=args.timesteps, conditioning=Conditioning(class_labels=labels),
+        backend=args.backend, seed=args.seed, chunk_size=args.chunk_size, memory_budget=budget,
+        progress=not args.no_progress, **chosen,
     )
     wall = time.perf_counter() - start
     result.meta["command_wall_s"] = round(wall, 3)
@@ -61,7 +64,15 @@ def _run_selection(args: argparse.Namespace, out: Path, model: Any, images: Any,
         result.plot(stage / "scores.png")
     print(table)
     print(textwrap.fill(f"best t per tap: {per_tap}", WIDTH, subsequent_indent="  ", break_on_hyphens=False))
-    print(f"chosen (t, tap) = ({t}, {tap}) by {result.primary} ({result.directions[result.primary]})")
+    paper = meta.get("paper_timesteps")
+    in_paper = f"; paper t = {paper[result.timesteps.index(t)]}" if paper else ""
+    print(f"chosen (t, tap) = ({t}, {tap}) by {result.primary} ({result.directions[result.primary]}){in_paper}")
+    if meta.get("recipe"):
+        r = meta["recipe"]
+        shift = f", shift {r['flow_shift']:g}" if r["flow_shift"] is not None else ""
+        print(f"recipe {r['name']}: {r['scorer']} ({r['direction']}) on {r['taps']} taps, cutoff {r['paper_cutoff']} "
+              f"in {r['cutoff_units']} units ({r['cutoff']:g} of Nyquist), 1-D token order, {r['noise']} noise"
+              f"{shift} ({r['shift_source']})")
     draws = " x 2 noise draws" if meta.get("pair_scorers") else ""
     ranks = meta.get("world_size", 1)
     chunks = (f"on {ranks} ranks, rank 0 in {plural(meta['chunks'], 'chunk')} of {meta['chunk_size']}" if ranks > 1
@@ -97,8 +108,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
     if x.dim() == 3:
         x = x[:, None]
     print(f"embedded DiT ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters), "
-          f"{plural(args.images, 'Fashion-MNIST test image')}, timesteps {args.timesteps}, taps {args.taps}, "
-          "unconditional")
+          f"{plural(args.images, 'Fashion-MNIST test image')}, timesteps {args.timesteps}, "
+          f"taps {args.taps or 'of the recipe'}, unconditional")
     result = _run_selection(args, out, model, x, None)
     print(f"demo wall time {time.perf_counter() - start:.1f} s")
     if result is not None and _demo_defaults(args):

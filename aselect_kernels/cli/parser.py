@@ -17,6 +17,7 @@ from ..constants import (
     DEFAULT_TEST_FRACTION,
     LAYOUTS,
     NOISE_TIMESTEPS,
+    RECIPE_NAMES,
     SCORERS,
     VALIDATION_TIMESTEPS,
 )
@@ -82,17 +83,24 @@ _finite = _number(float)
 def _selection_args(p: argparse.ArgumentParser, default_out: str) -> None:
     p.add_argument("--timesteps", default=DEMO_TIMESTEPS,
                    help="comma list of ints and start:stop:step ranges (stop exclusive), e.g. 0,10,25,50:1000:50")
-    p.add_argument("--taps", default=DEFAULT_TAPS,
-                   help="preset (query, attn_out, mlp_hidden, mlp_out, block_out, all, attn_mlp; ':9' picks blocks) "
-                        "or comma-separated module paths")
-    p.add_argument("--scorer", default=DEFAULT_SCORER, choices=SCORERS,
-                   help="the scorer that selects (sf scores two noise draws of every image: twice the forward)")
+    p.add_argument("--recipe", choices=RECIPE_NAMES,
+                   help="a published method's settings: aselect = A-SelecT as published (query taps, hfr max, cutoff "
+                        "0.15 in fftfreq units, 1-D, the model's own scheduler and shift; aselect-nyquist reads the "
+                        "cutoff as 0.15 of Nyquist); options that contradict it are an error")
+    p.add_argument("--taps", default=None,
+                   help=f"preset (query, attn_out, mlp_hidden, mlp_out, block_out, all, attn_mlp; ':9' picks blocks) "
+                        f"or comma-separated module paths (default: {DEFAULT_TAPS}) (with --recipe: its taps)")
+    p.add_argument("--scorer", default=None, choices=SCORERS,
+                   help=f"the scorer that selects (sf scores two noise draws of every image: twice the forward) "
+                        f"(default: {DEFAULT_SCORER})")
     p.add_argument("--direction", choices=("max", "min"),
                    help="override the scorer's selection direction (default: the scorer's own)")
-    p.add_argument("--noise", default="ddpm", choices=NOISES,
-                   help="noise family: ddpm (DiT, PixArt), flow (SD3) or flux (flow with Flux's resolution shift)")
-    p.add_argument("--cutoff", type=_finite, default=0.15, help="hfr cutoff, fraction of Nyquist")
-    p.add_argument("--hfr-dims", type=int, default=1, choices=(1, 2), help="DFT along tokens (1) or the grid (2)")
+    p.add_argument("--noise", default=None, choices=NOISES,
+                   help="noise family: ddpm (DiT, PixArt), flow (SD3) or flux (flow with Flux's resolution shift) "
+                        "(default: ddpm)")
+    p.add_argument("--cutoff", type=_finite, default=None, help="hfr cutoff, fraction of Nyquist (default: 0.15)")
+    p.add_argument("--hfr-dims", type=int, default=None, choices=(1, 2),
+                   help="DFT along tokens (1) or the grid (2) (default: 1)")
     p.add_argument("--backend", default="auto", choices=BACKENDS,
                    help="stats backend: auto (kernel on CUDA, matmul on CPU), triton, cuda (CUDA C++ kernel), matmul, "
                         "torch (reference)")

@@ -75,7 +75,8 @@ def compare(selection: SelectionResult, grid: ProbeGrid, tap_sets: dict[str, lis
     cols = [selection.taps.index(t) for t in grid.taps]
     metric = grid.metric * 100.0
     tap_sets = tap_sets or {"all": list(grid.taps)}
-    out: dict = {"metric": grid.metric_name, "tap_sets": {}}
+    primary = f"{selection.primary}:{selection.directions[selection.primary]}"
+    out: dict = {"metric": grid.metric_name, "primary": primary, "tap_sets": {}}
     for set_name, members in tap_sets.items():
         idx = [grid.taps.index(m) for m in members]
         sub = metric[:, idx]
@@ -116,9 +117,10 @@ def compare(selection: SelectionResult, grid: ProbeGrid, tap_sets: dict[str, lis
             if ti is not None:
                 trivial[rule]["t"] = grid.timesteps[ti]
         bt, bp = divmod(int(np.argmax(sub)), len(idx))
-        best = {"t": grid.timesteps[bt], "tap": members[bp], "metric": best_joint}
+        best = {"t": grid.timesteps[bt], "tap": members[bp], "metric": best_joint, "members": list(members)}
         if grid.correct is not None:
             _add_intervals(grid, best, list(rows.values()) + list(trivial.values()))
+        del best["members"]
         out["tap_sets"][set_name] = {"best": best, "scorers": rows, "trivial": trivial}
     return out
 
@@ -137,6 +139,16 @@ def _add_intervals(grid: ProbeGrid, best: dict, rows: list[dict]) -> None:
     ci = paired_bootstrap_ci(ref, others)
     for r, (lo, hi) in zip(picked, ci[:-2], strict=True):
         r["joint"]["gap_ci95"] = [float(lo), float(hi)]
+    # each pick against the raw pixels: acc(pick) - acc(floor) = -(acc(floor) - acc(pick))
+    floor_ci = paired_bootstrap_ci(grid.floor_correct, others[:-2])
+    for r, (lo, hi), mine in zip(picked, floor_ci, others[:-2], strict=True):
+        r["joint"]["vs_floor"] = {"margin": 100.0 * float(mine.mean() - grid.floor_correct.mean()),
+                                  "ci95": [float(-hi), float(-lo)]}
+    # how many cells of the tap set this test split cannot tell from the best (the best's paired interval holds 0)
+    members = best["members"]
+    cells = np.stack([cell(t, tap) for t in grid.timesteps for tap in members])
+    lows = paired_bootstrap_ci(ref, cells)[:, 0]
+    best["indistinct"] = {"cells": int((lows <= 0).sum()), "of": len(cells), "n_test": int(ref.shape[0])}
     p, n = best["metric"] / 100.0, ref.shape[0]
     best["se"] = float(100.0 * np.sqrt(p * (1.0 - p) / n))
     best["vs_floor"] = {"margin": best["metric"] - 100.0 * grid.floor, "ci95": [float(ci[-2, 0]), float(ci[-2, 1])]}

@@ -66,7 +66,9 @@ def summary_lines(report: dict) -> list[str]:
                 v = b["vs_smallest_t"]
                 margin += (f"; {v['margin']:+.2f} over t={v['t']} at that tap, 95% CI "
                            f"[{v['ci95'][0]:+.2f}, {v['ci95'][1]:+.2f}]")
-            lines.append(f"  tap set {set_name}: grid best {b['metric']:.2f} at (t={b['t']}, {b['tap']}){margin}")
+            lines.append(f"  tap set {set_label(report, set_name)}: grid best {b['metric']:.2f} at (t={b['t']}, "
+                         f"{b['tap']}){margin}")
+            lines += [f"  verdict: {line}" for line in verdict_lines(part, set_name)]
             for key, row in rep["scorers"].items():
                 j = row["joint"]
                 tag = " (default dir)" if row["direction"] == row["default_direction"] else ""
@@ -124,7 +126,11 @@ def report_markdown(report: dict) -> str:
                 v = b["vs_smallest_t"]
                 extra += (f"; margin over t={v['t']} at the same tap {v['margin']:+.2f} "
                           f"[{v['ci95'][0]:+.2f}, {v['ci95'][1]:+.2f}]")
-            out += [f"Tap set `{set_name}`: grid best **{b['metric']:.2f}** at (t={b['t']}, `{b['tap']}`){extra}.", "",
+            out += [f"Tap set {set_label(report, set_name, '`')}: grid best **{b['metric']:.2f}** at (t={b['t']}, "
+                    f"`{b['tap']}`){extra}.", ""]
+            verdict = verdict_lines(part, set_name)
+            out += [f"* {line}" for line in verdict] + ([""] if verdict else [])
+            out += [
                     "| rule | direction | mean ρ | mean per-tap gap | joint pick (t, tap) | joint value | joint gap |",
                     "|---|---|---|---|---|---|---|"]
             for row in rep["scorers"].values():
@@ -139,3 +145,38 @@ def report_markdown(report: dict) -> str:
                            f"{_gap(j)} |")
             out.append("")
     return "\n".join(out)
+
+
+def set_label(report: dict, set_name: str, quote: str = "") -> str:
+    """A tap set's name as reports print it: ``all`` is every tap the run scored, named by the taps it was given
+    (a run given ``mlp_hidden`` reads ``mlp_hidden (every tap given)``, not ``all``)."""
+    if set_name != "all":
+        return f"{quote}{set_name}{quote}"
+    return f"{quote}{report.get('taps', 'all')}{quote} (every tap given)"
+
+
+def verdict_lines(part: dict, set_name: str) -> list[str]:
+    """The verdict on one tap set in words: does the selection's pick (the default scorer, its own direction) beat
+    the raw-pixel probe, and can this test split tell the pick, and the other cells, from the grid's best?"""
+    rep = part["tap_sets"][set_name]
+    row = rep["scorers"].get(part.get("primary", ""))
+    if row is None:
+        return []
+    j, b = row["joint"], rep["best"]
+    pick = f"the pick of {row['scorer']} ({row['direction']}), (t={j['t']}, {j['tap']}),"
+    lines = []
+    if "vs_floor" in j:
+        m, (lo, hi) = j["vs_floor"]["margin"], j["vs_floor"]["ci95"]
+        word = "beats" if lo > 0 else "loses to" if hi < 0 else "cannot be told from"
+        lines.append(f"{pick} {word} the raw-pixel probe: {m:+.2f} points, 95% CI [{lo:+.2f}, {hi:+.2f}]")
+    if "gap_ci95" in j and "indistinct" in b:
+        lo, hi = j["gap_ci95"]
+        n, k, of = b["indistinct"]["n_test"], b["indistinct"]["cells"], b["indistinct"]["of"]
+        split = (f"the {n} test images cannot separate it from the grid's best (gap {j['gap']:.2f}, 95% CI "
+                 f"[{lo:.2f}, {hi:.2f}] holds 0)" if lo <= 0 else
+                 f"the {n} test images separate it from the grid's best (gap {j['gap']:.2f}, 95% CI [{lo:.2f}, "
+                 f"{hi:.2f}])")
+        many = f"; the split is too small to separate {k} of the {of} cells from the best" if k > 1 else \
+            f"; no other of the {of} cells is within the best's interval"
+        lines.append(f"{split}{many}")
+    return lines
