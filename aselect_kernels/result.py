@@ -143,6 +143,11 @@ class SelectionResult:
             lines.append("; ".join(abbreviations))
         best = self._best_or_none(name)
         lines.append(f"best (t, tap): ({best[0]}, {best[1]})" if best else "best (t, tap): none, every cell is dead")
+        labels = self.meta.get("labels")
+        if labels and labels.get("criterion") == name:
+            from .fewlabel import summary
+
+            lines.append(summary(labels))
         if self.n_flagged:
             lines.append(f"WARNING: {plural(self.n_flagged, 'non-finite sample score')} flagged and excluded")
         dead = self.dead_cells(name)

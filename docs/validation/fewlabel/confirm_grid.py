@@ -16,10 +16,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from aselect_kernels.model import load_embedded
-from aselect_kernels.validate import _model_input, load_dataset, probe_grid
+from aselect_kernels.embedded.model import load_embedded
+from aselect_kernels.images import to_model_range
+from aselect_kernels.validation.datasets import load_dataset
+from aselect_kernels.validation.grids import probe_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 N_CONFIRM = 1000
@@ -31,7 +32,7 @@ def confirm_grid(dataset: str) -> dict[str, np.ndarray]:
     val = json.loads((ROOT / f"validation_{dataset}.json").read_text())
     n_train = val["n_train"]
     (xtr, ytr), _, k = load_dataset(dataset, n_train=n_train + N_CONFIRM)
-    x = _model_input(xtr, torch.device("cpu"))
+    x = to_model_range(xtr)[:, None]
     grid = probe_grid(load_embedded(), (x[:n_train], ytr[:n_train]), (x[n_train:], ytr[n_train:]),
                       TIMESTEPS[dataset], "mlp_hidden", k, seed=val["seed"], progress=False)
     return {"timesteps": np.asarray(grid.timesteps), "taps": np.asarray(grid.taps), "correct": grid.correct,
