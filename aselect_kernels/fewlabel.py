@@ -94,13 +94,12 @@ def ncm_loo_correct(f: np.ndarray, y: np.ndarray) -> np.ndarray:
     counts = onehot.sum(0)
     sums = np.swapaxes(z, -1, -2) @ onehot  # [..., C, k]
     own = (sums[..., :, y].swapaxes(-1, -2) - z) / (counts[y] - 1.0)[:, None]  # own class without the image
-    sims = _cosine(z[..., :, :, None], (sums / counts)[..., None, :, :], axis=-2)  # [..., n, k]
-    sims = np.where(onehot > 0, _cosine(z, own, axis=-1)[..., None], sims)
+    means = sums / counts
+    norm_z = np.linalg.norm(z, axis=-1)
+    sims = (z @ means) / (norm_z[..., None] * np.linalg.norm(means, axis=-2)[..., None, :] + 1e-12)  # [..., n, k]
+    own_sim = (z * own).sum(-1) / (norm_z * np.linalg.norm(own, axis=-1) + 1e-12)
+    sims = np.where(onehot > 0, own_sim[..., None], sims)
     return sims.argmax(-1) == y
-
-
-def _cosine(a: np.ndarray, b: np.ndarray, axis: int) -> np.ndarray:
-    return (a * b).sum(axis) / (np.linalg.norm(a, axis=axis) * np.linalg.norm(b, axis=axis) + 1e-12)
 
 
 _CORRECT = {"ridge_loo": ridge_loo_correct, "ncm_loo": ncm_loo_correct}
