@@ -1,6 +1,7 @@
 """Read the few-label picks against the committed grids and the confirmation grids (the plan in PLAN.md).
 
     python docs/validation/fewlabel/analyse.py CACHE docs/validation/fewlabel
+    python docs/validation/fewlabel/analyse.py --markdown docs/validation/fewlabel   # RESULTS.md from results.json
 
 Needs ``CACHE/pool_<dataset>.npz`` from capture.py; uses ``validation_<dataset>.json`` (committed grids, tap set
 ``mlp_hidden``) and, where present, ``confirm_grid_<dataset>.npz`` from confirm_grid.py.  Writes
@@ -169,10 +170,32 @@ def _f(v: float | None) -> str:
     return "–" if v is None else f"{v:.2f}"
 
 
+def lead(per: dict) -> str:
+    """The section's lead paragraph, its figures read from ``per``."""
+    def span(values: list) -> str:
+        known = [v for v in values if v is not None]
+        return f"{min(known):.2f} to {max(known):.2f}" if known else "not measured"
+
+    names = [d for d in per if 10 in per[d]["few_label"]]
+    test = [per[d]["few_label"][10]["ridge_loo"]["test"]["mean"] for d in names]
+    conf = {d: per[d]["few_label"][10]["ridge_loo"]["confirm"]["mean"] for d in names}
+    conf = {d: v for d, v in conf.items() if v is not None}
+    sf = [per[d]["comparators"]["sf"]["test"] for d in names]
+    ratio = [per[d]["cost"]["grid_forward_samples"] / per[d]["cost"]["forward_samples"][10] for d in names]
+    misses = [d for d, v in conf.items() if v > 1.0]
+    return (f"With 10 labelled images per class, `select_timestep(..., labels=y)` (`aselect select --labels`) picks "
+            f"(t, tap) by ridge's leave-one-out accuracy on the run's own channel means. Over {len(names)} benchmarks "
+            f"({', '.join(names)}) its mean gap to the grid's best `mlp_hidden` cell on the committed test split is "
+            f"{span(test)} points (the default `sf`: {span(sf)}); on the confirmation split "
+            f"({', '.join(conf) or 'none'}) {span(list(conf.values()))}"
+            + (f"; the 1-point target is missed on {', '.join(misses)}" if misses else "")
+            + f". It needs {span(ratio)}x fewer forward samples than the grid (target 20x).")
+
+
 def markdown(per: dict) -> str:
     names = list(per)
     head = "| | " + " | ".join(names) + " |\n|---|" + "---|" * len(names)
-    out = ["# Few-label selection: measured", "",
+    out = ["# Few-label selection: measured", "", lead(per), "",
            "Embedded Fashion-MNIST DiT (small), CPU. Gaps in points to the committed grid's best `mlp_hidden` cell; "
            "mean over draws (worst draw in brackets); k labelled images per class, 10 draws for each k below the "
            "pool's size per class, one (the pool) at its size. \"–\": not scored (no confirmation split, or the "
@@ -226,5 +249,16 @@ def markdown(per: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+def rewrite(folder: Path) -> None:
+    """RESULTS.md again from ``results.json`` (no recomputation)."""
+    per = json.loads((folder / "results.json").read_text())
+    for row in per.values():
+        row["few_label"] = {int(k): v for k, v in row["few_label"].items()}
+    (folder / "RESULTS.md").write_text(markdown(per))
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]))
+    if sys.argv[1] == "--markdown":
+        rewrite(Path(sys.argv[2]))
+    else:
+        main(Path(sys.argv[1]), Path(sys.argv[2]))
