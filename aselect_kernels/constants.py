@@ -11,6 +11,8 @@ SCORERS = ("hfr", "hfr_centered", "token_var", "chan_entropy", "sf")
 #: The scorer used when none is named: over the six validation benchmarks (clean, noisy and held-out), ``sf`` (max)
 #: over the default preset had the smallest worst and mean gap to the grid's best cell (docs/VALIDATION.md).
 DEFAULT_SCORER = "sf"
+#: The few-label criteria (:mod:`.fewlabel`); the first selects when labels are given and no scorer is named.
+LABEL_CRITERIA = ("ridge_loo", "ncm_loo")
 #: Statistics backends of :func:`~aselect_kernels.stats.compute_stats`.
 BACKENDS = ("auto", "triton", "cuda", "matmul", "torch")
 #: The tap preset used when none is named: on the embedded model the MLP's hidden activations held the best cell of

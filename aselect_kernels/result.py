@@ -154,6 +154,11 @@ class SelectionResult:
         if paper and best:
             lines.append(f"paper t = {self.meta['recipe']['paper_timestep']}: the chosen t is paper t = "
                          f"{paper[self.timesteps.index(best[0])]}")
+        labels = self.meta.get("labels")
+        if labels and labels.get("criterion") == name:
+            from .fewlabel import summary
+
+            lines.append(summary(labels))
         for note in confidence.edge_lines(self, name) + confidence.tie_lines(self, name):
             lines += textwrap.wrap(f"NOTE: {note}", line_width, subsequent_indent="  ", break_on_hyphens=False)
         if self.n_flagged:

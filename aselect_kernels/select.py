@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import confidence, distributed
+from . import confidence, distributed, fewlabel
 from .arguments import (
     check_backend,
     check_backend_device,
@@ -89,7 +89,7 @@ def select_timestep(
     images: torch.Tensor,
     timesteps: str | Sequence[int] = "0:1000:50",
     taps: str | Sequence[str] = DEFAULT_TAPS,
-    scorer: str | Scorer = DEFAULT_SCORER,
+    scorer: str | Scorer | None = None,
     direction: str | None = None,
     extra_scorers: Sequence[str | Scorer] | None = None,
     noise: str | Noiser = "ddpm",
@@ -104,8 +104,9 @@ def select_timestep(
     call=None,
     overlap: bool = False,
     recipe: str | None = None,
+    labels: Sequence[int] | np.ndarray | torch.Tensor | None = None,
 ) -> SelectionResult:
-    """Score (timestep x tap) with label-free statistics and select the best.
+    """Score (timestep x tap) with label-free statistics, or a few labels, and select the best.
 
     Args:
         model: a diffusers transformer or a plain DiT ``nn.Module`` (eval mode is the caller's choice).
@@ -114,6 +115,7 @@ def select_timestep(
         taps: preset names (``query``, ``attn_out``, ``mlp_hidden`` (the default), ``mlp_out``, ``block_out``,
             ``all``, ``attn_mlp``, with optional ``:blocks``) or module paths (:mod:`.taps`).
         scorer: the primary scorer (registered name or :class:`Scorer`); ``direction`` overrides its direction.
+            ``None``: ``sf``, or ``ridge_loo`` when ``labels`` are given; ``ridge_loo``/``ncm_loo`` need labels.
         extra_scorers: more scorers for the table; by default every registered statistic scorer, and the
             across-image (``pair_fn``) scorers when the primary is one.  An across-image scorer runs every sample
             a second time, with the noise of ``seed + 1``: the forward costs twice as much.
@@ -129,23 +131,29 @@ def select_timestep(
         backend also takes ``"cuda"`` (the CUDA C++ kernel of ``csrc/``).
         recipe: a published method's settings (:mod:`.recipes`): ``"aselect"`` sets taps, scorer, direction,
             config and noise (the model's own scheduler); an explicit argument that contradicts it is an error.
+        labels: one integer class per image (at least 2 images per class): adds the leave-one-out label criteria
+            of :mod:`.fewlabel` as columns, from the same forward's channel means, and the pick's bootstrap
+            certainty as ``meta["labels"]``.  Not class conditioning (that is ``conditioning``).
 
     Timesteps are sorted ascending (see :func:`~aselect_kernels.noise.parse_timesteps`); every argument is checked
     before the first forward.
     """
-    primary = check_scorer(scorer)
+    criterion = fewlabel.criterion_for(scorer, labels)
+    primary = check_scorer(DEFAULT_SCORER if scorer is None else scorer) if criterion is None else None
     direction = check_direction(direction)
-    if direction is not None:
+    if direction is not None and primary is not None:
         primary = Scorer(primary.name, direction, primary.stat, primary.feature_fn, primary.doc, primary.pair_fn)
     extra = check_scorers(extra_scorers)
+    pairs_too = primary is not None and primary.pair_fn is not None
     others = extra if extra is not None else [
-        s for s in list_scorers() if s.stat is not None or (s.pair_fn is not None and primary.pair_fn is not None)]
-    scorers = [primary] + [s for s in others if s.name != primary.name]
+        s for s in list_scorers() if s.stat is not None or (s.pair_fn is not None and pairs_too)]
+    scorers = [primary] * (primary is not None) + [s for s in others if primary is None or s.name != primary.name]
     config, backend = check_config(config), check_backend(backend)
     shared_noise, overlap = check_bool("shared_noise", shared_noise), check_bool("overlap", overlap)
     run = dict(seed=seed, chunk_size=chunk_size, memory_budget=memory_budget, progress=progress, call=call)
     noiser, ts, specs = _door(model, images, timesteps, taps, noise, conditioning, run)
     check_image_count(images.shape[0], scorers)
+    y = fewlabel.check_labels(labels, images.shape[0]) if labels is not None else None
     check_backend_device(backend, model_device_dtype(model)[0])
     seed = run.pop("seed")
     run.update(conditioning=conditioning, shared_noise=shared_noise)
@@ -154,7 +162,7 @@ def select_timestep(
     pairs = [s for s in scorers if s.pair_fn is not None]
     start = time.perf_counter()
     tapset = TapSet(model, specs, n_img * len(ts), feature_fns=feature_fns, config=config, backend=backend,
-                    overlap=overlap, means=bool(pairs))
+                    overlap=overlap, means=bool(pairs) or y is not None)
     draws = ", draw 1 of 2" if pairs else ""
     collected, info = _run_taps(model, images, ts, noiser, tapset, seed=seed, label=f"scored forward{draws}",
                                 **run)
@@ -162,9 +170,17 @@ def select_timestep(
     # per-sample scores [B, T, P, S]: the only host transfer of the run (pair scorers: NaN, scored below)
     values = np.stack([
         np.stack([collected[spec.name][:, columns.index(s.stat or s.name)].numpy() if s.pair_fn is None
-                  else np.full(n_img * len(ts), np.nan) for s in scorers], axis=-1)
+                  else np.full(n_img * len(ts), np.nan) for s in scorers]
+                 + [np.empty(n_img * len(ts), np.float32)], axis=-1)  # a spare column: no scorer is no error
         for spec in specs
-    ], axis=1).reshape(n_img, len(ts), len(specs), len(scorers))
+    ], axis=1).reshape(n_img, len(ts), len(specs), len(scorers) + 1)[..., :-1]
+    first = {spec.name: collected[spec.name][:, len(columns):] for spec in specs}  # the means, after the stats
+    label_info = None
+    if y is not None:  # every rank holds every sample's means (_run_taps): each computes the same columns
+        fit_start = time.perf_counter()
+        values = np.concatenate([values, fewlabel.label_columns(first, [s.name for s in specs], y, len(ts))], -1)
+        label_info = fewlabel.label_meta(values[..., len(scorers):], criterion or fewlabel.LABEL_CRITERIA[0], y,
+                                         ts, [s.name for s in specs], seed, time.perf_counter() - fit_start)
     moments = Moments.from_samples(values, axis=0)
     if pairs:  # the second noise draw of every image: its channel means only, no statistics
         second = TapSet(model, specs, n_img * len(ts), stat_fn=lambda x: compute_means(x, backend), overlap=overlap)
@@ -172,17 +188,21 @@ def select_timestep(
                                  label="scored forward, draw 2 of 2 (channel means)", **run)
         info = RunInfo(info.samples + info2.samples, info.chunks + info2.chunks, info.chunk_size,
                        info.wall_s + info2.wall_s)
-        first = {spec.name: collected[spec.name][:, len(columns):] for spec in specs}  # the means, after the stats
         for s in pairs:
             moments = _with_pair_scores(moments, scorers.index(s), s, specs, first, again, n_img, len(ts))
+    directions = {s.name: s.direction for s in scorers} | dict.fromkeys(fewlabel.LABEL_CRITERIA * (y is not None),
+                                                                         "max")
     result = SelectionResult(
-        timesteps=ts, taps=[s.name for s in specs], scorers=[s.name for s in scorers],
-        directions={s.name: s.direction for s in scorers}, moments=moments, primary=primary.name,
+        timesteps=ts, taps=[s.name for s in specs], scorers=list(directions), directions=directions,
+        moments=moments, primary=criterion or primary.name,
         meta={**_meta(model, images, noiser, config, backend, info, time.perf_counter() - start, seed, shared_noise),
-              "overlap": overlap, "pair_scorers": [s.name for s in pairs], "pair_seed": seed + 1 if pairs else None},
+              "overlap": overlap, "pair_scorers": [s.name for s in pairs], "pair_seed": seed + 1 if pairs else None,
+              **({"labels": label_info} if label_info else {})},
     )
     result.per_sample = values  # [B, T, P, S], not serialized
     confidence.annotate(result, model, (first, again) if pairs else None, {s.name: s.pair_fn for s in pairs}, seed)
+    if y is not None:  # the channel means the label criteria read, {tap: [B, T, C]}, not serialized
+        result.channel_means = {tap: m.reshape(n_img, len(ts), -1) for tap, m in first.items()}
     return result
 
 

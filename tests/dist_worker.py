@@ -61,6 +61,14 @@ def api_select(model: torch.nn.Module, x: torch.Tensor, call=None, chunk_size: i
                            call=call, memory_budget=memory_budget)
 
 
+def api_labelled(model: torch.nn.Module):
+    """Few-label selection on 8 labelled images in chunks of 5: the ranks hold different images' means."""
+    gen = torch.Generator().manual_seed(12)
+    x = torch.randn(8, 1, 12, 12, generator=gen)
+    return select_timestep(model, x, API_TS[:3], taps="all", labels=[2, 5, 2, 5, 9, 9, 2, 5], backend="torch",
+                           chunk_size=API_CHUNK, progress=False)
+
+
 def api_dense(model: torch.nn.Module, train: tuple, test: tuple):
     """One chunk for all 32 samples: rank 1's shard is empty and it learns the buffers' shapes from rank 0.
     ``train``/``test`` are ``(images, uint8 pixels, labels)``; the pixel targets have 2 classes + background."""
@@ -94,6 +102,9 @@ def run(out: Path, images: str) -> None:
     model, x, train, test = api_inputs()
     res = api_select(model, x)
     np.save(out / f"per_sample.rank{r}.npy", res.per_sample)
+    lab = api_labelled(model)
+    np.save(out / f"per_sample_labels.rank{r}.npy", lab.per_sample)
+    save("labels", {k: v for k, v in lab.meta["labels"].items() if k != "fit_s"})
     budget = api_select(model, x, chunk_size=None, memory_budget=BUDGET)  # each rank sizes its own chunks
     np.save(out / f"per_sample_budget.rank{r}.npy", budget.per_sample)
     save("budget", {"mean": budget.mean.tolist(), "chunks": budget.meta["chunks"]})

@@ -274,7 +274,7 @@ def test_help_shows_defaults_and_version(capsys):
     for command in ("demo", "select"):
         text = helps[command]
         assert "(default: 0:1000:50)" in text and f"(default: {constants.DEFAULT_TAPS})" in text
-        assert f"(default: {constants.DEFAULT_SCORER})" in text
+        assert f"default {constants.DEFAULT_SCORER}, or {constants.LABEL_CRITERIA[0]} with --labels" in text
     assert "(default: aselect_demo)" in helps["demo"] and "number of test images (default: 64)" in helps["demo"]
     assert "(default: aselect_out)" in helps["select"]
     assert (f"default {constants.VALIDATION_TIMESTEPS}, or {constants.NOISE_TIMESTEPS} for the *_noise"
@@ -290,6 +290,7 @@ def test_parser_offers_what_the_library_takes():
     import argparse
     import inspect
 
+    from aselect_kernels.fewlabel import LABEL_CRITERIA
     from aselect_kernels.scorers import list_scorers
     from aselect_kernels.select import select_timestep
     from aselect_kernels.validation.run import validation_parts
@@ -297,7 +298,8 @@ def test_parser_offers_what_the_library_takes():
     sub = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     options = {name: {a.dest: a for a in p._actions} for name, p in sub.choices.items()}
     choices = tuple(options["select"]["scorer"].choices)
-    assert choices == tuple(s.name for s in list_scorers()[: len(choices)])
+    n_stat = len(choices) - len(LABEL_CRITERIA)
+    assert choices == tuple(s.name for s in list_scorers()[:n_stat]) + LABEL_CRITERIA
     library = inspect.signature(select_timestep).parameters
     from aselect_kernels.constants import RECIPE_OPTIONS
 

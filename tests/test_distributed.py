@@ -25,7 +25,7 @@ import torch
 from aselect_kernels import distributed
 from aselect_kernels.cli import main
 
-from dist_worker import BUDGET, PROBE_ARGS, SELECT_ARGS, VALIDATE_ARGS, api_dense, api_inputs, api_select
+from dist_worker import BUDGET, PROBE_ARGS, SELECT_ARGS, VALIDATE_ARGS, api_dense, api_inputs, api_labelled, api_select
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Run facts that legitimately differ between one process and two.
@@ -112,6 +112,15 @@ def test_api_per_sample_statistics_and_dense_grid_are_identical(two_ranks, one_t
         np.testing.assert_array_equal(np.load(two_ranks / f"per_sample.rank{r}.npy"), one)
     dense = api_dense(model, train, test).metric.tolist()
     assert [d["metric"] for d in _load(two_ranks, "dense")] == [dense, dense]
+
+
+def test_few_label_selection_two_ranks_equals_one_process(two_ranks, one_thread):
+    """The label criteria read every image's means, gathered from both ranks: the same columns and pick."""
+    one = api_labelled(api_inputs()[0])
+    meta = {k: v for k, v in one.meta["labels"].items() if k != "fit_s"}
+    for r, saved in enumerate(_load(two_ranks, "labels")):
+        np.testing.assert_array_equal(np.load(two_ranks / f"per_sample_labels.rank{r}.npy"), one.per_sample)
+        assert saved == meta
 
 
 def test_own_memory_budgets_agree_up_to_batch_rounding(two_ranks, one_thread):

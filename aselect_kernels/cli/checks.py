@@ -111,21 +111,29 @@ def _scorer_name(args: argparse.Namespace) -> str:
     return args.scorer or (get_recipe(args.recipe).scorer if getattr(args, "recipe", None) else DEFAULT_SCORER)
 
 
+def _scorers(args: argparse.Namespace) -> list:
+    """The label-free scorer that selects, as a one-item list; none when few labels select (``--labels``)."""
+    from ..constants import LABEL_CRITERIA
+    from ..scorers import get_scorer
+
+    if getattr(args, "labels", False) and (args.scorer is None or args.scorer in LABEL_CRITERIA):
+        return []
+    return [get_scorer(_scorer_name(args))]
+
+
 def check_image_count(args: argparse.Namespace, n_images: int) -> None:
     """Enough images for the scorer, before the model loads (the library's rule, :mod:`..geometry`)."""
     from ..geometry import check_image_count as check
-    from ..scorers import get_scorer
 
-    check(n_images, [get_scorer(_scorer_name(args))], "--limit" if getattr(args, "limit", None) else "--images")
+    check(n_images, _scorers(args), "--limit" if getattr(args, "limit", None) else "--images")
 
 
 def check_cost(args: argparse.Namespace, n_images: int) -> None:
     """Refuse a costly selection before the model loads (``--yes`` runs it; ``--dry-run`` shows its plan)."""
     from ..noise import parse_timesteps
     from ..plan import check_cost as refuse_costly
-    from ..scorers import get_scorer
 
-    draws = 2 if get_scorer(_scorer_name(args)).pair_fn is not None else 1
+    draws = 2 if any(s.pair_fn is not None for s in _scorers(args)) else 1
     if not args.dry_run:
         refuse_costly(n_images * len(parse_timesteps(args.timesteps)), draws, args.yes)
 

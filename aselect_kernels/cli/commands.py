@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..constants import DEFAULT_TAPS, NOISE_TIMESTEPS, VALIDATION_TIMESTEPS
+from ..constants import DEFAULT_TAPS, LABEL_CRITERIA, NOISE_TIMESTEPS, VALIDATION_TIMESTEPS
 from ..outputs import staged_output
 from .checks import (
     WIDTH,
@@ -33,7 +33,8 @@ from .vae import encode, vae_path
 DEMO_PICK = (0, "transformer_blocks.0.ff.net.0")
 
 
-def _run_selection(args: argparse.Namespace, out: Path, model: Any, images: Any, labels: Any) -> Any:
+def _run_selection(args: argparse.Namespace, out: Path, model: Any, images: Any, labels: Any,
+                   select_labels: Any = None) -> Any:
     from ..conditioning import Conditioning
     from ..reference import StatsConfig
     from ..result import plural, short_tap
@@ -49,7 +50,7 @@ def _run_selection(args: argparse.Namespace, out: Path, model: Any, images: Any,
     result = select_timestep(
         model, images, timesteps=args.timesteps, conditioning=Conditioning(class_labels=labels),
         backend=args.backend, seed=args.seed, chunk_size=args.chunk_size, memory_budget=budget,
-        progress=not args.no_progress, **chosen,
+        progress=not args.no_progress, labels=select_labels, **chosen,
     )
     wall = time.perf_counter() - start
     result.meta["command_wall_s"] = round(wall, 3)
@@ -123,12 +124,30 @@ def _demo_defaults(args: argparse.Namespace) -> bool:
     return all(getattr(args, k) == v for k, v in args.demo_defaults.items())
 
 
+def _labelled_draw(args: argparse.Namespace) -> tuple[Any, Any]:
+    """``--labels``: the labelled images of ``--images`` (.npz with labels, or a folder per class), ``--per-class``
+    of each class drawn with ``--seed`` (all of a smaller class; 0: all)."""
+    from ..fewlabel import draw_per_class
+    from ..images import load_labelled
+
+    try:
+        data = load_labelled(args.images)
+    except ValueError as exc:
+        raise CliError(f"--labels: {exc}") from None
+    if args.per_class:
+        idx = draw_per_class(data.labels.numpy(), args.per_class, args.seed)
+        return data.images[idx], data.labels[idx]
+    return data.images, data.labels
+
+
 def cmd_select(args: argparse.Namespace) -> None:
     out = check_out(args.out, _SELECTION_FILES)
     from ..images import load_images
     from ..result import plural
 
-    images, labels = load_images(args.images, layout=args.layout)
+    if args.scorer in LABEL_CRITERIA and not args.labels:
+        raise CliError(f"--scorer {args.scorer} is a few-label criterion: it needs --labels")
+    images, labels = _labelled_draw(args) if args.labels else load_images(args.images, layout=args.layout)
     if args.limit is not None:
         if args.limit > images.shape[0]:
             raise CliError(f"--limit {args.limit} exceeds the {plural(images.shape[0], 'image')} in {args.images}")
@@ -158,7 +177,14 @@ def cmd_select(args: argparse.Namespace) -> None:
     if args.use_labels:
         check_labels(model, labels)
         use_labels = labels.to(device)
-    _run_selection(args, out, model, images.to(device), use_labels)
+    if args.labels:
+        from ..fewlabel import check_labels as check_few_labels
+
+        try:
+            check_few_labels(labels, images.shape[0])
+        except ValueError as exc:
+            raise CliError(f"--labels: {exc}") from None
+    _run_selection(args, out, model, images.to(device), use_labels, labels if args.labels else None)
 
 
 def cmd_train(args: argparse.Namespace) -> None:

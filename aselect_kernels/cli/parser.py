@@ -15,6 +15,7 @@ from ..constants import (
     DEFAULT_SCORER,
     DEFAULT_TAPS,
     DEFAULT_TEST_FRACTION,
+    LABEL_CRITERIA,
     LAYOUTS,
     NOISE_TIMESTEPS,
     RECIPE_NAMES,
@@ -90,9 +91,9 @@ def _selection_args(p: argparse.ArgumentParser, default_out: str) -> None:
     p.add_argument("--taps", default=None,
                    help=f"preset (query, attn_out, mlp_hidden, mlp_out, block_out, all, attn_mlp; ':9' picks blocks) "
                         f"or comma-separated module paths (default: {DEFAULT_TAPS}) (with --recipe: its taps)")
-    p.add_argument("--scorer", default=None, choices=SCORERS,
-                   help=f"the scorer that selects (sf scores two noise draws of every image: twice the forward) "
-                        f"(default: {DEFAULT_SCORER})")
+    p.add_argument("--scorer", default=None, choices=SCORERS + LABEL_CRITERIA,
+                   help=f"the scorer that selects: default {DEFAULT_SCORER}, or {LABEL_CRITERIA[0]} with --labels "
+                        "(sf scores two noise draws of every image: twice the forward) (with --recipe: its scorer)")
     p.add_argument("--direction", choices=("max", "min"),
                    help="override the scorer's selection direction (default: the scorer's own)")
     p.add_argument("--noise", default=None, choices=NOISES,
@@ -193,6 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="encode the images to latents with this AutoencoderKL folder (or a pipeline folder's vae/); "
                           "auto: the vae/ of a pipeline folder given as --model, when the images do not already "
                           "have the model's channels; none: never")
+    sel.add_argument("--labels", action="store_true",
+                     help="few-label selection: score each (t, tap) by the leave-one-out accuracy of ridge on the "
+                          "labels of --images (an .npz with 'labels', or a folder per class), from the same forward")
+    sel.add_argument("--per-class", type=_number(int, 0), default=10,
+                     help="with --labels: labelled images per class, drawn with --seed (0: all)")
     _selection_args(sel, "aselect_out")
     sel.set_defaults(func=cmd_select)
 
