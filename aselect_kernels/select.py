@@ -167,20 +167,11 @@ def select_timestep(
     collected, info = _run_taps(model, images, ts, noiser, tapset, seed=seed, label=f"scored forward{draws}",
                                 **run)
     columns = tapset.columns
-    # per-sample scores [B, T, P, S]: the only host transfer of the run (pair scorers: NaN, scored below)
-    values = np.stack([
-        np.stack([collected[spec.name][:, columns.index(s.stat or s.name)].numpy() if s.pair_fn is None
-                  else np.full(n_img * len(ts), np.nan) for s in scorers]
-                 + [np.empty(n_img * len(ts), np.float32)], axis=-1)  # a spare column: no scorer is no error
-        for spec in specs
-    ], axis=1).reshape(n_img, len(ts), len(specs), len(scorers) + 1)[..., :-1]
+    values = _sample_scores(collected, columns, specs, scorers, n_img, len(ts))
     first = {spec.name: collected[spec.name][:, len(columns):] for spec in specs}  # the means, after the stats
     label_info = None
-    if y is not None:  # every rank holds every sample's means (_run_taps): each computes the same columns
-        fit_start = time.perf_counter()
-        values = np.concatenate([values, fewlabel.label_columns(first, [s.name for s in specs], y, len(ts))], -1)
-        label_info = fewlabel.label_meta(values[..., len(scorers):], criterion or fewlabel.LABEL_CRITERIA[0], y,
-                                         ts, [s.name for s in specs], seed, time.perf_counter() - fit_start)
+    if y is not None:
+        values, label_info = _with_label_columns(values, first, specs, len(scorers), criterion, y, ts, seed)
     moments = Moments.from_samples(values, axis=0)
     if pairs:  # the second noise draw of every image: its channel means only, no statistics
         second = TapSet(model, specs, n_img * len(ts), stat_fn=lambda x: compute_means(x, backend), overlap=overlap)
@@ -204,6 +195,30 @@ def select_timestep(
     if y is not None:  # the channel means the label criteria read, {tap: [B, T, C]}, not serialized
         result.channel_means = {tap: m.reshape(n_img, len(ts), -1) for tap, m in first.items()}
     return result
+
+
+def _with_label_columns(values: np.ndarray, means: dict, specs: Sequence, n_scorers: int, criterion: str | None,
+                        y: np.ndarray, ts: list[int], seed: int) -> tuple[np.ndarray, dict]:
+    """The few-label criteria's per-sample columns appended to ``values``, and their ``meta["labels"]``: every rank
+    holds every sample's channel means (:func:`_run_taps`), so each computes the same columns."""
+    start = time.perf_counter()
+    taps = [s.name for s in specs]
+    values = np.concatenate([values, fewlabel.label_columns(means, taps, y, len(ts))], -1)
+    info = fewlabel.label_meta(values[..., n_scorers:], criterion or fewlabel.LABEL_CRITERIA[0], y, ts, taps, seed,
+                               time.perf_counter() - start)
+    return values, info
+
+
+def _sample_scores(collected: dict, columns: list[str], specs: Sequence, scorers: Sequence[Scorer], n_img: int,
+                   n_t: int) -> np.ndarray:
+    """Per-sample scores ``[B, T, P, S]``: the only host transfer of the run (across-image scorers: NaN, scored
+    from the channel means afterwards)."""
+    return np.stack([
+        np.stack([collected[spec.name][:, columns.index(s.stat or s.name)].numpy() if s.pair_fn is None
+                  else np.full(n_img * n_t, np.nan) for s in scorers]
+                 + [np.empty(n_img * n_t, np.float32)], axis=-1)  # a spare column: no scorer is no error
+        for spec in specs
+    ], axis=1).reshape(n_img, n_t, len(specs), len(scorers) + 1)[..., :-1]
 
 
 def _with_pair_scores(moments: Moments, index: int, scorer: Scorer, specs: Sequence, first: dict, second: dict,

@@ -97,6 +97,8 @@ def check_selection_args(args: argparse.Namespace) -> None:
         check_timesteps(args.timesteps, "flow")  # the widest range; the model's own family is known after loading
         return
     for name, default in RECIPE_OPTIONS.items():
+        if name == "scorer" and getattr(args, "labels", False):
+            continue  # with --labels the few-label criterion selects unless a scorer is named
         if getattr(args, name) is None:
             setattr(args, name, default)
     check_timesteps(args.timesteps, args.noise)

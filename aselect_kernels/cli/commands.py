@@ -120,8 +120,11 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def _demo_defaults(args: argparse.Namespace) -> bool:
-    """Whether the demo ran with the selection arguments the README's example uses (the parser's defaults)."""
-    return all(getattr(args, k) == v for k, v in args.demo_defaults.items())
+    """Whether the demo ran with the selection arguments the README's example uses (the parser's defaults; an
+    option left unset takes its library default, :data:`~aselect_kernels.constants.RECIPE_OPTIONS`)."""
+    from ..constants import RECIPE_OPTIONS
+
+    return all(getattr(args, k) == (RECIPE_OPTIONS.get(k) if v is None else v) for k, v in args.demo_defaults.items())
 
 
 def _labelled_draw(args: argparse.Namespace) -> tuple[Any, Any]:
