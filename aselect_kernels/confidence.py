@@ -175,7 +175,7 @@ def edges(result: object, scorer: str | None = None) -> dict:
     edge from the next grid t at the same tap), and whether the chosen tap is at the model's first or last block."""
     name = scorer or result.primary
     best = result._best_or_none(name)
-    if best is None:
+    if best is None or best[0] not in result.timesteps or best[1] not in result.taps:  # nothing in the table
         return {"t_edge": None, "rises_to_edge": None, "block_edge": None, "block": None, "blocks": None}
     t, tap = best
     s, p = result.scorers.index(name), result.taps.index(tap)
