@@ -162,3 +162,12 @@ def test_fashion_blur_uses_unseen_test_images_blurred():
     (xtr, ytr), (xte, yte), k = load_dataset("fashion_blur", 15, 25)
     assert k == 10 and np.array_equal(ytr.numpy(), kept_labels[:15]) and np.array_equal(yte.numpy(), kept_labels[15:])
     np.testing.assert_array_equal(xte.numpy(), gaussian_blur(kept[15:], BLUR_SIGMA))
+
+
+def test_perturbed_datasets_share_the_noisy_grid_and_sizes():
+    from aselect_kernels.constants import DATASETS, NOISE_TIMESTEPS, PERTURBED_DATASETS
+    from aselect_kernels.validation.datasets import DEFAULT_N_TEST, DEFAULT_N_TRAIN, DEFAULT_TIMESTEPS
+
+    assert set(PERTURBED_DATASETS) <= set(DATASETS)
+    assert set(DEFAULT_TIMESTEPS) == set(DEFAULT_N_TRAIN) == set(PERTURBED_DATASETS)
+    assert all(DEFAULT_TIMESTEPS[d] == NOISE_TIMESTEPS and DEFAULT_N_TEST[d] == 500 for d in PERTURBED_DATASETS)
