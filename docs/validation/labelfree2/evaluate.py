@@ -68,6 +68,8 @@ def capture(name: str, cache: Path) -> dict[str, np.ndarray]:
     def call(model, x_t, t_model, b, cond, n_images):
         out = default_call(model, x_t, t_model, b, cond, n_images)
         keep = b < 2 * N
+        if not keep.any():
+            return out
         t = t_model[keep].long().numpy()
         est = denoised(x_t[keep].numpy(), out.sample[keep].numpy(), abar[t])
         x0[b[keep].numpy(), [t_index[int(v)] for v in t]] = est.reshape(len(t), -1)
@@ -111,8 +113,9 @@ def evaluate(cache: Path) -> dict:
         cls = grid_of(name)
         g = cls["grid"]
         ts, cols = g["timesteps"], [g["taps"].index(t) for t in TAPS]
-        metric = np.asarray(g["metric"], np.float64)[:, cols]
+        metric = 100.0 * np.asarray(g["metric"], np.float64)[:, cols]  # points
         best = metric.max()
+        assert np.isclose(best, cls["tap_sets"]["mlp_hidden"]["best"]["metric"]), name
         chosen, scores = picks(capture(name, cache))
         gaps = {c: best - metric[chosen[c]] for c in CANDIDATES}
         sc = cls["tap_sets"]["mlp_hidden"]["scorers"]
@@ -148,10 +151,34 @@ def table(out: dict) -> str:
     return "\n".join(lines)
 
 
+def results_md(out: dict) -> str:
+    """RESULTS.md: the gap table, the LODO rules, the decision and each candidate's picks."""
+    lines = ["# Label-free selection, second round: results", "",
+             "Written by `evaluate.py` (PLAN.md holds the pre-registered definitions).  Embedded DiT (trained by the "
+             "project on Fashion-MNIST), pooled `mlp_hidden` features of the 64 selection images, seed 0.", "",
+             "## Gap to each grid's best `mlp_hidden` cell (accuracy points)", "", table(out), "",
+             "## Leave-one-dataset-out fixed rule", "", "| benchmark | rule | gap |", "|---|---|---|"]
+    lodo = zip(BENCHMARKS, out["lodo"]["rule"], out["lodo"]["gap"], strict=True)
+    lines += [f"| {b} | {r} | {g:.1f} |" for b, r, g in lodo]
+    lines += ["", f"## Decision (mean of candidate gap - LODO gap over the seven benchmarks, paired percentile "
+              f"bootstrap over benchmarks at {LEVEL:.4f})", "", "| pick | mean delta | interval | beats |",
+              "|---|---|---|---|"]
+    for c, d in out["decision"].items():
+        lo, hi = d["interval"]
+        lines.append(f"| {c} | {d['mean_delta']:+.2f} | [{lo:+.2f}, {hi:+.2f}] | {'yes' if d['beats'] else 'no'} |")
+    lines += ["", "## Picks (t, block of `mlp_hidden`)", "", "| pick | " + " | ".join(BENCHMARKS) + " |",
+              "|---" * (len(BENCHMARKS) + 1) + "|"]
+    for c in CANDIDATES:
+        cells = [out["benchmarks"][b]["picks"][c] for b in BENCHMARKS]
+        lines.append(f"| {c} | " + " | ".join(f"{t}, {tap.split('.')[1]}" for t, tap in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
     result = evaluate(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("runs/labelfree2"))
     (HERE / "results.json").write_text(json.dumps(result, indent=1))
+    (HERE / "RESULTS.md").write_text(results_md(result))
     print(table(result))
     print(json.dumps(result["lodo"]), json.dumps(result["decision"], indent=1))
     print(json.dumps({b: v["picks"] for b, v in result["benchmarks"].items()}, indent=1))
