@@ -154,7 +154,8 @@ def table(out: dict) -> str:
 def results_md(out: dict) -> str:
     """RESULTS.md: the gap table, the LODO rules, the decision and each candidate's picks."""
     lines = ["# Label-free selection, second round: results", "",
-             "Written by `evaluate.py` (PLAN.md holds the pre-registered definitions).  Embedded DiT (trained by the "
+             "Tables written by `evaluate.py`, notes by hand (PLAN.md holds the pre-registered definitions).  "
+             "Embedded DiT (trained by the "
              "project on Fashion-MNIST), pooled `mlp_hidden` features of the 64 selection images, seed 0.", "",
              "## Gap to each grid's best `mlp_hidden` cell (accuracy points)", "", table(out), "",
              "## Leave-one-dataset-out fixed rule", "", "| benchmark | rule | gap |", "|---|---|---|"]
@@ -178,7 +179,9 @@ if __name__ == "__main__":
     torch.set_num_threads(1)
     result = evaluate(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("runs/labelfree2"))
     (HERE / "results.json").write_text(json.dumps(result, indent=1))
-    (HERE / "RESULTS.md").write_text(results_md(result))
+    md = HERE / "RESULTS.md"
+    notes = md.read_text().partition("\n## Notes")[1:] if md.is_file() else ("", "")
+    md.write_text(results_md(result) + "".join(notes))  # the hand-written notes are kept
     print(table(result))
     print(json.dumps(result["lodo"]), json.dumps(result["decision"], indent=1))
     print(json.dumps({b: v["picks"] for b, v in result["benchmarks"].items()}, indent=1))
