@@ -27,7 +27,9 @@ VALIDATION_TIMESTEPS = "0,10,25,50:1000:50"
 #: Grid of the noisy benchmarks: finer around t = 100, coarser above 300 (9 timesteps, for run time).
 NOISE_TIMESTEPS = "0,25,50,100,150,200,300,500,900"
 #: The offline datasets of :func:`~aselect_kernels.validation.datasets.load_dataset`.
-DATASETS = ("fashion", "digits", "mnist", "fashion_noise", "digits_noise", "mnist_noise")
+DATASETS = ("fashion", "digits", "mnist", "fashion_noise", "digits_noise", "mnist_noise", "fashion_blur")
+#: The datasets with a nuisance: the noisy benchmarks' grid (:data:`NOISE_TIMESTEPS`) and sizes, no dense task.
+PERTURBED_DATASETS = ("fashion_noise", "digits_noise", "mnist_noise", "fashion_blur")
 #: Share of each class held out for testing when no separate test set is given.
 DEFAULT_TEST_FRACTION = 0.2
 #: Array layouts the image loaders take (``"auto"`` decides only where the shape leaves no doubt).

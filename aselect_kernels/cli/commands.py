@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..constants import DEFAULT_TAPS, LABEL_CRITERIA, NOISE_TIMESTEPS, VALIDATION_TIMESTEPS
+from ..constants import DEFAULT_TAPS, LABEL_CRITERIA, NOISE_TIMESTEPS, PERTURBED_DATASETS, VALIDATION_TIMESTEPS
 from ..outputs import staged_output
 from .checks import (
     WIDTH,
@@ -228,7 +228,7 @@ def _check_validation_args(args: argparse.Namespace) -> None:
             raise CliError(f"--{name.replace('_', '-')} not found: {path}")
     if not 0.0 < args.test_fraction < 1.0:
         raise CliError(f"--test-fraction must lie in (0, 1), got {args.test_fraction}")
-    noisy = (args.dataset or "").endswith("_noise")
+    noisy = args.dataset in PERTURBED_DATASETS
     if args.timesteps is None:  # the dataset's default grid ("" stays an error)
         args.timesteps = NOISE_TIMESTEPS if noisy else VALIDATION_TIMESTEPS
     check_timesteps(args.timesteps, args.noise)
@@ -253,7 +253,7 @@ def _labelled_data(args: argparse.Namespace, device: Any) -> dict:
                 "name": _data_name(args)}
     dataset = _data_name(args)
     (utr, ytr), (ute, yte), _ = load_dataset(dataset, args.n_train, args.n_test, args.seed)
-    noisy = dataset.endswith("_noise")
+    noisy = dataset in PERTURBED_DATASETS
     return {"images": to_model_range(utr)[:, None].to(device), "labels": ytr,
             "masks": None if noisy else dense_target(utr, ytr), "test_images": to_model_range(ute)[:, None].to(device),
             "test_labels": yte, "test_masks": None if noisy else dense_target(ute, yte), "name": dataset}
@@ -324,7 +324,7 @@ def cmd_validate(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     device = resolve_device(args.device)
     data = _labelled_data(args, device)  # bad files fail here, before the model loads
-    dense = not args.no_dense and not name.endswith("_noise")
+    dense = not args.no_dense and name not in PERTURBED_DATASETS
     if data["test_labels"] is not None:  # both splits known: their sizes are checked now
         n_train = min(len(data["labels"]), data.get("n_train") or len(data["labels"]))
         n_test = min(len(data["test_labels"]), data.get("n_test") or len(data["test_labels"]))

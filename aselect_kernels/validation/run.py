@@ -27,7 +27,7 @@ from ..arguments import (
     check_text,
 )
 from ..conditioning import Conditioning
-from ..constants import DEFAULT_TEST_FRACTION, VALIDATION_TIMESTEPS
+from ..constants import DEFAULT_TEST_FRACTION, PERTURBED_DATASETS, VALIDATION_TIMESTEPS
 from ..forward import model_device_dtype
 from ..images import to_model_range
 from ..noise import Noiser, parse_timesteps
@@ -249,7 +249,7 @@ def run_validation(
     n_train, n_test = len(ytr), len(yte)
     timesteps = DEFAULT_TIMESTEPS.get(dataset, VALIDATION_TIMESTEPS) if timesteps is None else timesteps
     Noiser("ddpm").check(parse_timesteps(timesteps))
-    dense = dense and not dataset.endswith("_noise")
+    dense = dense and dataset not in PERTURBED_DATASETS
     if n_select > n_train:
         raise ValueError(f"n_select {n_select} exceeds the training images {n_train}")
     if dense:
