@@ -13,13 +13,15 @@ an sm_90 device; the CUDA C++ kernel of ``csrc/`` built by ``nvcc -cubin -arch=s
 * **the steady-state loop**: loops are the spans closed by *backward branches* (a ``BRA`` whose target lies at or
   before it).  Loads of ``X`` are the global loads (``LDG``, ``LDGSTS``) whose line information points at the
   source line that reads ``X``.  The steady-state loop is the first innermost loop, in program order, that holds a
-  load of ``X``.  Its instructions are counted once per iteration (predicated-off instructions issue too; both
-  sides of a branch inside the body are counted: an upper bound), nested loops weighted by their trip counts (the
-  CUDA kernel's tensor-core ``k`` loop, its basis-slice loop), times the warps of a program, divided by the
-  elements of ``X`` one iteration consumes (padding excluded).  Each instruction is sorted into memory (loads,
+  load of ``X`` (the CUDA kernel: the one closed on its line marked "the steady-state loop" that computes the
+  statistics, ``MUFU``; with several basis passes, averaged with the further passes' loop).  Its instructions are
+  counted once per iteration (predicated-off instructions issue too; both sides of a branch inside the body are
+  counted: an upper bound), nested loops weighted by their trip counts, times the warps of a program, divided by
+  the elements of ``X`` one iteration consumes (padding excluded).  Each instruction is sorted into memory (loads,
   stores, copies, shuffles, atomics), tensor core (``HMMA``, ``HGMMA`` and its warpgroup fences), MUFU, ALU, or
   control (branches, barriers, waits).  "Around" adds the rest of the work-item loop (the loop that encloses the
-  steady-state loop), counted once per item.
+  steady-state loop, outside its nested loops), counted once per item; the CUDA kernel's also adds what its tail
+  loop (the tiles whose copies are the next pass's or item's) issues beyond the steady-state loop.
 * **loads in flight**: the steady-state loop's ``DEPBAR.LE SB0, n`` says how many copy groups stay outstanding
   while it computes; with ``g`` groups per iteration that is ``n // g`` tiles ahead.  Bytes in flight per SM are
   ``max(1, tiles ahead) x X tile bytes x resident programs``.

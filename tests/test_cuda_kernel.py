@@ -159,6 +159,7 @@ CASES = [  # n, L, C, config
     (2, 48, 300, StatsConfig(cutoff=0.4, hfr_dims=2, grid=(6, 8))),  # 2-D non-square, three channel blocks
     (2, 35, 24, StatsConfig(cutoff=0.6, hfr_dims=2, grid=(5, 7))),
     (2, 196, 40, StatsConfig(hfr_dims=2)),  # 14 x 14
+    (4, 40, 136, StatsConfig()),  # two tiles, the second ragged; a partial second channel block (fill channels)
 ]
 
 
@@ -171,8 +172,10 @@ def test_emulated_kernel_matches_reference(emulator: ctypes.CDLL, case: int, dty
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_emulated_several_passes_and_streamed_basis(emulator: ctypes.CDLL, dtype: torch.dtype) -> None:
-    length, channels = 1024, 20  # 1-D at cutoff 0.15: 152 basis rows, 160 padded
+@pytest.mark.parametrize(("length", "channels"), [(1024, 20), (1000, 200)])
+def test_emulated_several_passes_and_streamed_basis(emulator: ctypes.CDLL, dtype: torch.dtype, length: int,
+                                                     channels: int) -> None:
+    # 1-D at cutoff 0.15: 152 (150) basis rows, 160 padded; (1000, 200): a ragged last tile, two channel blocks
     x = randn((1, length, channels), dtype, seed=7)
     k = low_frequency_basis(length, None, 0.15).shape[0]
     plan = plan_of(emulator, x, -(-k // 16) * 16)
