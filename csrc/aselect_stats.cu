@@ -161,10 +161,10 @@ __device__ __forceinline__ void sts128(unsigned addr, const uint4& v) {
   asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
                : "memory");
 }
-//! One 16-byte piece of an X tile, zeros (and no read) when bytes = 0 (bench/sass_report.py counts the copies on
-//! this line as the loads of X).
-__device__ __forceinline__ void copy_x16(unsigned dst, const void* src, int bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes) : "memory");  // reads X
+//! One 16-byte piece of an X tile, zeros (and no read) when n = 0 (bench/sass_report.py counts the copies on the
+//! line marked "reads X" as the loads of X).
+__device__ __forceinline__ void copy_x16(unsigned dst, const void* src, int n) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(n) : "memory");  // reads X
 }
 //! One 16-byte piece of the basis; zeros (and no read) when !valid.
 __device__ __forceinline__ void copy_basis16(unsigned dst, const void* src, bool valid) {
@@ -318,7 +318,7 @@ __global__ void __launch_bounds__(kThreads, 2) aselect_stats_main_kernel(Args a)
   constexpr int kLd = tile_ld(kElem);
   constexpr int kStage = stage_bytes(kF, kResident, kElem);
   constexpr int kSlice = slice_bytes(kF, kElem);
-  constexpr int kSliceAt = kStage - align128(kSlice);  // a stage's basis slice (not resident)
+  constexpr int kSliceAt = tile_bytes(kElem);  // a stage's basis slice (not resident)
   constexpr int kSld = slice_ld(kElem);
   constexpr int kRows = kF * kFrag;                     // basis rows of a pass
   constexpr int kCpr = kTileL * kElem / 16;             // 16-byte chunks of a slice row
@@ -406,7 +406,7 @@ __global__ void __launch_bounds__(kThreads, 2) aselect_stats_main_kernel(Args a)
   };
   const unsigned own = (r * kLd + g * kVec) * kElem;  // this thread's piece 0 in a tile
   // The next tile (and its slice) into a stage.  A piece past C is not copied (the consumer reads the fill
-  // instead); kClamp: rows past L copy the first token (only a segment's last tile has them).
+  // instead); edge: the tile may have rows past L (only a segment's last tile has them), which are zero-filled.
   auto issue = [&](unsigned stage, auto edge, int ptile) {  // ptile: the tile's index in its segment
     const bool row_ok = !decltype(edge)::value || ptile * kTileL + r < L;
     const T* src = row_ok ? p_src : x;
@@ -431,8 +431,8 @@ __global__ void __launch_bounds__(kThreads, 2) aselect_stats_main_kernel(Args a)
     }
 #pragma unroll
     for (int i = 0; i < kChunksPerThread; ++i) {
-      const bool ok = p_bok >> i & 1u;
       const int q = tid + i * kThreads;  // (half, row) = q / kCpr, column q % kCpr of the slice
+      const bool ok = p_bok >> i & 1u;  // (false past the slice: zeros into the stage's spare room)
       const T* b = (b_lo_mask >> i & 1u ? b_lo : b_hi) + (ok ? b_off[i] + p_row0 * lpad + ptile * kTileL : 0);
       copy_basis16(stage + kSliceAt + (q / kCpr * kSld + q % kCpr * kVec) * kElem, b, ok);
     }
@@ -678,8 +678,10 @@ MainKernel main_kernel(int frags, int resident) {
   static_assert(max_frags(sizeof(T)) <= 3, "main_kernel instantiates 0 .. 3 row fragments per warp");
   switch (frags) {
     case 0: return aselect_stats_main_kernel<T, kVec, 0, true>;
-    case 1: return resident ? aselect_stats_main_kernel<T, kVec, 1, true> : aselect_stats_main_kernel<T, kVec, 1, false>;
-    case 2: return resident ? aselect_stats_main_kernel<T, kVec, 2, true> : aselect_stats_main_kernel<T, kVec, 2, false>;
+    case 1:
+      return resident ? aselect_stats_main_kernel<T, kVec, 1, true> : aselect_stats_main_kernel<T, kVec, 1, false>;
+    case 2:
+      return resident ? aselect_stats_main_kernel<T, kVec, 2, true> : aselect_stats_main_kernel<T, kVec, 2, false>;
     default:
       if constexpr (max_frags(sizeof(T)) == 3) {
         return resident ? aselect_stats_main_kernel<T, kVec, 3, true> : aselect_stats_main_kernel<T, kVec, 3, false>;

@@ -102,8 +102,14 @@ ASK_HD constexpr int tile_ld(int elem) { return kBlockC + 16 / elem; }    // X t
 ASK_HD constexpr int tile_bytes(int elem) { return align128(kTileL * tile_ld(elem) * elem); }
 ASK_HD constexpr int slice_ld(int elem) { return kTileL + 16 / elem; }    // basis slice leading dim (elements)
 ASK_HD constexpr int slice_bytes(int frags, int elem) { return 2 * frags * kFrag * slice_ld(elem) * elem; }
+//! The slice area of a ring stage (basis not resident): the slice, and room for the zero-filled chunks of the
+//! threads whose last chunk lies past it (every thread copies the same number of 16-byte chunks per tile).
+ASK_HD constexpr int slice_area_bytes(int frags, int elem) {
+  return align128((2 * frags * kFrag * (kTileL * elem / 16) + kThreads - 1) / kThreads * kThreads /
+                  (kTileL * elem / 16) * slice_ld(elem) * elem);
+}
 ASK_HD constexpr int stage_bytes(int frags, int resident, int elem) {
-  return tile_bytes(elem) + (resident ? 0 : align128(slice_bytes(frags, elem)));
+  return tile_bytes(elem) + (resident ? 0 : slice_area_bytes(frags, elem));
 }
 ASK_HD int64_t resident_bytes(const Plan& p, int dtype) {
   return static_cast<int64_t>(p.num_pass) * p.num_tiles * slice_bytes(p.frags, elem_bytes(dtype));
@@ -145,15 +151,6 @@ ASK_HD float exp2_ftz(float y) {
   const float e = exp2f(fabsf(y) < 0x1p-126f ? 0.0f : y);
   return e < 0x1p-126f ? 0.0f : e;
 #endif
-}
-
-//! The maximum of a thread's values of one row (exact in any order).
-template <int N>
-ASK_HD float row_max(const float (&v)[N]) {
-  float m = v[0];
-  ASK_UNROLL
-  for (int i = 1; i < N; ++i) m = fmaxf(m, v[i]);
-  return m;
 }
 
 //! Entropy sums of n values of one row against the reference m = (row maximum) log2 e: s += e, t += e y, with

@@ -89,7 +89,9 @@ void emulate(const float* x, int dtype, int64_t n, int64_t L, int64_t C, int64_t
             m[tid] = mx;
           }
           butterfly(m, kGroups, maxf);
-          for (int tid = 0; tid < kThreads; ++tid) entropy_sums(vals[tid].data(), kPer, m[tid] * kLog2e, s[tid], tt[tid], true);
+          for (int tid = 0; tid < kThreads; ++tid) {
+            entropy_sums(vals[tid].data(), kPer, m[tid] * kLog2e, s[tid], tt[tid], true);
+          }
           std::vector<float> st(kThreads);  // pair sums: s on even lanes, t on odd ones
           for (int tid = 0; tid < kThreads; ++tid) {
             st[tid] = tid & 1 ? tt[tid] + tt[tid ^ 1] : s[tid] + s[tid ^ 1];
@@ -262,7 +264,9 @@ float aselect_emulate_row_entropy(const float* v, const int* sizes, int blocks) 
 }
 
 //! TileMap::chan(g, v) of a thread's values for elements of elem bytes.
-int aselect_emulate_chan(int elem, int g, int v) { return elem == 4 ? TileMap<4>::chan(g, v) : TileMap<2>::chan(g, v); }
+int aselect_emulate_chan(int elem, int g, int v) {
+  return elem == 4 ? TileMap<4>::chan(g, v) : TileMap<2>::chan(g, v);
+}
 
 //! cvt.rna.tf32.f32 of n finite values, as the kernel rounds the fp32 operand.
 void aselect_emulate_tf32(const float* x, int n, float* out) {
