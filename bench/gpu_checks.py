@@ -149,6 +149,7 @@ def checks(mode: str) -> list[Check]:
             Check("grid5x7_c24_2d", 2, 35, 24, g57, dtypes=(torch.float16,)),
             Check("transposed_l77_c1000", 2, 77, 1000, layout="transposed", dtypes=(torch.bfloat16,)),
             Check("l1024_c1152_1d_multik", 1, 1024, 1152, dtypes=(torch.bfloat16,)),
+            Check("many_items_l40_c136", 320, 40, 136, dtypes=(torch.float32, torch.bfloat16)),
         ]
     bf16 = (torch.bfloat16,)
     return [
@@ -172,6 +173,12 @@ def checks(mode: str) -> list[Check]:
         Check("transposed_l196_c128", 3, 196, 128, StatsConfig(hfr_dims=2, grid=(14, 14)), layout="transposed"),
         Check("channel_slice_l256_c200", 2, 256, 200, layout="channel_slice"),
         Check("qkv_slice_l256_c1152", 2, 256, 1152, layout="qkv_slice"),
+        # many short items per persistent block: copies run ahead across items (2 tiles each, a ragged last
+        # tile) and a partial last channel block; 1-D K = 6 (one row fragment)
+        Check("many_items_l40_c136", 1536, 40, 136),
+        # several basis passes (K = 150: 4 passes of 48 rows at 16 bits, 5 of 32 at fp32) with a ragged last tile
+        # and a partial channel block, the basis streamed per tile
+        Check("l1000_c200_1d_multipass", 2, 1000, 200),
         Check("xl_n1024_bf16_1d", 1024, 256, 1152, dtypes=bf16),
         Check("xl_n1024_bf16_2d", 1024, 256, 1152, StatsConfig(hfr_dims=2, grid=(16, 16)), dtypes=bf16),
     ]
@@ -214,9 +221,9 @@ def block_plan(x: torch.Tensor, config: StatsConfig, backend: str = "triton") ->
     from aselect_kernels.ops import fused_stats as fused
 
     n, length, c = x.shape
-    if backend == "cuda":  # csrc/aselect_stats.cu: 128-channel blocks, 4 partials and 3 states per token each
-        num_cb = -(-c // 128)
-        return [n * num_cb * 4 * 4, n * num_cb * 3 * length * 4, n * len(STAT_NAMES) * 4]
+    if backend == "cuda":  # csrc/aselect_stats.cu: 128-channel blocks, 4 partials and 3 states per (padded) token
+        num_cb, padded = -(-c // 128), -(-length // 32) * 32
+        return [n * num_cb * 4 * 4, n * num_cb * 3 * padded * 4, n * len(STAT_NAMES) * 4]
     tile = fused.kernel_tiling(length, c, config, x.dtype, fused.device_target(x.device))
     return fused.buffer_bytes(n, length, c, tile)
 

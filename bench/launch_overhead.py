@@ -62,10 +62,11 @@ def paths(device: torch.device, config: StatsConfig) -> dict[str, StatsPath]:
         return cuda_stats(x, config)
 
     def cuda_op(x: torch.Tensor) -> torch.Tensor:
-        from aselect_kernels.ops.cuda_stats import kernel_basis, load_extension
+        from aselect_kernels.ops.cuda_stats import kernel_operands, load_extension
 
         load_extension()
-        basis = kernel_basis(x.shape[1], config.resolve_grid(x.shape[1]), float(config.cutoff), x.dtype, x.device)
+        basis = kernel_operands(x.shape[1], config.resolve_grid(x.shape[1]), float(config.cutoff), x.dtype,
+                                x.device)
         return torch.ops.aselect_cuda.sample_stats(x, *basis)
 
     out.update(triton=triton, cuda=cuda, cuda_op=cuda_op, auto=lambda x: compute_stats(x, config))

@@ -13,13 +13,15 @@ an sm_90 device; the CUDA C++ kernel of ``csrc/`` built by ``nvcc -cubin -arch=s
 * **the steady-state loop**: loops are the spans closed by *backward branches* (a ``BRA`` whose target lies at or
   before it).  Loads of ``X`` are the global loads (``LDG``, ``LDGSTS``) whose line information points at the
   source line that reads ``X``.  The steady-state loop is the first innermost loop, in program order, that holds a
-  load of ``X``.  Its instructions are counted once per iteration (predicated-off instructions issue too; both
-  sides of a branch inside the body are counted: an upper bound), nested loops weighted by their trip counts (the
-  CUDA kernel's tensor-core ``k`` loop, its basis-slice loop), times the warps of a program, divided by the
-  elements of ``X`` one iteration consumes (padding excluded).  Each instruction is sorted into memory (loads,
+  load of ``X`` (the CUDA kernel: the one closed on its line marked "the steady-state loop" that computes the
+  statistics, ``MUFU``; with several basis passes, averaged with the further passes' loop).  Its instructions are
+  counted once per iteration (predicated-off instructions issue too; both sides of a branch inside the body are
+  counted: an upper bound), nested loops weighted by their trip counts, times the warps of a program, divided by
+  the elements of ``X`` one iteration consumes (padding excluded).  Each instruction is sorted into memory (loads,
   stores, copies, shuffles, atomics), tensor core (``HMMA``, ``HGMMA`` and its warpgroup fences), MUFU, ALU, or
   control (branches, barriers, waits).  "Around" adds the rest of the work-item loop (the loop that encloses the
-  steady-state loop), counted once per item.
+  steady-state loop, outside its nested loops), counted once per item; the CUDA kernel's also adds what its tail
+  loop (the tiles whose copies are the next pass's or item's) issues beyond the steady-state loop.
 * **loads in flight**: the steady-state loop's ``DEPBAR.LE SB0, n`` says how many copy groups stay outstanding
   while it computes; with ``g`` groups per iteration that is ``n // g`` tiles ahead.  Bytes in flight per SM are
   ``max(1, tiles ahead) x X tile bytes x resident programs``.
@@ -42,10 +44,12 @@ measurements; ``bench/NOTES.md`` explains the model and how a GPU run calibrates
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -103,8 +107,11 @@ BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 # Source lines that read X, per backend (matched against the text of the line the line information names).
 X_LOAD_LINE = {
     "triton": re.compile(r"tl\.load\(x_(?:base|block|tile) \+"),
-    "cuda": re.compile(r"cp\.async\.cg\.shared\.global|Elem<T>::bits\(\*p\)"),
+    "cuda": re.compile(r"cp\.async\.cg\.shared\.global.*// reads X$|Elem<T>::bits\(\*q\)"),
 }
+# CUDA: the source lines that close the tile loops of a pass (csrc/aselect_stats.cu): the steady state (the
+# producer copies the same pass's tiles) and the tail (it copies the next pass's or item's first tiles).
+CUDA_LOOP_LINE = {"steady": re.compile(r"// the steady-state loop"), "tail": re.compile(r"// the next segment's")}
 
 MEMORY_OPS = ("LDG", "STG", "LDS", "STS", "LDSM", "LDGSTS", "LD", "ST", "LDL", "STL", "ATOM", "ATOMG", "ATOMS",
               "RED", "REDG", "SHFL", "UTMALDG", "UBLKCP", "LDC", "ULDC", "UTMASTG", "STSM")
@@ -239,16 +246,24 @@ class LoopReport:
     wait_groups: int | None  # n of the loop's DEPBAR.LE SB0, n (None: no copy wait)
 
 
-def loop_report(fn: Function, backend: str, nested_trips) -> LoopReport:
-    """Find the steady-state loop (see the module docstring) and count it; ``nested_trips(kind, index)`` gives the
-    trip count of a nested loop of ``kind`` ("mma", "basis", "x", "other"), ``index``-th of its kind."""
+def innermost_x_loops(fn: Function, backend: str) -> list[tuple[int, int]]:
+    """The innermost loops that hold a load of X, in program order."""
     spans = loops(fn)
     x_addrs = [i.addr for i in fn.instrs if is_x_load(i, backend)]
     with_x = [s for s in spans if any(s[0] <= a <= s[1] for a in x_addrs)]
-    innermost = [s for s in with_x if not any(inside(t, s) for t in with_x)]
-    if not innermost:
-        raise RuntimeError(f"{fn.name}: no loop holds a load of X")
-    steady = min(innermost)
+    return sorted(s for s in with_x if not any(inside(t, s) for t in with_x))
+
+
+def loop_report(fn: Function, backend: str, nested_trips, steady: tuple[int, int] | None = None) -> LoopReport:
+    """Find the steady-state loop (see the module docstring; or take ``steady``) and count it;
+    ``nested_trips(kind, index)`` gives the trip count of a nested loop of ``kind`` ("mma", "basis", "x", "other"),
+    ``index``-th of its kind."""
+    spans = loops(fn)
+    if steady is None:
+        innermost = innermost_x_loops(fn, backend)
+        if not innermost:
+            raise RuntimeError(f"{fn.name}: no loop holds a load of X")
+        steady = innermost[0]
     body = [i for i in fn.instrs if steady[0] <= i.addr <= steady[1]]
     nested = [s for s in spans if inside(s, steady) and not any(inside(s, t) and inside(t, steady) for t in spans)]
     counts: Counter = Counter()
@@ -367,35 +382,39 @@ def _fma(dtype: torch.dtype, rows: int) -> tuple[float, str]:
 
 
 # ---- the CUDA C++ kernel -----------------------------------------------------------------------------------
-K_THREADS, K_BLOCK_C, K_TILE_L, K_FRAG, K_MAX_FRAGS = 256, 128, 32, 16, 3
-K_PASS_ROWS = K_MAX_FRAGS * (K_THREADS // 32) // (K_BLOCK_C // K_FRAG) * K_FRAG
-K_RESIDENT_BASIS = 64 * 1024
+K_THREADS, K_BLOCK_C, K_TILE_L = 256, 128, 32
+PLAN_FIELDS = ("num_cb", "num_tiles", "kp", "frags", "pass_rows", "num_pass", "resident", "stages", "stage_bytes",
+               "vec", "smem_bytes")
 
 
 def _align128(b: int) -> int:
     return (b + 127) // 128 * 128
 
 
-def cuda_plan(length: int, channels: int, kp: int, dtype: torch.dtype) -> dict:
-    """``make_plan`` of ``csrc/aselect_stats_math.h``, in Python (the same integer arithmetic)."""
-    elem = 4 if dtype == torch.float32 else 2
-    splits = 1 if dtype == torch.float32 else 2
-    pad = 4 if elem == 4 else 8
-    num_tiles = triton.cdiv(length, K_TILE_L)
-    pass_rows = min(kp, K_PASS_ROWS)
-    num_pass = 1 if kp == 0 else triton.cdiv(kp, K_PASS_ROWS)
-    lpad = num_tiles * K_TILE_L
-    resident = kp * (lpad + pad) * elem * splits <= K_RESIDENT_BASIS
-    basis_cols = lpad if resident else K_TILE_L
-    basis_ld = basis_cols + pad
-    stages = 3 if elem == 4 else 4
-    tile_bytes = _align128(K_TILE_L * (K_BLOCK_C + pad) * elem)
-    head = _align128((2 * K_BLOCK_C + (K_THREADS // 32) * 4) * 4)
-    red = _align128(2 * (K_THREADS // 32) * K_BLOCK_C * 4)
-    basis_rows = 0 if kp == 0 else (kp if resident else pass_rows)
-    smem = head + red + stages * tile_bytes + basis_rows * basis_ld * elem * splits
-    return {"num_cb": triton.cdiv(channels, K_BLOCK_C), "num_tiles": num_tiles, "kp": kp, "pass_rows": pass_rows,
-            "num_pass": num_pass, "resident": resident, "smem_bytes": smem, "stages": stages}
+@lru_cache(maxsize=1)
+def _plan_library(workdir: Path) -> ctypes.CDLL:
+    """``csrc/emulate_stats.cpp`` built for the host: its ``aselect_emulate_plan`` is the launcher's ``make_plan``."""
+    cxx = shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+    if cxx is None:
+        raise RuntimeError("sass_report: the CUDA plan needs a host C++ compiler (g++, c++ or clang++)")
+    lib = workdir / "libaselect_plan.so"
+    subprocess.run([cxx, "-O1", "-std=c++17", "-shared", "-fPIC", f"-I{cuda_stats.CSRC}",
+                    str(cuda_stats.CSRC / "emulate_stats.cpp"), "-o", str(lib)], check=True, capture_output=True,
+                   text=True)
+    dll = ctypes.CDLL(str(lib))
+    i64 = ctypes.c_int64
+    dll.aselect_emulate_plan.argtypes = [i64, i64, ctypes.c_int, ctypes.c_int, ctypes.c_uint64, i64, i64, i64,
+                                         ctypes.c_void_p]
+    dll.aselect_emulate_plan.restype = None
+    return dll
+
+
+def cuda_plan(length: int, channels: int, kp: int, dtype: torch.dtype, workdir: Path) -> dict:
+    """The launch plan of ``csrc/aselect_stats_math.h`` (``make_plan``) for a contiguous, aligned ``[N, L, C]``."""
+    out = (ctypes.c_int * len(PLAN_FIELDS))()
+    code = cuda_stats.DTYPE_CODES[dtype]
+    _plan_library(workdir).aselect_emulate_plan(length, channels, kp, code, 0, length * channels, channels, 1, out)
+    return dict(zip(PLAN_FIELDS, out, strict=True))
 
 
 @lru_cache(maxsize=1)
@@ -406,45 +425,71 @@ def compile_cuda(workdir: Path) -> Path:
     return path
 
 
+def cuda_loops(fn: Function) -> dict[str, tuple[int, int]]:
+    """The tile loops of the CUDA kernel, by the source line that closes them: ``steady`` and ``tail`` of pass 0
+    (they compute the statistics: MUFU.EX2), ``further`` (the steady state of the further passes, projection only)."""
+    found: dict[str, tuple[int, int]] = {}
+    for span in innermost_x_loops(fn, "cuda"):
+        body = [i for i in fn.instrs if span[0] <= i.addr <= span[1]]
+        close = body[-1].line
+        text = _source_lines(close[0])[close[1] - 1] if close else ""
+        stats = any(i.opcode == "MUFU" for i in body)
+        for role, pattern in CUDA_LOOP_LINE.items():
+            if pattern.search(text):
+                key = role if stats else ("further" if role == "steady" else "further_tail")
+                found.setdefault(key, span)
+    if "steady" not in found:
+        raise RuntimeError(f"{fn.name}: no steady-state loop (a loop closed on a line marked {CUDA_LOOP_LINE})")
+    return found
+
+
 def cuda_case(name: str, n: int, length: int, channels: int, dtype: torch.dtype, config: StatsConfig,
               workdir: Path) -> dict:
+    """The CUDA kernel's budget.  Per tile the loop counted is pass 0's steady state, averaged with the further
+    passes' steady state when there are several passes (each re-reads X: the prediction divides by the reads).
+    Per item it adds the rest of the item loop (the tile whose copy is a pass's last, the reductions) and the
+    tail loop's excess over the steady state for its ``lead`` tiles."""
     cubin = compile_cuda(workdir)
-    tname = {torch.bfloat16: "13__nv_bfloat16", torch.float16: "6__half", torch.float32: "f"}[dtype]
-    want = f"aselect_stats_main_kernelI{tname}Lb1E"  # the 16-byte vector path (contiguous, aligned views)
-    funcs = disassemble(cubin)
-    fname = next(k for k in funcs if want in k)
-    res = resource_usage(cubin)[fname]
     k_low = fused.low_rows(length, config)
     kp = triton.cdiv(k_low, cuda_stats.ROW_PAD) * cuda_stats.ROW_PAD
-    plan = cuda_plan(length, channels, kp, dtype)
-    k_step = 8 if dtype == torch.float32 else 16
-    active_frags = plan["pass_rows"] // K_FRAG  # fragments per warp (nfrag / 8 warps)
-
-    def trips(kind: str, index: int) -> int:
-        if kind == "mma":  # the j-th unrolled fragment's k loop: kTileL / kK steps when the fragment is used
-            return K_TILE_L // k_step if index < active_frags else 0
-        if kind == "basis":  # one [rows, kTileL] basis slice per tile when the basis is not resident
-            return 0 if plan["resident"] else triton.cdiv(plan["pass_rows"] * K_TILE_L, K_THREADS)
-        return 1
-
-    lr = loop_report(funcs[fname], "cuda", trips)
+    plan = cuda_plan(length, channels, kp, dtype, workdir)
+    tname = {torch.bfloat16: "13__nv_bfloat16", torch.float16: "6__half", torch.float32: "f"}[dtype]
+    # the 16-byte vector path (contiguous, aligned views), with the plan's row fragments and basis residency
+    want = f"aselect_stats_main_kernelI{tname}Lb1ELi{plan['frags']}ELb{plan['resident']}E"
+    funcs = disassemble(cubin)
+    fname = next(k for k in funcs if want in k)
+    fn = funcs[fname]
+    res = resource_usage(cubin)[fname]
+    spans = cuda_loops(fn)
+    lr = loop_report(fn, "cuda", lambda kind, index: 1, steady=spans["steady"])
+    if lr.nested:
+        raise RuntimeError(f"{fname}: the steady-state loop has nested loops {lr.nested}")
+    passes = plan["num_pass"]
+    if passes > 1:  # the further passes' steady state, weighted by their count
+        further = loop_report(fn, "cuda", lambda kind, index: 1, steady=spans["further"])
+        counts = {k: (lr.counts.get(k, 0) + (passes - 1) * further.counts.get(k, 0)) / passes
+                  for k in lr.counts.keys() | further.counts.keys()}
+        lr.counts, lr.body = counts, round(sum(counts.values()))
+    lead = min(plan["stages"] - 1, plan["num_tiles"])
+    tail = sum(1 for i in fn.instrs if spans["tail"][0] <= i.addr <= spans["tail"][1]) if "tail" in spans else 0
+    steady_body = sum(1 for i in fn.instrs if spans["steady"][0] <= i.addr <= spans["steady"][1])
+    # per item: the steady loop counts every tile; the peeled tile (in "around") and the tail's tiles cost more
+    lr.around += lead * (tail - steady_body) - steady_body
     elem = 4 if dtype == torch.float32 else 2
     iters = plan["num_cb"] * plan["num_tiles"]
-    basis_elem = 4 if dtype == torch.float32 else 2 * elem
-    if kp == 0:
-        basis_per_sample = 0
-    elif plan["resident"]:
+    if kp == 0 or plan["resident"]:
         basis_per_sample = 0  # loaded once per program for its whole life (counted as on chip)
-    else:
-        basis_per_sample = kp * plan["num_tiles"] * K_TILE_L * basis_elem * plan["num_cb"]
+    else:  # a [pass_rows, kTileL] hi + lo slice per tile, pass and channel block
+        basis_per_sample = passes * plan["pass_rows"] * plan["num_tiles"] * K_TILE_L * 2 * elem * plan["num_cb"]
     return _finish(name, "cuda", n, length, channels, dtype, config, lr, warps=K_THREADS // 32, regs=res["REG"],
                    local=res["LOCAL"], smem=plan["smem_bytes"], programs_per_sm_cap=2,
                    items_per_sample=plan["num_cb"], elems_per_iter=length * channels / iters,
-                   tile_bytes=K_TILE_L * K_BLOCK_C * elem, x_reads=float(max(plan["num_pass"], 1)),
-                   basis_l2_per_x=basis_per_sample / (length * channels * elem), fma_per_element=_fma(dtype, kp),
-                   tiling={"block_l": K_TILE_L, "block_c": K_BLOCK_C, "kp": kp, "num_pass": plan["num_pass"],
-                           "resident_basis": plan["resident"], "num_stages": plan["stages"],
-                           "num_warps": K_THREADS // 32})
+                   tile_bytes=K_TILE_L * K_BLOCK_C * elem, x_reads=float(max(passes, 1)),
+                   basis_l2_per_x=basis_per_sample / (length * channels * elem),
+                   fma_per_element=_fma(dtype, passes * plan["pass_rows"]),  # the last pass's rows past kp too
+                   tiling={"block_l": K_TILE_L, "block_c": K_BLOCK_C, "kp": kp, "frags": plan["frags"],
+                           "num_pass": passes, "resident_basis": bool(plan["resident"]),
+                           "num_stages": plan["stages"], "num_warps": K_THREADS // 32})
 
 
 # ---- occupancy, ceilings, prediction -----------------------------------------------------------------------
@@ -584,6 +629,7 @@ def build(backends: tuple[str, ...] = ("triton", "cuda")) -> dict:
                       f"in flight {c['bytes_in_flight_per_sm'] // 1024} KB fill {c['last_wave_fill']:.2f} "
                       f"pred {c['predicted_pct_read_h100']} / {c['predicted_pct_read_h200']} %", flush=True)
         compile_cuda.cache_clear()
+        _plan_library.cache_clear()
     _TRITON_CACHE.clear()
     model = {"sms": SMS, "clock_hz": CLOCK_HZ, "latency_s": LATENCY_S, "issue_per_clock": ISSUE_PER_CLOCK,
              "read_tbps": READ_TBPS, "tensor_fma_per_clock": TENSOR_FMA_PER_CLOCK, "regs_per_sm": REGS_PER_SM,

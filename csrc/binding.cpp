@@ -29,8 +29,9 @@ at::Tensor sample_stats_cuda(const at::Tensor& x, const at::Tensor& basis_hi, co
   const at::ScalarType basis_type = code == 0 ? at::kFloat : x.scalar_type();
   for (const at::Tensor* b : {&basis_hi, &basis_lo}) {
     TORCH_CHECK(b->device() == x.device() && b->scalar_type() == basis_type && b->is_contiguous() &&
-                    b->dim() == 2 && b->size(0) == kp && b->size(1) == length,
-                "aselect_cuda::sample_stats: basis must be contiguous [K, L] ", basis_type, " on x's device");
+                    b->dim() == 2 && b->size(0) == kp && b->size(1) == aselect_stats_basis_cols(length),
+                "aselect_cuda::sample_stats: basis must be contiguous [K, L padded to whole tiles] ", basis_type,
+                " on x's device");
   }
   TORCH_CHECK(kp % 16 == 0, "aselect_cuda::sample_stats: basis rows must be padded to a multiple of 16");
   TORCH_CHECK(rowsum.device() == x.device() && rowsum.scalar_type() == at::kFloat && rowsum.is_contiguous() &&

@@ -19,13 +19,21 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from stats_checks import BASIS_ERR, U32, assert_stats_close, ref64
 
 from aselect_kernels.frequency import CutoffWarning, low_frequency_basis
 from aselect_kernels.ops import backend_table, custom_op
-from aselect_kernels.ops.cuda_stats import CSRC, DTYPE_CODES, CudaStatsUnavailable, kernel_basis
+from aselect_kernels.ops.cuda_stats import (
+    CSRC,
+    DTYPE_CODES,
+    TILE_L,
+    CudaStatsUnavailable,
+    kernel_basis,
+    kernel_operands,
+)
 from aselect_kernels.reference import StatsConfig
 from aselect_kernels.stats import BACKENDS, compute_stats
 
@@ -83,9 +91,12 @@ def test_kernel_source_compiles_for_sm90_without_spills(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
+    assert "warning" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
     kernels = parse_resource_usage(proc.stdout + proc.stderr)
     main = [k for k in kernels if "aselect_stats_main_kernel" in k]
-    assert len(main) == 6, kernels  # fp32, fp16, bf16 x (16-byte loads, scalar loads)
+    # per dtype and load path (16-byte copies, scalar loads): no basis, and 1 .. 3 row fragments per warp (fp32:
+    # 1 .. 2) with the basis resident or streamed
+    assert len(main) == 2 * 2 * (1 + 2 * 3) + 2 * (1 + 2 * 2), sorted(kernels)
     assert any("aselect_stats_combine_kernel" in k for k in kernels), kernels
     for name, usage in kernels.items():
         assert usage["spill_stores"] == 0 and usage["spill_loads"] == 0, (name, usage)
@@ -108,11 +119,12 @@ def emulator(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
     dll.aselect_emulate_stats.restype = ctypes.c_int
     dll.aselect_emulate_plan.argtypes = [i64, i64, ctypes.c_int, ctypes.c_int, ctypes.c_uint64, i64, i64, i64, ptr]
     dll.aselect_emulate_plan.restype = None
+    dll.aselect_emulate_row_entropy.restype = ctypes.c_float
     return dll
 
 
-PLAN_FIELDS = ("num_cb", "num_tiles", "kp", "pass_rows", "num_pass", "resident", "basis_ld", "basis_cols", "vec",
-               "smem_bytes")
+PLAN_FIELDS = ("num_cb", "num_tiles", "kp", "frags", "pass_rows", "num_pass", "resident", "stages", "stage_bytes",
+               "vec", "smem_bytes")
 
 
 def plan_of(dll: ctypes.CDLL, x: torch.Tensor, kp: int) -> dict[str, int]:
@@ -124,8 +136,8 @@ def plan_of(dll: ctypes.CDLL, x: torch.Tensor, kp: int) -> dict[str, int]:
 def emulate(dll: ctypes.CDLL, x: torch.Tensor, config: StatsConfig) -> torch.Tensor:
     """The kernel's algorithm on ``x`` (its values as float, its strides kept)."""
     xf = torch.empty_strided(x.shape, x.stride(), dtype=torch.float32).copy_(x)
-    hi, lo, rowsum = kernel_basis(x.shape[1], config.resolve_grid(x.shape[1]), float(config.cutoff), x.dtype,
-                                  torch.device("cpu"))
+    hi, lo, rowsum = kernel_operands(x.shape[1], config.resolve_grid(x.shape[1]), float(config.cutoff), x.dtype,
+                                     torch.device("cpu"))
     hi, lo = hi.float().contiguous(), lo.float().contiguous()
     out = torch.empty(x.shape[0], 6, dtype=torch.float32)
     rc = dll.aselect_emulate_stats(xf.data_ptr(), DTYPE_CODES[x.dtype], *x.shape, *xf.stride(), hi.data_ptr(),
@@ -147,6 +159,7 @@ CASES = [  # n, L, C, config
     (2, 48, 300, StatsConfig(cutoff=0.4, hfr_dims=2, grid=(6, 8))),  # 2-D non-square, three channel blocks
     (2, 35, 24, StatsConfig(cutoff=0.6, hfr_dims=2, grid=(5, 7))),
     (2, 196, 40, StatsConfig(hfr_dims=2)),  # 14 x 14
+    (4, 40, 136, StatsConfig()),  # two tiles, the second ragged; a partial second channel block (fill channels)
 ]
 
 
@@ -159,8 +172,10 @@ def test_emulated_kernel_matches_reference(emulator: ctypes.CDLL, case: int, dty
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_emulated_several_passes_and_streamed_basis(emulator: ctypes.CDLL, dtype: torch.dtype) -> None:
-    length, channels = 1024, 20  # 1-D at cutoff 0.15: 152 basis rows, 160 padded
+@pytest.mark.parametrize(("length", "channels"), [(1024, 20), (1000, 200)])
+def test_emulated_several_passes_and_streamed_basis(emulator: ctypes.CDLL, dtype: torch.dtype, length: int,
+                                                     channels: int) -> None:
+    # 1-D at cutoff 0.15: 152 (150) basis rows, 160 padded; (1000, 200): a ragged last tile, two channel blocks
     x = randn((1, length, channels), dtype, seed=7)
     k = low_frequency_basis(length, None, 0.15).shape[0]
     plan = plan_of(emulator, x, -(-k // 16) * 16)
@@ -298,3 +313,83 @@ def test_table_choosing_cuda_falls_back_to_triton(monkeypatch: pytest.MonkeyPatc
     with pytest.warns(RuntimeWarning, match="CUDA.*using the Triton kernel instead"):
         out = custom_op.gpu_stats(x, StatsConfig())
     assert torch.equal(out, fused_stats(x, StatsConfig()))
+
+
+# ---- the arithmetic the kernel shares with the emulation, against numpy -------------------------------------
+
+def _floats(values: np.ndarray) -> ctypes.Array:
+    return (ctypes.c_float * len(values))(*values.astype(np.float32).tolist())
+
+
+def test_exp2_flushes_and_matches(emulator: ctypes.CDLL) -> None:
+    """exp2_ftz: 2^y in fp32, with denormal inputs taken as 0 and results under 2^-126 flushed to 0 (what
+    ex2.approx.ftz.f32 does; the device's result is within 2 ulp of this one)."""
+    rng = np.random.default_rng(3)
+    y = np.concatenate([rng.uniform(-150.0, 0.0, 2000), [0.0, -0.0, -126.0, -126.5, -149.0, 1e-40, -1e-40, -np.inf]])
+    y32 = y.astype(np.float32)
+    out = (ctypes.c_float * len(y))()
+    emulator.aselect_emulate_exp2(_floats(y32), len(y), out)
+    got = np.array(out, dtype=np.float64)
+    want = np.exp2(y32.astype(np.float64))
+    want[np.abs(y32) < 2.0**-126] = 1.0
+    want[want < 2.0**-126] = 0.0
+    assert np.all((got == 0.0) == (want == 0.0))
+    assert np.all(np.abs(got - want) <= 2.0**-23 * want)
+
+
+@pytest.mark.parametrize("sizes", [(1,), (16,), (16, 16, 16), (7, 128, 3), (128,) * 9])
+def test_row_entropy_in_base_two_matches_softmax_entropy(emulator: ctypes.CDLL, sizes: tuple[int, ...]) -> None:
+    """A row's entropy from per-block base-2 states (maximum, s, t) merged in order equals -sum p log p of its
+    softmax (fp64), also with logits far from 0 and a block far below the others."""
+    rng = np.random.default_rng(len(sizes) + sum(sizes))
+    for offset, spread in ((0.0, 1.5), (3000.0, 4.0), (-40.0, 0.01), (0.0, 60.0)):
+        v = (offset + spread * rng.standard_normal(sum(sizes))).astype(np.float32)
+        if len(sizes) > 1:
+            v[: sizes[0]] -= 150.0  # a whole block whose terms flush to 0 against the row maximum
+        got = emulator.aselect_emulate_row_entropy(_floats(v), (ctypes.c_int * len(sizes))(*sizes), len(sizes))
+        z = v.astype(np.float64) - v.max()
+        p = np.exp(z) / np.exp(z).sum()
+        want = -(p[p > 0] * np.log(p[p > 0])).sum()
+        assert abs(got - want) <= 4e-6 * max(1.0, want), (offset, spread, got, want)
+
+
+@pytest.mark.parametrize("elem", [2, 4])
+def test_tile_map_covers_the_block_once(emulator: ctypes.CDLL, elem: int) -> None:
+    """The 8 threads of a row hold its 128 channels once; each thread's values are 16-byte pieces of consecutive
+    channels, and the 8 threads' pieces of one index are 128 consecutive bytes (conflict-free 16-byte reads)."""
+    emulator.aselect_emulate_chan.restype = ctypes.c_int
+    vec = 16 // elem
+    chans = [[emulator.aselect_emulate_chan(elem, g, v) for v in range(16)] for g in range(8)]
+    assert sorted(c for row in chans for c in row) == list(range(128))
+    for p in range(16 // vec):
+        starts = [chans[g][p * vec] for g in range(8)]
+        assert starts == [starts[0] + g * vec for g in range(8)]
+        for g in range(8):
+            assert chans[g][p * vec:(p + 1) * vec] == list(range(starts[g], starts[g] + vec))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_kernel_operands(emulator: ctypes.CDLL, dtype: torch.dtype) -> None:
+    """The basis as the kernel reads it: zero columns up to whole tiles; fp32: the TF32 halves of the fp32 basis,
+    rounded as the kernel's cvt.rna.tf32 would round them."""
+    length, grid = 77, None
+    b_hi, b_lo, rowsum = kernel_basis(length, grid, 0.3, dtype, torch.device("cpu"))
+    hi, lo, rs = kernel_operands(length, grid, 0.3, dtype, torch.device("cpu"))
+    assert hi.shape == lo.shape == (b_hi.shape[0], -(-length // TILE_L) * TILE_L) and hi.dtype == dtype
+    assert torch.equal(rs, rowsum)
+    assert not hi[:, length:].any() and not lo[:, length:].any()
+    if dtype != torch.float32:
+        assert torch.equal(hi[:, :length], b_hi) and torch.equal(lo[:, :length], b_lo)
+        return
+    flat = b_hi.flatten().numpy()
+    want_hi = (ctypes.c_float * flat.size)()
+    emulator.aselect_emulate_tf32(_floats(flat), flat.size, want_hi)
+    want_hi = np.array(want_hi, dtype=np.float32).reshape(b_hi.shape)
+    rest = (b_hi.numpy() - want_hi).flatten()
+    want_lo = (ctypes.c_float * rest.size)()
+    emulator.aselect_emulate_tf32(_floats(rest), rest.size, want_lo)
+    assert np.array_equal(hi[:, :length].numpy(), want_hi)
+    assert np.array_equal(lo[:, :length].numpy(), np.array(want_lo, dtype=np.float32).reshape(b_hi.shape))
+    assert (hi[:, :length].numpy().view(np.uint32) & 0x1FFF == 0).all()  # 10 explicit mantissa bits
+    err = np.abs(hi[:, :length].double().numpy() + lo[:, :length].double().numpy() - b_hi.double().numpy())
+    assert (err <= 2.0**-22 * np.abs(b_hi.double().numpy())).all()

@@ -47,6 +47,8 @@ SOURCES = ("aselect_stats.cu", "binding.cpp")
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 #: Basis rows are padded to a multiple of this (the tensor-core fragment edge).
 ROW_PAD = 16
+#: Tokens per tile of the kernel: the basis operands' columns are padded with zeros to a multiple of it.
+TILE_L = 32
 
 _DEFAULT_CONFIG = StatsConfig()
 #: Name of the JIT-built extension.
@@ -230,6 +232,29 @@ def kernel_basis(
     return hi.to(device), lo.to(device), rowsum.to(device)
 
 
+def tf32_round(x: torch.Tensor) -> torch.Tensor:
+    """fp32 values rounded to TF32 (10 explicit mantissa bits, ties away from zero: ``cvt.rna.tf32.f32``) for
+    finite inputs, as fp32."""
+    bits = x.contiguous().view(torch.int32)
+    return ((bits + 0x1000) & -0x2000).view(torch.float32)
+
+
+@lru_cache(maxsize=32)
+def kernel_operands(
+    length: int, grid: tuple[int, int] | None, cutoff: float, dtype: torch.dtype, device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(hi, lo, rowsum)`` as the kernel reads them: :func:`kernel_basis` with its columns zero-padded to a
+    multiple of :data:`TILE_L`.  fp32: the TF32 halves ``hi = tf32(B)``, ``lo = tf32(B - hi)`` of the fp32 basis
+    (what 3xTF32 multiplies; ``rowsum`` stays that of ``B``); fp16/bf16: ``B_hi``, ``B_lo`` unchanged."""
+    hi, lo, rowsum = kernel_basis(length, grid, cutoff, dtype, torch.device("cpu"))
+    if dtype == torch.float32:
+        hi, lo = tf32_round(hi), tf32_round(hi - tf32_round(hi))
+    cols = math.ceil(length / TILE_L) * TILE_L
+    pad = (0, cols - length)
+    return (torch.nn.functional.pad(hi, pad).to(device), torch.nn.functional.pad(lo, pad).to(device),
+            rowsum.to(device))
+
+
 def cuda_stats(x: torch.Tensor, config: StatsConfig = _DEFAULT_CONFIG) -> torch.Tensor:
     """All statistics for each sample of ``x`` ``[N, L, C]`` (fp32/fp16/bf16, CUDA, any strides) -> ``[N, 6]``
     float32, by the CUDA C++ kernel.  Raises :class:`CudaStatsUnavailable` when the kernel cannot run here."""
@@ -242,5 +267,5 @@ def cuda_stats(x: torch.Tensor, config: StatsConfig = _DEFAULT_CONFIG) -> torch.
     length = x.shape[1]
     grid = config.resolve_grid(length)
     warn_if_degenerate(length, grid, config.cutoff)
-    hi, lo, rowsum = kernel_basis(length, grid, float(config.cutoff), x.dtype, x.device)
+    hi, lo, rowsum = kernel_operands(length, grid, float(config.cutoff), x.dtype, x.device)
     return torch.ops.aselect_cuda.sample_stats(x, hi, lo, rowsum)
