@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from aselect_kernels.embedded.model import load_embedded
 from aselect_kernels.images import to_model_range
@@ -68,6 +69,7 @@ def add_per_sample(dataset: str) -> bool:
               f"first: {bad[:5].tolist()}", flush=True)
         return False
     cls["correct"], cls["floor_correct"] = pack_bool(new.correct), pack_bool(new.floor_correct)
+    cls["per_sample_rerun"] = {"wall_s": round(wall, 1), "threads": torch.get_num_threads()}
     path.write_text(json.dumps(report, indent=1))
     print(f"{dataset}: {acc.size} cells reproduced exactly; per-sample correctness written ({wall:.0f} s)",
           flush=True)
