@@ -22,13 +22,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from picks import KS, LABEL_FREE, draws_of, few_label_cells, fixed_rules, grid, label_columns, label_free_cells, pools  # noqa: E402
-from results_md import markdown  # noqa: E402
+from results_md import markdown, replace_section, validation_section  # noqa: E402
 
 from aselect_kernels import fewlabel  # noqa: E402
 from aselect_kernels.validation.compare import paired_bootstrap_ci  # noqa: E402
 from aselect_kernels.validation.datasets import DATASETS  # noqa: E402
 from aselect_kernels.validation.packed import grid_correct  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[1]
 #: Rule-against-rule margins reported with intervals: (rule, against).
 MARGINS = (("ridge_loo k=10", "sf"), ("ridge_loo k=10", "lodo"), ("lodo", "sf"), ("ridge_loo k=10", "ncm_loo k=10"))
 
@@ -149,7 +150,8 @@ def cost(g: dict, caps: dict, extra: dict) -> dict:
     c, n_t = g["val"]["cost"], len(g["timesteps"])
     out = {"grid_forward_samples": c["grid_forward_samples"], "grid_wall_s": c["grid_wall_s"],
            "label_free_forward_samples": c["select_forward_samples"], "label_free_wall_s": c["select_wall_s"],
-           "forward_samples": {k: 10 * k * n_t for k in KS}, "fit_s_per_draw": extra["fit_s"]}
+           "forward_samples": {k: 10 * k * n_t for k in KS}, "fit_s_per_draw": extra["fit_s"],
+           "grid_rerun_wall_s": g["val"]["classification"]["grid"].get("per_sample_rerun", {}).get("wall_s")}
     for s, pool in caps.items():
         out[f"capture_s{s}"] = {"per_class": int(np.bincount(pool["labels"]).min()), "samples": int(pool["samples"]),
                                 "forward_s": float(pool["forward_s"]), "wall_s": float(pool["wall_s"]),
@@ -180,6 +182,9 @@ def main(cache: Path, folder: Path) -> None:
     per = json.loads(text)  # keys as written
     (folder / "results.json").write_text(text)
     (folder / "RESULTS.md").write_text(markdown(per))
+    page = ROOT.parent / "VALIDATION.md"
+    if folder.resolve() == Path(__file__).resolve().parent:  # the committed results: the page's headline too
+        page.write_text(replace_section(page.read_text(), validation_section(per)))
     print(markdown(per))
 
 
