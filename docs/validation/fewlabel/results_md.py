@@ -14,6 +14,19 @@ SPREAD = (("`sf`", "sf, draws"), ("`hfr`", "hfr, draws"), ("`token_var`", "token
           ("ridge_loo k = 10, all draws", "ridge_loo k=10, all draws"))
 
 
+NOTES = [
+    "## Notes", "",
+    "- Every run here used one thread (`OMP_NUM_THREADS=1`) on a 2-core CPU that another job shared at times; the "
+    "committed grids' wall times were taken with 2 threads. The digits_noise 20/class pool ran beside a grid re-run.",
+    "- An earlier round's 20/class captures of fashion_noise and mnist_noise took 1155 and 2502 s under heavy load "
+    "from other jobs; the same captures take 31 and 26 s here (table above): the labelled path has no cost of its "
+    "own beyond the forward.",
+    "- The clean benchmarks' k = 10 captures with noise seeds 1 and 2 were not run; their noise-seed rows are absent.",
+    "- The confirmation grids score every `mlp_hidden` tap at the timesteps named by the picks (PLAN.md, amendment "
+    "1); a pick made after its benchmark's confirmation grid ran, outside those timesteps, is not confirmed.",
+]
+
+
 def _f(v: float | None) -> str:
     return "–" if v is None else f"{v:.2f}"
 
@@ -133,7 +146,7 @@ def markdown(per: dict) -> str:
                            "{:.0f}% same pick, {:.1f} tied, grid best tied in {:.0f}%".format(
                                100 * per[d]["certainty"][str(k)]["pick_share"], per[d]["certainty"][str(k)]["tied"],
                                100 * per[d]["certainty"][str(k)]["best_tied"])) for d in names]) for k in k_keys]
-    out += _table(names, rows) + ["", *cost_table(per)]
+    out += _table(names, rows) + ["", *cost_table(per), "", *NOTES]
     return "\n".join(out) + "\n"
 
 
