@@ -21,7 +21,6 @@ NOTES = [
     "- An earlier round's 20/class captures of fashion_noise and mnist_noise took 1155 and 2502 s under heavy load "
     "from other jobs; the same captures take 31 and 26 s here (table above): the labelled path has no cost of its "
     "own beyond the forward.",
-    "- The clean benchmarks' k = 10 captures with noise seeds 1 and 2 were not run; their noise-seed rows are absent.",
     "- The confirmation grids score every `mlp_hidden` tap at the timesteps named by the picks (PLAN.md, amendment "
     "1); a pick made after its benchmark's confirmation grid ran, outside those timesteps, is not confirmed.",
 ]
