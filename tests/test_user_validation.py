@@ -12,6 +12,7 @@ from aselect_kernels.cli import main
 from aselect_kernels.images import load_labelled, to_model_range
 from aselect_kernels.validate import validate
 from aselect_kernels.validation.grids import probe_grid
+from aselect_kernels.validation.packed import grid_correct
 from aselect_kernels.validation.splits import stratified_split
 
 from tiny_models import tiny_dit
@@ -110,6 +111,10 @@ def test_validate_api_matches_a_direct_probe_grid(npz):
     grid = probe_grid(model, (data.images[tr], y[tr]), (data.images[te], y[te]), [0, 500], "block_out:1", 3,
                       seed=1, progress=False)
     np.testing.assert_array_equal(np.asarray(report["classification"]["grid"]["metric"]), grid.metric)
+    correct, floor = grid_correct(json.loads(json.dumps(report))["classification"])  # as written to JSON
+    np.testing.assert_array_equal(correct, grid.correct)
+    np.testing.assert_array_equal(floor, grid.floor_correct)
+    assert correct.shape == (2, 1, len(te)) and "correct" not in report["dense"]["grid"]
     no_mask = validate(model, data.images, data.labels, **TINY)
     assert "dense" not in no_mask and no_mask["dense_note"].startswith("dense probe skipped")
     test = load_labelled(npz / "test.npz")

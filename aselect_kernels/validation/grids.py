@@ -24,6 +24,7 @@ from ..conditioning import Conditioning
 from ..noise import Noiser, parse_timesteps
 from ..select import capture_features, tokens_to_grid
 from .logistic import default_memory_budget
+from .packed import pack_bool
 from .probe import (
     DENSE_MAX_ITER,
     MAX_ITER,
@@ -41,7 +42,7 @@ class ProbeGrid:
     """Probe scores of every (timestep, tap): ``metric[T, P]`` (accuracy or mIoU) and its cost.
 
     For accuracy, ``correct[T, P, n_test]`` (and ``floor_correct[n_test]``) keep which test samples each probe got
-    right, for paired bootstrap intervals; they are not written to JSON.
+    right, for paired bootstrap intervals; :meth:`to_dict` writes them bit-packed (:mod:`.packed`).
     """
 
     timesteps: list[int]
@@ -56,9 +57,12 @@ class ProbeGrid:
     floor_correct: np.ndarray | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
-        return {"timesteps": self.timesteps, "taps": self.taps, "metric_name": self.metric_name,
-                "metric": self.metric.tolist(), "raw_pixel_floor": self.floor,
-                "forward_samples": self.forward_samples, "wall_s": round(self.wall_s, 3), **self.extra}
+        out = {"timesteps": self.timesteps, "taps": self.taps, "metric_name": self.metric_name,
+               "metric": self.metric.tolist(), "raw_pixel_floor": self.floor,
+               "forward_samples": self.forward_samples, "wall_s": round(self.wall_s, 3), **self.extra}
+        if self.correct is not None and self.floor_correct is not None:
+            out["correct"], out["floor_correct"] = pack_bool(self.correct), pack_bool(self.floor_correct)
+        return out
 
 
 @dataclass
