@@ -56,6 +56,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, PlainDiT, env_info, nvtx_range, sync  # noqa: E402
 
+from aselect_kernels.ops import cuda_canary  # noqa: E402
 from aselect_kernels.reference import STAT_NAMES, StatsConfig, reference_stats  # noqa: E402
 
 #: fp32 unit roundoff, and the relative error of the rounded low-frequency basis per input dtype (see
@@ -477,6 +478,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         items = report[name] if isinstance(report[name], list) else [report[name]]
         failed += [f"{name}:{i.get('name', name)}" for i in items if not i.get("passed")]
         save()
+    # auto's first-use checks of the CUDA kernel (instance -> None when it agreed with the reference, else why not)
+    report["cuda_canary"] = {" ".join(map(str, key)): reason for key, reason in cuda_canary.verdicts().items()}
+    failed += [f"cuda_canary:{key}" for key, reason in report["cuda_canary"].items() if reason is not None]
     acc = report.get("accuracy", [])
     hits = [a.get("poison_hit") for a in acc if isinstance(a, dict) and a.get("poison_hit") is not None]
     report["summary"] = {

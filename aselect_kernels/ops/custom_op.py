@@ -32,14 +32,16 @@ def config_to_args(config: StatsConfig) -> tuple[float, int, int, int]:
 
 
 def gpu_kernel(x: torch.Tensor, config: StatsConfig) -> str:
-    """The GPU kernel that scores the CUDA tensor ``x``: ``"cuda"`` where the backend table names it and it can run
-    here, else ``"triton"`` (with a one-time warning when the table named the CUDA kernel)."""
+    """The GPU kernel that scores the CUDA tensor ``x``: ``"cuda"`` where the backend table names it, it can run
+    here and it passed its first-use check (:mod:`.cuda_canary`), else ``"triton"`` (with a one-time warning when
+    the table named the CUDA kernel)."""
     if backend_table.choose_for(x, config.hfr_dims) == "cuda":
+        from . import cuda_canary
         from .cuda_stats import unavailable_reason
 
         reason = unavailable_reason()
         if reason is None:
-            return "cuda"
+            return "cuda" if cuda_canary.trusted(x, config) else "triton"
         if reason not in _warned:
             _warned.add(reason)
             warnings.warn(f"{reason}: using the Triton kernel instead", RuntimeWarning, stacklevel=3)
