@@ -27,6 +27,8 @@ MOVED: dict[str, tuple[str, ...]] = {
     "aselect_kernels.nuisance": (f"{_V}.datasets",),
     "aselect_kernels.validate": ("aselect_kernels.constants", *(f"{_V}.{m}" for m in (
         "rules", "datasets", "splits", "grids", "compare", "report", "run"))),
+    "aselect_kernels.tapinfo": ("aselect_kernels.cli.tapinfo",),
+    "aselect_kernels.wording": (f"{_V}.wording",),
 }
 #: Old paths that stay public API, with the names they keep without a warning.
 KEPT: dict[str, frozenset[str]] = {"aselect_kernels.validate": frozenset({"validate", "validation_parts"})}

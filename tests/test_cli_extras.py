@@ -58,7 +58,7 @@ def test_taps_lists_names_kinds_shapes_and_presets_from_one_sample(world, capsys
     calls = []
     real = forward.default_call
     monkeypatch.setattr(forward, "default_call", lambda net, x, *a: calls.append(tuple(x.shape)) or real(net, x, *a))
-    from aselect_kernels import tapinfo
+    from aselect_kernels.cli import tapinfo
 
     monkeypatch.setattr(tapinfo, "default_call", forward.default_call)
     assert main(["taps", "--model", str(world / "dit")]) == 0

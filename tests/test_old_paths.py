@@ -35,6 +35,9 @@ OLD_NAMES = {
                                  "stratified_split": "aselect_kernels.validation.splits",
                                  "summary_lines": "aselect_kernels.validation.report",
                                  "run_validation": "aselect_kernels.validation.run"},
+    "aselect_kernels.tapinfo": {"list_taps": "aselect_kernels.cli.tapinfo",
+                                "taps_table": "aselect_kernels.cli.tapinfo"},
+    "aselect_kernels.wording": {"compared": "aselect_kernels.validation.wording"},
 }
 
 

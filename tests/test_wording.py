@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aselect_kernels.validation.report import report_markdown, summary_lines
-from aselect_kernels.wording import compared
+from aselect_kernels.validation.wording import compared
 
 
 @pytest.mark.parametrize("ours,theirs,text", [

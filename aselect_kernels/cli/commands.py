@@ -366,8 +366,8 @@ def cmd_validate(args: argparse.Namespace) -> None:
 def cmd_taps(args: argparse.Namespace) -> None:
     from ..models import load_model
     from ..result import plural
-    from ..tapinfo import list_taps, taps_table
     from ..taps import model_family, num_blocks
+    from .tapinfo import list_taps, taps_table
 
     model = load_model(args.model, device=resolve_device(args.device))
     rows, why = list_taps(model)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..result import SelectionResult
-from ..wording import compared
 from .grids import ProbeGrid
 from .rules import rule_label
+from .wording import compared
 
 
 def plot_validation(selection: SelectionResult, grid: ProbeGrid, path: str, scorers: Sequence[str] | None = None

@@ -13,7 +13,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))  # the repository root: the package's wording of comparisons
-from aselect_kernels.wording import compared  # noqa: E402
+from aselect_kernels.validation.wording import compared  # noqa: E402
 
 DEFAULT = "sf:max"
 DEFAULT_LABEL = "`sf` (max)"

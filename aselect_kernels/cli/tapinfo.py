@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .forward import Conditioning, default_call, model_device_dtype
-from .taps import DEFAULT_TAPS, GROUPS, KINDS, TapSpec, resolve_taps
+from ..forward import Conditioning, default_call, model_device_dtype
+from ..taps import DEFAULT_TAPS, GROUPS, KINDS, TapSpec, resolve_taps
 
 
 @dataclass(frozen=True)
