@@ -72,11 +72,14 @@ def instance(x: torch.Tensor, config: StatsConfig) -> Key:
 def check(x: torch.Tensor, config: StatsConfig) -> str | None:
     """``None`` when the CUDA kernel agrees with the reference on ``x``'s kernel instance, else why not (with
     one warning); computed once per process and instance."""
-    key = instance(x, config)
+    return _verdict(instance(x, config), x, config)
+
+
+def _verdict(key: Key, x: torch.Tensor, config: StatsConfig) -> str | None:
     if key not in _verdicts:
         _verdicts[key] = _run(x.shape[1], x.shape[2], x.dtype, x.device, config)
         if _verdicts[key] is not None:
-            warnings.warn(f"{_verdicts[key]}: using the Triton kernel instead", RuntimeWarning, stacklevel=4)
+            warnings.warn(f"{_verdicts[key]}: using the Triton kernel instead", RuntimeWarning, stacklevel=5)
     return _verdicts[key]
 
 
@@ -106,12 +109,14 @@ def _name(length: int, channels: int, dtype: torch.dtype) -> str:
 def trusted(x: torch.Tensor, config: StatsConfig, capturing: bool | None = None) -> bool:
     """Whether ``auto`` may run the CUDA kernel on ``x``: checked (now, if need be) and in agreement.  While a
     CUDA graph is being captured (``capturing``; by default asked of the current stream) an unchecked instance is
-    not trusted, and not checked: the check synchronises."""
-    if capturing is None:
-        capturing = x.is_cuda and torch.cuda.is_current_stream_capturing()
-    if capturing and instance(x, config) not in _verdicts:
-        return False
-    return check(x, config) is None
+    not trusted, and not checked: the check synchronises.  A checked instance costs one dictionary lookup."""
+    key = instance(x, config)
+    if key not in _verdicts:
+        if capturing is None:
+            capturing = x.is_cuda and torch.cuda.is_current_stream_capturing()
+        if capturing:
+            return False
+    return _verdict(key, x, config) is None
 
 
 def verdicts() -> dict[Key, str | None]:
